@@ -1,0 +1,53 @@
+"""What a task function receives: its stage's config and where its run lives.
+
+Built by `launcher.entry` in every rank before the task runs; plain data, no torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """When to write periodic checkpoints and which ones to keep."""
+
+    every_steps: int = 1000
+    every_minutes: float = 0.0      # 0 disables the time trigger
+    keep_last: int = 3
+    keep_every: int = 0             # also keep every step that is a multiple of this (0: none)
+    async_save: bool = False
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    run_dir: Path
+    stage: str
+    config: dict[str, Any]
+    shard_index: int = 0
+    shard_count: int = 1
+    attempt: int = 0                # 0 on the first start, +1 per restart or requeue
+    device: str = "auto"            # cpu | cuda | auto
+    checkpoint: CheckpointPolicy = field(default_factory=CheckpointPolicy)
+    stop: Any = None                # launcher.runtime.preemption.StopRequest, installed by entry
+
+    @property
+    def stage_dir(self) -> Path:
+        return self.run_dir / "stages" / self.stage
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.stage_dir / "checkpoints"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.stage_dir / "tensorboard"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.stage_dir / "metrics.jsonl"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.stage_dir / "samples"
