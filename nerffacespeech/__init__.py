@@ -1,0 +1,1 @@
+"""The NeRFFaceSpeech workload: data, preprocessing, StyleNeRF, audio2nerf, generation."""
