@@ -1,0 +1,83 @@
+"""`python -m launcher.entry RUN_DIR STAGE`: what every rank of every stage runs.
+
+Reads the plan, builds the TaskContext, installs the stop request, calls the task, and leaves
+an outcome record (rank 0) so the supervisor can tell "stopped for requeue" from a failure
+even when torchrun folds exit codes into its own.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from . import atomic, exitcodes, tasks
+from .runs import RunDir
+from .runtime.context import CheckpointPolicy, TaskContext
+
+
+def _int_env(*names: str, default: int = 0) -> int:
+    for name in names:
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            return int(value)
+    return default
+
+
+def _redirect_output(log_path: Path) -> None:
+    """Send this rank's stdout/stderr to its own log file in the run directory."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def build_context(run: RunDir, stage: dict, stop) -> TaskContext:
+    return TaskContext(
+        run_dir=run.path, stage=stage["name"], config=stage["config"],
+        shard_index=_int_env("SLURM_ARRAY_TASK_ID", "NFS_SHARD_INDEX"),
+        shard_count=max(1, stage["array"]),
+        attempt=_int_env("SLURM_RESTART_COUNT", "NFS_ATTEMPT"),
+        device=stage["device"], checkpoint=CheckpointPolicy(**stage["checkpoint"]), stop=stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m launcher.entry RUN_DIR STAGE", file=sys.stderr)
+        return exitcodes.BAD_SPEC
+    run = RunDir(Path(args[0]))
+    stage = next(s for s in run.read_plan()["stages"] if s["name"] == args[1])
+    rank = _int_env("RANK")
+    from .runtime.preemption import StopForRequeue, StopRequest
+    stop = StopRequest(["SIG" + s for s in stage["stop_signals"]]).install()
+    ctx = build_context(run, stage, stop)
+    if os.environ.get("NFS_RANK_LOGS") == "1":
+        shard = f"/shard-{ctx.shard_index}" if stage["array"] else ""
+        _redirect_output(ctx.stage_dir / "logs" / f"attempt-{ctx.attempt}{shard}" / f"rank-{rank}.log")
+    print(f"[launcher.entry] {stage['name']} rank {rank} shard {ctx.shard_index}/{ctx.shard_count} "
+          f"attempt {ctx.attempt} task {stage['target']}", flush=True)
+    outcome = {"rank": rank, "start": time.time()}
+    try:
+        tasks.load_callable(stage["target"])(ctx)
+        code = exitcodes.OK
+    except StopForRequeue as stopped:
+        code = exitcodes.STOPPED_FOR_REQUEUE
+        outcome["step"] = stopped.step
+    except BaseException as exc:  # the whole traceback goes to this rank's log
+        traceback.print_exc()
+        code = exitcodes.FAILED
+        outcome["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+    outcome.update(exit=code, end=time.time(), signal=stop.signal_name)
+    if rank == 0:
+        atomic.write_json(run.outcome_path(stage["name"], ctx.shard_index, ctx.attempt), outcome)
+    print(f"[launcher.entry] exit {code} ({exitcodes.describe(code)})", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

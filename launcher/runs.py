@@ -1,0 +1,151 @@
+"""The run directory: frozen spec, plan, ledger of attempts, markers. No torch here.
+
+The ledger is a folder of small JSON records, one per submission or attempt, each written
+atomically by the one process that owns it, so concurrent array tasks never lose an update.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import atomic
+
+CANCEL_MARKER = "cancel-requested"
+
+
+def new_run_id(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @classmethod
+    def create(cls, root: str | Path, name: str) -> "RunDir":
+        root = Path(root).expanduser().resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        while True:
+            path = root / new_run_id(name)
+            try:
+                path.mkdir()
+                return cls(path)
+            except FileExistsError:
+                continue
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.path / "stages" / stage
+
+    # -- plan and spec -------------------------------------------------------------------
+    def write_plan(self, plan: dict) -> None:
+        atomic.write_json(self.path / "plan.json", plan)
+
+    def read_plan(self) -> dict:
+        return json.loads((self.path / "plan.json").read_text())
+
+    def write_spec(self, text: str) -> None:
+        atomic.write_text(self.path / "spec.yaml", text)
+
+    # -- ledger --------------------------------------------------------------------------
+    def ledger_dir(self, stage: str) -> Path:
+        return self.path / "ledger" / stage
+
+    def record(self, stage: str, key: str, record: dict) -> None:
+        """Write (or replace) one ledger record; `key` is owned by exactly one writer."""
+        atomic.write_json(self.ledger_dir(stage) / f"{key}.json", record)
+
+    def records(self, stage: str) -> list[dict]:
+        folder = self.ledger_dir(stage)
+        if not folder.is_dir():
+            return []
+        out = []
+        for f in sorted(folder.glob("*.json")):
+            try:
+                out.append(json.loads(f.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue  # a record is replaced atomically; a reader never sees half of one
+        return sorted(out, key=lambda r: (r.get("start") or 0, r.get("kind", "")))
+
+    def attempts(self, stage: str, shard: int | None = None) -> list[dict]:
+        return [r for r in self.records(stage) if r.get("kind") == "attempt"
+                and (shard is None or r.get("shard") == shard)]
+
+    def submissions(self, stage: str) -> list[dict]:
+        return [r for r in self.records(stage) if r.get("kind") == "submission"]
+
+    # -- outcomes written by job processes ---------------------------------------------------
+    def outcome_path(self, stage: str, shard: int, attempt: int) -> Path:
+        return self.stage_dir(stage) / "outcomes" / f"shard-{shard}-attempt-{attempt}.json"
+
+    def read_outcome(self, stage: str, shard: int, attempt: int) -> dict | None:
+        try:
+            return json.loads(self.outcome_path(stage, shard, attempt).read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    # -- checkpoints and progress, as the runtime leaves them ----------------------------------
+    def checkpoint_step(self, stage: str) -> int | None:
+        """Step of the newest committed checkpoint of a stage, from its `latest` pointer."""
+        try:
+            text = (self.stage_dir(stage) / "checkpoints" / "latest").read_text()
+        except OSError:
+            return None
+        digits = re.findall(r"\d+", text)
+        return int(digits[-1]) if digits else None
+
+    def last_metrics(self, stage: str) -> dict | None:
+        path = self.stage_dir(stage) / "metrics.jsonl"
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, os.path.getsize(path) - 8192))
+                lines = f.read().decode("utf-8", "replace").strip().splitlines()
+        except OSError:
+            return None
+        for line in reversed(lines):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+        return None
+
+    # -- markers ---------------------------------------------------------------------------
+    def request_cancel(self) -> None:
+        atomic.write_text(self.path / CANCEL_MARKER, f"{time.time()}\n")
+
+    @property
+    def cancel_requested(self) -> bool:
+        return (self.path / CANCEL_MARKER).exists()
+
+    def clear_cancel(self) -> None:
+        try:
+            (self.path / CANCEL_MARKER).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def find_run(run: str, roots: list[Path]) -> RunDir:
+    """A run given as a path or as an id under one of `roots` (FileNotFoundError otherwise)."""
+    direct = Path(run).expanduser()
+    if (direct / "plan.json").is_file():
+        return RunDir(direct.resolve())
+    for root in roots:
+        candidate = root / run
+        if (candidate / "plan.json").is_file():
+            return RunDir(candidate.resolve())
+    matches = [p for root in roots if root.is_dir() for p in root.iterdir()
+               if p.name.startswith(run) and (p / "plan.json").is_file()]
+    if len(matches) == 1:
+        return RunDir(matches[0].resolve())
+    if len(matches) > 1:
+        raise FileNotFoundError(f"{run!r} matches several runs: "
+                                + ", ".join(sorted(m.name for m in matches)))
+    raise FileNotFoundError(f"no run {run!r} (looked in {', '.join(str(r) for r in roots)})")

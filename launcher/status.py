@@ -1,0 +1,100 @@
+"""Tables for `status` and `list`, and log lookup for `logs`; reads the run directory only
+(plus squeue/scontrol for Slurm runs)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .backends import local as local_backend
+from .runs import RunDir
+
+
+def _fmt_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths))]
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def _progress(metrics: dict | None) -> str:
+    if not metrics:
+        return "-"
+    parts = []
+    if "step" in metrics:
+        total = metrics.get("total_steps")
+        parts.append(f"step {metrics['step']}" + (f"/{total}" if total else ""))
+    for key in ("items_done", "kimg"):
+        if key in metrics:
+            parts.append(f"{key} {metrics[key]}")
+    for key in ("images_per_s", "samples_per_s", "steps_per_s", "items_per_s"):
+        if key in metrics:
+            parts.append(f"{metrics[key]:.3g} {key.replace('_per_s', '')}/s")
+            break
+    return ", ".join(parts) or "-"
+
+
+def stage_rows(run: RunDir) -> list[list[str]]:
+    plan = run.read_plan()
+    slurm_states = {}
+    if plan["backend"] == "slurm":
+        from .backends import slurm
+        slurm_states = slurm.job_states(run, plan)
+    alive = plan["backend"] == "local" and local_backend.supervisor_pid(run) is not None
+    rows = []
+    for stage in plan["stages"]:
+        name = stage["name"]
+        attempts = run.attempts(name)
+        last = attempts[-1] if attempts else None
+        if plan["backend"] == "slurm":
+            job, state = slurm_states.get(name, ("-", "not submitted"))
+        else:
+            job = last["job_id"] if last else "-"
+            state = local_backend.stage_state(run, stage) or ("pending" if alive else "not started")
+            if state == "running" and not alive:
+                state = "interrupted"
+        reason = (last or {}).get("reason") or ""
+        step = run.checkpoint_step(name)
+        rows.append([name, job, state, str(len(attempts)), "-" if step is None else str(step),
+                     _progress(run.last_metrics(name)), reason[:80]])
+    return rows
+
+
+def run_table(run: RunDir) -> str:
+    plan = run.read_plan()
+    head = f"run {run.run_id}  backend {plan['backend']}  dir {run.path}"
+    if run.cancel_requested:
+        head += "  (cancel requested)"
+    table = _fmt_table(["stage", "job", "state", "attempts", "ckpt step", "progress", "last reason"],
+                       stage_rows(run))
+    return head + "\n" + table
+
+
+def runs_overview(root: Path) -> str:
+    runs = sorted((p for p in root.glob("*") if (p / "plan.json").is_file()),
+                  key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
+    if not runs:
+        return f"no runs under {root}"
+    rows = []
+    for path in runs:
+        run = RunDir(path)
+        states = [r[2] for r in stage_rows(run)]
+        rows.append([run.run_id, run.read_plan()["backend"],
+                     time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime)),
+                     ", ".join(states)])
+    return _fmt_table(["run", "backend", "modified", "stage states"], rows)
+
+
+def log_files(run: RunDir, stage: str | None, rank: int | None) -> list[Path]:
+    """Log files of a run, oldest attempt first; narrowed to a stage and a rank if given."""
+    stages = [stage] if stage else [s["name"] for s in run.read_plan()["stages"]]
+    files: list[Path] = []
+    for name in stages:
+        logs = run.stage_dir(name) / "logs"
+        if not logs.is_dir():
+            continue
+        pattern = f"**/rank-{rank}.log" if rank is not None else "**/*.log"
+        found = list(logs.glob(pattern))
+        if rank is None:
+            found += list(logs.glob("**/*.out"))
+        files += sorted(set(found), key=lambda p: p.stat().st_mtime)
+    return files
