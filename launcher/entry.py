@@ -41,7 +41,7 @@ def build_context(run: RunDir, stage: dict, stop) -> TaskContext:
         run_dir=run.path, stage=stage["name"], config=stage["config"],
         shard_index=_int_env("SLURM_ARRAY_TASK_ID", "NFS_SHARD_INDEX"),
         shard_count=max(1, stage["array"]),
-        attempt=_int_env("SLURM_RESTART_COUNT", "NFS_ATTEMPT"),
+        attempt=_int_env("NFS_ATTEMPT", "SLURM_RESTART_COUNT"),
         device=stage["device"], checkpoint=CheckpointPolicy(**stage["checkpoint"]), stop=stop)
 
 

@@ -196,7 +196,10 @@ def _load_with_includes(path: Path, chain: tuple) -> tuple[dict, dict[tuple, Whe
         raise SpecInvalid([Problem(positions.get(("include",), Where(str(path))), "include",
                                    "must be a file name or a list of file names")])
     merged, merged_pos = {}, {}
-    for inc in includes:
+    for index, inc in enumerate(includes):
+        if not (path.parent / inc).is_file():
+            where = positions.get(("include", index)) or positions.get(("include",), Where(str(path)))
+            raise SpecInvalid([Problem(where, "include", f"file not found: {path.parent / inc}")])
         base, base_pos = _load_with_includes(path.parent / inc, chain + (resolved,))
         _deep_merge(merged, base)
         merged_pos.update(base_pos)

@@ -1,0 +1,60 @@
+"""Built-in diagnostic tasks: check a cluster's rendezvous and array sharding end to end.
+
+`diagnose.allreduce` proves every rank found the others (gloo or NCCL); `diagnose.items`
+processes numbered items as an array would, each exactly once, idempotently.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+from . import atomic
+
+ENV_KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+            "SLURM_JOB_ID", "SLURM_NODEID", "SLURMD_NODENAME")
+
+
+def allreduce(ctx) -> None:
+    """All-reduce the ranks' numbers and record what each rank saw in diagnose/rank-R.json."""
+    import torch
+    import torch.distributed as dist
+
+    from .runtime import distributed
+
+    env = distributed.init(ctx.device)
+    value = torch.tensor([float(env.rank + 1)], device=env.device)
+    if env.is_distributed:
+        dist.all_reduce(value)
+    expected = env.world_size * (env.world_size + 1) / 2
+    report = {"rank": env.rank, "world_size": env.world_size, "sum": value.item(),
+              "expected": expected, "host": socket.gethostname(),
+              "env": {k: os.environ.get(k) for k in ENV_KEYS}}
+    atomic.write_json(ctx.stage_dir / "diagnose" / f"rank-{env.rank}.json", report)
+    if value.item() != expected:
+        raise RuntimeError(f"all-reduce gave {value.item()}, expected {expected}")
+
+
+def items(ctx) -> None:
+    """Process items i with i % shard_count == shard_index; skip those already done."""
+    total = int(ctx.config.get("items", 8))
+    pause = float(ctx.config.get("seconds_per_item", 0.0))
+    if ctx.config.get("fail_shard") == ctx.shard_index:
+        raise RuntimeError(f"shard {ctx.shard_index} fails on purpose (config fail_shard)")
+    out = ctx.stage_dir / "items"
+    for i in range(ctx.shard_index, total, ctx.shard_count):
+        if ctx.stop is not None and ctx.stop.requested:
+            return _stop(ctx)
+        target = out / f"item-{i:05d}.json"
+        if target.exists():
+            continue
+        time.sleep(pause)
+        atomic.write_json(target, {"item": i, "shard": ctx.shard_index, "attempt": ctx.attempt})
+        with open(out / f"processed-by-shard-{ctx.shard_index}.log", "a") as log:
+            log.write(json.dumps({"item": i, "attempt": ctx.attempt}) + "\n")
+
+
+def _stop(ctx):
+    from .runtime.preemption import StopForRequeue
+    raise StopForRequeue(0)

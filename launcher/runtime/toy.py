@@ -1,0 +1,220 @@
+"""A tiny deterministic training task that exercises the whole runtime: the chaos test and the
+checkpoint benchmark train it.
+
+An MLP with dropout learns a seeded synthetic regression under DDP or DeepSpeed ZeRO; every
+step draws from Python's, NumPy's and torch's generators, and the data position is part of
+the checkpoint, so a resumed run ends bitwise equal to an uninterrupted one. Rank 0 writes
+`final-params.json` (sha256 per parameter) in the stage folder at the end.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from launcher.atomic import write_json
+from launcher.runtime import checkpoint, distributed
+from launcher.runtime.context import TaskContext
+from launcher.runtime.metrics import MetricsWriter
+from launcher.runtime.preemption import StopForRequeue, StopRequest
+
+FINAL_PARAMS = "final-params.json"
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    engine: str = "ddp"                 # ddp | deepspeed
+    zero_stage: int = 2                 # DeepSpeed only
+    steps: int = 40
+    seed: int = 0
+    width: int = 32
+    depth: int = 2                      # hidden Linear layers of width x width
+    batch_size: int = 8                 # per rank
+    samples: int = 512
+    lr: float = 1e-3
+    dropout: float = 0.1
+    sleep_per_step: float = 0.0         # seconds, so a test can interrupt mid-run
+    checkpoint_pause: float = 0.0       # seconds each checkpoint write lingers (kill-during-write tests)
+    threads: int = 1
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> "ToyConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"unknown toy config keys {unknown}; known: {sorted(known)}")
+        cfg = cls(**config)
+        if cfg.engine not in ("ddp", "deepspeed"):
+            raise ValueError(f"engine must be 'ddp' or 'deepspeed', got {cfg.engine!r}")
+        if cfg.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0-3, got {cfg.zero_stage}")
+        return cfg
+
+
+class SlowWrite:
+    """A state entry that writes nothing but takes `seconds`: widens the window for kill tests."""
+
+    background_ok = True
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def snapshot(self, name: str, env: distributed.DistEnv, copy: bool) -> checkpoint.Writer:
+        def write(folder: Path) -> list:
+            time.sleep(self.seconds)
+            return []
+
+        return write
+
+    def load(self, folder: Path, name: str, env: distributed.DistEnv) -> None:
+        pass
+
+
+def build_model(cfg: ToyConfig) -> torch.nn.Module:
+    """The MLP, initialised from `cfg.seed` so every rank starts identical."""
+    torch.manual_seed(cfg.seed)
+    layers: list[torch.nn.Module] = [torch.nn.Linear(16, cfg.width), torch.nn.GELU()]
+    for _ in range(cfg.depth):
+        layers += [torch.nn.Linear(cfg.width, cfg.width), torch.nn.GELU(), torch.nn.Dropout(cfg.dropout)]
+    layers.append(torch.nn.Linear(cfg.width, 1))
+    return torch.nn.Sequential(*layers)
+
+
+def make_dataset(cfg: ToyConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets of a fixed random nonlinear function, the same on every rank."""
+    generator = torch.Generator().manual_seed(cfg.seed + 12345)
+    inputs = torch.randn(cfg.samples, 16, generator=generator)
+    weights = torch.randn(16, 1, generator=generator)
+    targets = torch.sin(inputs @ weights) + 0.1 * torch.randn(cfg.samples, 1, generator=generator)
+    return inputs, targets
+
+
+def batch_indices(cfg: ToyConfig, env: distributed.DistEnv, progress: dict) -> list[int]:
+    """This rank's sample indices at the position in `progress`, then advance the position."""
+    sampler = torch.utils.data.DistributedSampler(
+        range(cfg.samples), num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed,
+        drop_last=True)
+    batches_per_epoch = len(sampler) // cfg.batch_size
+    sampler.set_epoch(progress["epoch"])
+    start = progress["batch"] * cfg.batch_size
+    indices = list(sampler)[start:start + cfg.batch_size]
+    progress["batch"] += 1
+    if progress["batch"] == batches_per_epoch:
+        progress.update(epoch=progress["epoch"] + 1, batch=0)
+    return indices
+
+
+def seed_rank(cfg: ToyConfig, rank: int) -> None:
+    """Different streams per rank (dropout masks, jitter), reproducible per run."""
+    random.seed(cfg.seed * 1000 + rank)
+    np.random.seed(cfg.seed * 1000 + rank)
+    torch.manual_seed(cfg.seed * 1000 + rank + 1)
+
+
+def jitter(inputs: torch.Tensor) -> torch.Tensor:
+    """Noise from NumPy scaled by a factor from Python's `random`: exercises both generators."""
+    noise = torch.from_numpy(np.random.normal(0.0, 0.01, size=tuple(inputs.shape)).astype(np.float32))
+    return inputs + noise * random.uniform(0.5, 1.5)
+
+
+class _DDPEngine:
+    def __init__(self, cfg: ToyConfig, model: torch.nn.Module, env: distributed.DistEnv):
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = model.to(env.device)
+        device_ids = [env.device] if env.device.type == "cuda" else None
+        self.model = DistributedDataParallel(model, device_ids=device_ids)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr)
+        self.state = {"model": checkpoint.ModuleState(self.model),
+                      "optim": checkpoint.OptimizerState(self.optimizer)}
+
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = torch.nn.functional.mse_loss(self.model(inputs), targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def named_full_parameters(self):
+        yield from self.model.module.state_dict().items()
+
+
+class _DeepSpeedEngine:
+    def __init__(self, cfg: ToyConfig, model: torch.nn.Module, env: distributed.DistEnv):
+        import deepspeed
+
+        config = {
+            "train_micro_batch_size_per_gpu": cfg.batch_size,
+            "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "zero_allow_untested_optimizer": True,     # a client AdamW: no fused_adam JIT build
+            "steps_per_print": 10 ** 9,
+        }
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        self.state = {"engine": checkpoint.DeepSpeedState(self.engine)}
+
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = torch.nn.functional.mse_loss(self.engine(inputs), targets)
+        self.engine.backward(loss)
+        self.engine.step()
+        return loss.detach()
+
+    def named_full_parameters(self):
+        import deepspeed
+
+        params = list(self.engine.module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            for name, tensor in self.engine.module.state_dict().items():
+                yield name, tensor.detach().clone()
+
+
+def parameter_digests(named_tensors) -> dict[str, str]:
+    """sha256 of each tensor's bytes, for bitwise comparison of runs."""
+    return {name: hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+            for name, t in named_tensors}
+
+
+def main(ctx: TaskContext) -> None:
+    """Train `steps` steps, checkpointing per ctx.checkpoint and stopping cleanly on a stop request."""
+    cfg = ToyConfig.from_dict(ctx.config)
+    torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(True)
+    stop = ctx.stop if ctx.stop is not None else StopRequest()
+    env = distributed.init(ctx.device)
+    model = build_model(cfg)
+    engine = (_DeepSpeedEngine if cfg.engine == "deepspeed" else _DDPEngine)(cfg, model, env)
+    seed_rank(cfg, env.rank)
+    inputs, targets = make_dataset(cfg)
+    progress = {"epoch": 0, "batch": 0}
+    state = {**engine.state, "rng": checkpoint.RNGState(), "progress": progress}
+    if cfg.checkpoint_pause > 0:
+        state["pause"] = SlowWrite(cfg.checkpoint_pause)
+    ckpt = checkpoint.CheckpointManager(ctx.checkpoint_dir, env, ctx.checkpoint)
+    step = ckpt.restore_latest(state)
+    with MetricsWriter(ctx, env) as metrics:
+        while step < cfg.steps:
+            index = batch_indices(cfg, env, progress)
+            loss = engine.train_step(jitter(inputs[index]).to(env.device), targets[index].to(env.device))
+            step += 1
+            metrics.log(step, items=cfg.batch_size * env.world_size, loss=loss)
+            if cfg.sleep_per_step:
+                time.sleep(cfg.sleep_per_step)
+            stopping = stop.agree(env)
+            if stopping or ckpt.due(step):
+                ckpt.save(step, state, blocking=True if stopping else None)
+            if stopping:
+                raise StopForRequeue(step)
+        ckpt.wait()
+    digests = parameter_digests(engine.named_full_parameters())
+    if env.is_main:
+        overall = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+        write_json(ctx.stage_dir / FINAL_PARAMS, {"steps": cfg.steps, "digest": overall, "params": digests})
+    distributed.barrier(env)

@@ -1,0 +1,137 @@
+"""`python -m launcher.supervise RUN STAGE -- STEP...`: the batch step of every Slurm job.
+
+It records the attempt in the ledger, fills in the rendezvous endpoint, runs the srun step,
+and then decides once (policy.py) whether to requeue. It is the only layer that requeues:
+never when Slurm is already requeueing a preempted job, never after `launcher cancel`, never
+when the cap or the loop guard says stop.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+from . import exitcodes, plan as planner, policy
+from .runs import RunDir
+
+PORT_RANGE = (20000, 60000)
+
+
+def scontrol(*args: str) -> str:
+    try:
+        return subprocess.run(["scontrol", *args], capture_output=True, text=True,
+                              timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""       # e.g. scontrol missing inside a container
+
+
+def job_fields(job_id: str) -> dict[str, str]:
+    """`scontrol show job -o` as a dict (empty when scontrol is unavailable)."""
+    return dict(re.findall(r"(\w+)=(\S*)", scontrol("show", "job", "-o", job_id)))
+
+
+def head_node_address(nodelist: str) -> str:
+    """The first node's NodeAddr as Slurm knows it (not a DNS guess)."""
+    hosts = scontrol("show", "hostnames", nodelist).split()
+    head = hosts[0] if hosts else socket.gethostname()
+    fields = dict(re.findall(r"(\w+)=(\S*)", scontrol("show", "node", "-o", head)))
+    return fields.get("NodeAddr") or head
+
+
+def free_port(job_id: str) -> int:
+    """A port derived from the job id (distinct for jobs sharing a node), probed to be free."""
+    low, high = PORT_RANGE
+    start = low + zlib.crc32(job_id.encode()) % (high - low)
+    for offset in range(200):
+        port = low + (start - low + offset) % (high - low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port for the rendezvous")
+
+
+def this_job_id() -> str:
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID", "?")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    run_dir, stage_name, sep, *step = args
+    assert sep == "--", "usage: python -m launcher.supervise RUN STAGE -- STEP..."
+    run = RunDir(Path(run_dir))
+    stage = next(s for s in run.read_plan()["stages"] if s["name"] == stage_name)
+    shard = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
+    attempt = len(run.attempts(stage_name, shard))
+    job_id = this_job_id()
+    terminated = []
+    signal.signal(signal.SIGTERM, lambda *_: terminated.append(time.time()))
+
+    endpoint = f"{head_node_address(os.environ.get('SLURM_JOB_NODELIST', ''))}:{free_port(job_id)}"
+    step = [w.replace(planner.RDZV_PLACEHOLDER, endpoint) for w in step]
+    os.environ.update({"NFS_ATTEMPT": str(attempt), "NFS_RANK_LOGS": "1", "PYTHONUNBUFFERED": "1",
+                       "NFS_SHARD_INDEX": str(shard)})
+    key = f"shard-{shard}-attempt-{attempt}"
+    record = {"kind": "attempt", "stage": stage_name, "shard": shard, "attempt": attempt,
+              "backend": "slurm", "job_id": job_id, "nodes": os.environ.get("SLURM_JOB_NODELIST"),
+              "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+              "start": time.time(), "end": None, "state": "running",
+              "checkpoint_step": run.checkpoint_step(stage_name), "step_command": step}
+    run.record(stage_name, key, record)
+    print(f"[launcher.supervise] {stage_name} shard {shard} attempt {attempt} job {job_id}: "
+          f"{' '.join(step)}", flush=True)
+
+    code = subprocess.call(step)
+    outcome = run.read_outcome(stage_name, shard, attempt) or {}
+    exit_code = outcome.get("exit", code)
+    if exit_code == exitcodes.OK and code != 0:
+        exit_code = code
+    previous = run.attempts(stage_name, shard)[-2:-1]
+    step_done = run.checkpoint_step(stage_name)
+    decision = policy.decide(
+        exit_code, error=outcome.get("error"), checkpoint_step=step_done, restarts_used=attempt,
+        max_restarts=stage["max_restarts"], previous=previous[0] if previous else None,
+        cancel_requested=run.cancel_requested, operator_stop=False)
+    fields = job_fields(job_id)
+    reason = decision.reason
+    action = decision.action
+    if action == policy.CONTINUE:
+        action, reason = _requeue(job_id, fields, reason)
+    record.update(end=time.time(), exit_code=exit_code, outcome=exitcodes.describe(exit_code),
+                  error=outcome.get("error"), signal=outcome.get("signal"),
+                  checkpoint_step=step_done, state=action, reason=reason,
+                  sigterm_seen=bool(terminated))
+    run.record(stage_name, key, record)
+    print(f"[launcher.supervise] {exitcodes.describe(exit_code)} -> {action}: {reason}", flush=True)
+    return exitcodes.OK if action == policy.COMPLETED else (
+        exitcodes.STOPPED_FOR_REQUEUE if action in ("requeued", "preempted") else exitcodes.FAILED)
+
+
+def _requeue(job_id: str, fields: dict[str, str], why: str) -> tuple[str, str]:
+    """Requeue this job (only this array task) unless Slurm is already doing it."""
+    state = fields.get("JobState", "")
+    if "PREEMPT" in state or "REQUEUE" in state:
+        return "preempted", f"preempted; Slurm requeues it ({why})"
+    end = fields.get("EndTime", "")
+    near_limit = False
+    try:
+        near_limit = time.mktime(time.strptime(end, "%Y-%m-%dT%H:%M:%S")) - time.time() < 600
+    except ValueError:
+        pass
+    result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if result.returncode != 0:
+        return policy.GAVE_UP, f"could not requeue: {result.stderr.strip() or 'scontrol failed'}"
+    return "requeued", ("time limit near; " if near_limit else "") + why
+
+
+if __name__ == "__main__":
+    sys.exit(main())
