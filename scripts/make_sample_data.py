@@ -77,7 +77,8 @@ def still_for(name: str) -> np.ndarray:
     size = round(25 * LFW_SCALE)
     face = cv2.resize(face, (size, size), interpolation=cv2.INTER_CUBIC)
     pad = (FRAME_SIZE - size) // 2
-    face = cv2.copyMakeBorder(face, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    rim = np.concatenate([face[0], face[-1], face[:, 0], face[:, -1]])
+    face = cv2.copyMakeBorder(face, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=int(np.median(rim)))
     return np.dstack([face] * 3)
 
 
@@ -125,10 +126,14 @@ def card_homography(angles_deg: np.ndarray, center: tuple[float, float], src_siz
     ry = np.array([[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0], [-math.sin(yaw), 0, math.cos(yaw)]])
     rx = np.array([[1, 0, 0], [0, math.cos(pitch), -math.sin(pitch)], [0, math.sin(pitch), math.cos(pitch)]])
     rz = np.array([[math.cos(roll), -math.sin(roll), 0], [math.sin(roll), math.cos(roll), 0], [0, 0, 1]])
+    rot = rz @ rx @ ry
     k = np.array([[f, 0, cx], [0, f, cy], [0, 0, 1.0]])
-    turn = k @ (rz @ rx @ ry) @ np.linalg.inv(k)
+    card_to_camera = np.array([[rot[0, 0], rot[0, 1], 0], [rot[1, 0], rot[1, 1], 0],
+                               [rot[2, 0], rot[2, 1], f]])          # card at depth f, turned
+    from_center = np.array([[1, 0, -cx], [0, 1, -cy], [0, 0, 1.0]])
     scale = FRAME_SIZE / src_size
     recentre = np.array([[scale, 0, 0], [0, scale, 0], [0, 0, 1.0]])
+    turn = k @ card_to_camera @ from_center
     return recentre @ turn
 
 
