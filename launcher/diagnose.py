@@ -30,7 +30,8 @@ def allreduce(ctx) -> None:
     expected = env.world_size * (env.world_size + 1) / 2
     report = {"rank": env.rank, "world_size": env.world_size, "sum": value.item(),
               "expected": expected, "host": socket.gethostname(),
-              "env": {k: os.environ.get(k) for k in ENV_KEYS}}
+              "env": {k: os.environ.get(k) for k in ENV_KEYS},
+              "recorded_env": {k: os.environ.get(k) for k in ctx.config.get("record_env", [])}}
     atomic.write_json(ctx.stage_dir / "diagnose" / f"rank-{env.rank}.json", report)
     if value.item() != expected:
         raise RuntimeError(f"all-reduce gave {value.item()}, expected {expected}")

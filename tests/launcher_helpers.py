@@ -1,0 +1,49 @@
+"""Helpers for launcher tests: write a spec, run the real CLI, read a run directory."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+
+def write_spec(folder: Path, text: str, name: str = "spec.yaml") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def launcher(*args: str, cwd: Path, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "launcher", *args], cwd=cwd,
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"launcher {' '.join(args)} exited {result.returncode}:\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+def run_dir_from(output: str) -> Path:
+    for line in output.splitlines():
+        if line.startswith("directory "):
+            return Path(line.split(" ", 1)[1])
+    raise AssertionError(f"no run directory in output:\n{output}")
+
+
+def processed_items(run: Path, stage: str) -> list[int]:
+    """Every item any shard processed, with repeats, from the shards' processing logs."""
+    items = []
+    for log in (run / "stages" / stage / "items").glob("processed-by-shard-*.log"):
+        items += [json.loads(line)["item"] for line in log.read_text().splitlines()]
+    return sorted(items)
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
