@@ -149,6 +149,6 @@ def fetch(manifest: Manifest, root: Path, names: list[str] | None = None, *,
             except FetchError as exc:
                 log(f"  {exc}")
                 results[entry.name] = Result(entry, Status.MISSING, entry.location(root), detail=str(exc))
-    fetched = [r for r in results.values() if r.good and r.entry in todo]
-    pin(fetched, root)
-    return list(results.values())
+    pin([r for r in results.values() if r.good and r.entry in todo], root)
+    pins = read_pins(root)
+    return [verify_file(e, e.location(root), pins.get(e.name)) for e in entries]
