@@ -1,0 +1,214 @@
+"""The Slurm backend against the real local cluster (slurm/local-cluster): multi-node
+rendezvous, arrays, dependencies, operator commands, time-limit requeue, partition
+preemption, and the restart cap. No sbatch/squeue/scontrol is mocked."""
+import json
+import subprocess
+
+import pytest
+
+from tests.launcher_helpers import launcher, processed_items, run_dir_from, wait_until, write_spec
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+
+
+def squeue_ids(name: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-n", name, "-o", "%i"], capture_output=True, text=True)
+    return out.stdout.split()
+
+
+def attempts(run, stage):
+    return [json.loads(p.read_text()) for p in sorted((run / "ledger" / stage).glob("shard-*.json"))]
+
+
+def finished(run, stage, shards=1):
+    done = [a for a in attempts(run, stage) if a.get("state") == "completed"]
+    return len({a["shard"] for a in done}) == shards
+
+
+def submit(tmp_path, text, *extra):
+    result = launcher("submit", str(write_spec(tmp_path, text)), *extra, cwd=tmp_path, check=True)
+    return run_dir_from(result.stdout)
+
+
+def test_two_nodes_of_two_processes_rendezvous_and_allreduce(tmp_path):
+    run = submit(tmp_path, """
+        name: t-mn
+        backend: slurm
+        run_root: runs
+        slurm: {partition: debug, time: "5"}
+        stages:
+          reduce:
+            task: diagnose.allreduce
+            resources: {nodes: 2, tasks_per_node: 2}
+    """)
+    wait_until(lambda: finished(run, "reduce"), 120, "the 2-node job")
+    reports = [json.loads((run / f"stages/reduce/diagnose/rank-{r}.json").read_text()) for r in range(4)]
+    assert sorted(int(r["env"]["RANK"]) for r in reports) == [0, 1, 2, 3]
+    assert sorted(r["env"]["LOCAL_RANK"] for r in reports) == ["0", "0", "1", "1"]
+    assert {r["env"]["WORLD_SIZE"] for r in reports} == {"4"}
+    assert len({r["env"]["MASTER_ADDR"] for r in reports}) == 1
+    assert {r["env"]["SLURMD_NODENAME"] for r in reports} == {"node1", "node2"} or \
+        len({r["env"]["SLURMD_NODENAME"] for r in reports}) == 2
+    assert all(r["sum"] == 10.0 for r in reports)
+
+
+def test_an_array_of_eight_shards_processes_every_item_once_before_its_dependent(tmp_path):
+    run = submit(tmp_path, """
+        name: t-array
+        backend: slurm
+        run_root: runs
+        slurm: {partition: debug, time: "5", array_parallelism: 4}
+        stages:
+          shards:
+            task: diagnose.items
+            array: 8
+            config: {items: 40}
+          after:
+            task: diagnose.items
+            after: [shards]
+            config: {items: 1}
+    """)
+    wait_until(lambda: finished(run, "after"), 180, "the dependent stage")
+    assert processed_items(run, "shards") == list(range(40))
+    last_shard_end = max(a["end"] for a in attempts(run, "shards"))
+    assert attempts(run, "after")[0]["start"] >= last_shard_end
+
+
+def test_a_dependent_stage_never_starts_when_its_dependency_fails(tmp_path):
+    run = submit(tmp_path, """
+        name: t-depfail
+        backend: slurm
+        run_root: runs
+        slurm: {partition: debug, time: "5", max_restarts: 0}
+        stages:
+          shards:
+            task: diagnose.items
+            array: 2
+            config: {items: 4, fail_shard: 1}
+          after:
+            task: diagnose.items
+            after: [shards]
+    """)
+    wait_until(lambda: not squeue_ids("t-depfail.shards") and not squeue_ids("t-depfail.after"),
+               120, "both jobs to leave the queue")
+    assert not attempts(run, "after")
+    failed = [a for a in attempts(run, "shards") if a["shard"] == 1]
+    assert failed[-1]["state"] == "gave-up"
+
+
+def test_status_logs_cancel_and_resume_on_slurm(tmp_path):
+    spec = """
+        name: t-ops
+        backend: slurm
+        run_root: runs
+        slurm: {partition: debug, time: "10"}
+        stages:
+          shards:
+            task: diagnose.items
+            array: 2
+            config: {items: 40, seconds_per_item: 0.25}
+    """
+    run = submit(tmp_path, spec)
+    wait_until(lambda: len(processed_items(run, "shards")) >= 4, 120, "a few items")
+    status = launcher("status", run.name, cwd=tmp_path, check=True).stdout
+    assert "RUNNING" in status
+    logs = launcher("logs", run.name, "--stage", "shards", cwd=tmp_path, check=True).stdout
+    assert "[launcher.supervise] shards shard" in logs
+    assert "cancelled slurm jobs" in launcher("cancel", run.name, cwd=tmp_path, check=True).stdout
+    wait_until(lambda: not squeue_ids("t-ops.shards"), 60, "the job to leave the queue")
+    assert len(processed_items(run, "shards")) < 40
+    assert "cancel requested" in launcher("status", run.name, cwd=tmp_path, check=True).stdout
+    launcher("resume", run.name, cwd=tmp_path, check=True)
+    wait_until(lambda: finished(run, "shards", shards=2), 180, "the resumed run")
+    assert processed_items(run, "shards") == list(range(40))
+
+
+@pytest.mark.slow
+def test_a_time_limited_job_stops_on_the_warning_signal_requeues_itself_and_finishes(tmp_path):
+    run = submit(tmp_path, """
+        name: t-timeout
+        backend: slurm
+        run_root: runs
+        slurm: {partition: debug, time: "2", signal_seconds: 75, max_restarts: 6}
+        stages:
+          work:
+            task: diagnose.items
+            config: {items: 90, seconds_per_item: 1.0}
+    """)
+    wait_until(lambda: finished(run, "work"), 420, "the job to finish across requeues")
+    history = attempts(run, "work")
+    assert len(history) >= 2
+    assert all(a["state"] == "requeued" and a["exit_code"] == 75 for a in history[:-1])
+    assert all(a["signal"] == "SIGUSR2" for a in history[:-1])
+    assert "time limit near" in history[0]["reason"]
+    assert [a["restart_count"] for a in history] == list(range(len(history)))
+    assert processed_items(run, "work") == list(range(90))
+
+
+@pytest.mark.slow
+def test_a_job_preempted_by_a_higher_priority_partition_is_requeued_once_and_finishes(tmp_path):
+    run = submit(tmp_path, """
+        name: t-preempt
+        backend: slurm
+        run_root: runs
+        slurm: {partition: debug, time: "10", extra_sbatch: ["--nodelist=node3", "--exclusive"]}
+        stages:
+          work:
+            task: diagnose.items
+            config: {items: 40, seconds_per_item: 0.5}
+    """)
+    wait_until(lambda: len(processed_items(run, "work")) >= 3, 120, "the job to start working")
+    urgent = subprocess.run(["sbatch", "--parsable", "-p", "urgent", "-w", "node3", "--exclusive",
+                             "-t", "1", "--wrap", "sleep 5"], capture_output=True, text=True, check=True)
+    wait_until(lambda: finished(run, "work"), 300, "the preempted job to finish")
+    history = attempts(run, "work")
+    assert history[0]["state"] == "preempted" and history[0]["exit_code"] == 75
+    assert history[0]["signal"] == "SIGUSR2"
+    assert history[-1]["state"] == "completed" and len(history) == 2
+    assert processed_items(run, "work") == list(range(40))
+    assert urgent.stdout.strip()
+
+
+@pytest.mark.slow
+def test_a_preempted_array_task_is_requeued_alone(tmp_path):
+    run = submit(tmp_path, """
+        name: t-preempt-array
+        backend: slurm
+        run_root: runs
+        slurm: {partition: debug, time: "10"}
+        stages:
+          work:
+            task: diagnose.items
+            array: 2
+            config: {items: 40, seconds_per_item: 0.4}
+    """)
+    wait_until(lambda: len(attempts(run, "work")) == 2, 120, "both array tasks to start")
+    victim = next(a for a in attempts(run, "work") if a["shard"] == 0)
+    node = victim["nodes"]
+    subprocess.run(["sbatch", "-p", "urgent", "-w", node, "--exclusive", "-t", "1",
+                    "--wrap", "sleep 5"], capture_output=True, text=True, check=True)
+    wait_until(lambda: finished(run, "work", shards=2), 300, "both array tasks to finish")
+    by_shard = {s: [a for a in attempts(run, "work") if a["shard"] == s] for s in (0, 1)}
+    assert [a["state"] for a in by_shard[0]] == ["preempted", "completed"]
+    if by_shard[1][0]["nodes"] != node:
+        assert [a["state"] for a in by_shard[1]] == ["completed"]
+    assert processed_items(run, "work") == list(range(40))
+
+
+def test_a_job_that_crashes_the_same_way_stops_after_the_cap_with_the_reason_in_status(tmp_path):
+    run = submit(tmp_path, """
+        name: t-crash
+        backend: slurm
+        run_root: runs
+        slurm: {partition: debug, time: "5", max_restarts: 5}
+        stages:
+          work:
+            task: diagnose.items
+            config: {items: 3, fail_shard: 0}
+    """)
+    wait_until(lambda: any(a.get("state") == "gave-up" for a in attempts(run, "work")), 180,
+               "the loop guard")
+    history = attempts(run, "work")
+    assert [a["state"] for a in history] == ["requeued", "gave-up"]
+    status = launcher("status", run.name, cwd=tmp_path, check=True).stdout
+    assert "failed the same way twice in a row" in status
