@@ -182,6 +182,11 @@ def init(device: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
     return DistEnv(device=torch_device, backend=backend, **vars(layout))
 
 
+def single_process_env(device: str = "cpu") -> DistEnv:
+    """A one-process env without a process group (tools, tests); the runtime skips collectives."""
+    return DistEnv(device=resolve_device(device, 0), backend="none", **vars(Layout()))
+
+
 def _export_for_env_init(layout: Layout, environ: MutableMapping[str, str]) -> None:
     """Make the env:// variables match the layout (Slurm sets none of them; DeepSpeed reads them)."""
     environ.setdefault("MASTER_ADDR", layout.master_addr)

@@ -1,0 +1,273 @@
+"""The checkpoint protocol in one process: what a checkpoint holds, when it is visible,
+how damage is detected and skipped, retention, async saves and the periodic trigger."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from launcher.runtime import checkpoint
+from launcher.runtime.checkpoint import (
+    CheckpointManager, ModuleState, OptimizerState, RNGState, committed_steps, steps_to_keep, verify)
+from launcher.runtime.context import CheckpointPolicy
+from launcher.runtime.distributed import single_process_env
+from launcher.runtime.toy import SlowWrite
+
+ENV = single_process_env()
+
+
+def trained_model_and_optimizer(seed: int = 0):
+    """A small net with a BatchNorm buffer and an optimizer and scheduler that have state."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    for _ in range(3):
+        loss = model(torch.randn(4, 8)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    return model, optimizer, scheduler
+
+
+def state_of(model, optimizer, scheduler, progress):
+    return {"model": ModuleState(model), "optim": OptimizerState(optimizer),
+            "sched": OptimizerState(scheduler), "rng": RNGState(), "progress": progress}
+
+
+def draws():
+    return random.random(), float(np.random.rand()), torch.rand(3).tolist()
+
+
+def test_restore_brings_back_weights_optimizer_scheduler_rng_and_progress_bitwise(tmp_path):
+    model, optimizer, scheduler = trained_model_and_optimizer()
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    CheckpointManager(tmp_path, ENV).save(3, state_of(model, optimizer, scheduler, {"epoch": 2, "batch": 7}))
+    expected_draws = draws()
+
+    fresh_model, fresh_optimizer, fresh_scheduler = trained_model_and_optimizer(seed=99)
+    progress = {"epoch": 0, "batch": 0}
+    step = CheckpointManager(tmp_path, ENV).restore_latest(
+        state_of(fresh_model, fresh_optimizer, fresh_scheduler, progress))
+
+    assert step == 3 and progress == {"epoch": 2, "batch": 7}
+    for (name, a), (_, b) in zip(model.state_dict().items(), fresh_model.state_dict().items()):
+        assert torch.equal(a, b), name
+    saved, loaded = optimizer.state_dict(), fresh_optimizer.state_dict()
+    for index in saved["state"]:
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(saved["state"][index][key], loaded["state"][index][key])
+    assert fresh_scheduler.state_dict() == scheduler.state_dict()
+    assert draws() == expected_draws
+
+
+def test_a_checkpoint_folder_has_safetensors_weights_and_a_manifest_of_every_file(tmp_path):
+    model, optimizer, scheduler = trained_model_and_optimizer()
+    CheckpointManager(tmp_path, ENV).save(12, state_of(model, optimizer, scheduler, {"epoch": 0}))
+    folder = tmp_path / "step-000012"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    on_disk = sorted(p.name for p in folder.iterdir() if p.name != "manifest.json")
+    assert sorted(manifest["files"]) == on_disk == [
+        "model.safetensors", "optim.pt", "progress.json", "rng.rank-00000.pt", "sched.pt"]
+    assert manifest["ranks"] == {"0": on_disk}
+    assert manifest["step"] == 12 and manifest["world_size"] == 1
+    assert all(entry["size"] == (folder / name).stat().st_size for name, entry in manifest["files"].items())
+    assert (tmp_path / "latest").read_text() == "step-000012\n"
+    assert verify(folder) == []
+
+
+def test_optimizer_files_load_with_weights_only(tmp_path):
+    model, optimizer, scheduler = trained_model_and_optimizer()
+    CheckpointManager(tmp_path, ENV).save(1, state_of(model, optimizer, scheduler, {}))
+    for name in ("optim.pt", "sched.pt", "rng.rank-00000.pt"):
+        torch.load(tmp_path / "step-000001" / name, weights_only=True)
+
+
+@pytest.fixture
+def committed(tmp_path):
+    """A committed checkpoint folder of a small model."""
+    model, optimizer, scheduler = trained_model_and_optimizer()
+    CheckpointManager(tmp_path, ENV).save(5, state_of(model, optimizer, scheduler, {"epoch": 1}))
+    return tmp_path / "step-000005"
+
+
+def test_verify_rejects_a_truncated_file(committed):
+    path = committed / "model.safetensors"
+    os.truncate(path, path.stat().st_size - 10)
+    assert verify(committed) == [f"model.safetensors: {path.stat().st_size} bytes, manifest says "
+                                 f"{path.stat().st_size + 10}"]
+
+
+def test_verify_rejects_a_corrupt_file_of_the_right_size(committed):
+    path = committed / "optim.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert verify(committed) == ["optim.pt: sha256 differs from the manifest"]
+
+
+def test_verify_rejects_a_missing_file(committed):
+    (committed / "rng.rank-00000.pt").unlink()
+    assert verify(committed) == ["rng.rank-00000.pt: missing"]
+
+
+def test_verify_rejects_a_folder_without_manifest(committed):
+    (committed / "manifest.json").unlink()
+    assert verify(committed)[0].startswith("manifest.json: unreadable")
+
+
+def test_restore_skips_a_damaged_newest_checkpoint_and_quarantines_it(tmp_path, caplog):
+    model, optimizer, scheduler = trained_model_and_optimizer()
+    manager = CheckpointManager(tmp_path, ENV)
+    manager.save(5, state_of(model, optimizer, scheduler, {"at": 5}))
+    manager.save(10, state_of(model, optimizer, scheduler, {"at": 10}))
+    os.truncate(tmp_path / "step-000010" / "optim.pt", 100)
+
+    progress = {}
+    step = CheckpointManager(tmp_path, ENV).restore_latest(state_of(model, optimizer, scheduler, progress))
+
+    assert step == 5 and progress == {"at": 5}
+    assert committed_steps(tmp_path) == [5]
+    assert [p.name.startswith("step-000010-") for p in (tmp_path / "quarantine").iterdir()] == [True]
+    assert (tmp_path / "latest").read_text() == "step-000005\n"
+    assert "step-000010 is unusable" in caplog.text
+
+
+class Explodes:
+    """A state entry whose write fails, like a full disk in the middle of a save."""
+
+    background_ok = True
+
+    def snapshot(self, name, env, copy):
+        def write(folder):
+            (folder / "half-written.bin").write_bytes(b"x" * 100)
+            raise OSError("No space left on device")
+        return write
+
+    def load(self, folder, name, env):
+        pass
+
+
+def test_a_save_that_fails_midway_leaves_nothing_visible_and_latest_unchanged(tmp_path):
+    model, optimizer, scheduler = trained_model_and_optimizer()
+    manager = CheckpointManager(tmp_path, ENV)
+    manager.save(5, state_of(model, optimizer, scheduler, {}))
+    with pytest.raises(OSError):
+        manager.save(10, {**state_of(model, optimizer, scheduler, {}), "disk": Explodes()})
+    assert committed_steps(tmp_path) == [5]
+    assert (tmp_path / "latest").read_text() == "step-000005\n"
+    assert [p.name.startswith(".step-000010.tmp-") for p in tmp_path.iterdir() if p.name.startswith(".")] == [True]
+
+
+def test_restore_moves_unfinished_folders_to_quarantine(tmp_path):
+    model, optimizer, scheduler = trained_model_and_optimizer()
+    unfinished = tmp_path / ".step-000020.tmp-0123abcd"
+    unfinished.mkdir()
+    (unfinished / "model.safetensors").write_bytes(b"partial")
+    assert CheckpointManager(tmp_path, ENV).restore_latest(state_of(model, optimizer, scheduler, {})) == 0
+    assert not unfinished.exists()
+    assert len(list((tmp_path / "quarantine").glob("step-000020.tmp-0123abcd-*"))) == 1
+
+
+def test_saving_an_already_committed_step_keeps_the_committed_one(tmp_path):
+    model, optimizer, scheduler = trained_model_and_optimizer()
+    manager = CheckpointManager(tmp_path, ENV)
+    manager.save(7, state_of(model, optimizer, scheduler, {"version": 1}))
+    manager.save(7, state_of(model, optimizer, scheduler, {"version": 2}))
+    assert json.loads((tmp_path / "step-000007" / "progress.json").read_text()) == {"version": 1}
+
+
+def test_retention_keeps_the_last_k_and_every_mth():
+    assert steps_to_keep(range(1, 13), keep_last=2, keep_every=5) == {5, 10, 11, 12}
+    assert steps_to_keep([3, 6, 9], keep_last=0, keep_every=0) == {9}
+
+
+def test_the_manager_deletes_what_retention_does_not_keep(tmp_path):
+    manager = CheckpointManager(tmp_path, ENV, CheckpointPolicy(keep_last=2, keep_every=4))
+    for step in range(1, 10):
+        manager.save(step, {"progress": {"step": step}})
+    assert committed_steps(tmp_path) == [4, 8, 9]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-000004", "step-000008", "step-000009"]
+
+
+def test_periodic_trigger_by_steps():
+    manager = CheckpointManager("unused", ENV, CheckpointPolicy(every_steps=5))
+    assert [s for s in range(1, 16) if manager.due(s)] == [5, 10, 15]
+
+
+def test_periodic_trigger_by_minutes_restarts_its_clock_at_each_save(tmp_path):
+    manager = CheckpointManager(tmp_path, ENV, CheckpointPolicy(every_steps=0, every_minutes=0.001))
+    assert not manager.due(1)
+    time.sleep(0.08)
+    assert manager.due(2)
+    manager.save(2, {"progress": {}})
+    assert not manager.due(3)
+
+
+def test_async_save_returns_before_writing_and_commits_the_state_as_it_was(tmp_path):
+    model, optimizer, scheduler = trained_model_and_optimizer()
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    manager = CheckpointManager(tmp_path, ENV, CheckpointPolicy(async_save=True))
+    started = time.monotonic()
+    manager.save(4, {"model": ModuleState(model), "slow": SlowWrite(0.5)})
+    assert time.monotonic() - started < 0.4
+    assert committed_steps(tmp_path) == []
+    with torch.no_grad():                                   # training goes on meanwhile
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    manager.wait()
+    assert committed_steps(tmp_path) == [4] and verify(tmp_path / "step-000004") == []
+    restored, _, _ = trained_model_and_optimizer(seed=5)
+    CheckpointManager(tmp_path, ENV).restore_latest({"model": ModuleState(restored)})
+    assert all(torch.equal(expected[k], v) for k, v in restored.state_dict().items())
+
+
+def test_due_commits_a_finished_async_save(tmp_path):
+    manager = CheckpointManager(tmp_path, ENV, CheckpointPolicy(every_steps=100, async_save=True))
+    manager.save(1, {"progress": {"a": 1}, "slow": SlowWrite(0.2)})
+    time.sleep(0.4)
+    assert committed_steps(tmp_path) == []
+    manager.due(2)
+    assert committed_steps(tmp_path) == [1]
+
+
+KILLED_SAVER = """
+import sys, torch
+from launcher.runtime.checkpoint import CheckpointManager, ModuleState
+from launcher.runtime.context import CheckpointPolicy
+from launcher.runtime.distributed import single_process_env
+from launcher.runtime.toy import SlowWrite
+root, first = sys.argv[1], int(sys.argv[2])
+model = torch.nn.Linear(512, 512)
+manager = CheckpointManager(root, single_process_env(), CheckpointPolicy(keep_last=2))
+print("ready", flush=True)
+for step in range(first, first + 1000):
+    manager.save(step, {"model": ModuleState(model), "pause": SlowWrite(0.01), "progress": {"step": step}})
+"""
+
+
+@pytest.mark.slow
+def test_latest_and_visible_folders_stay_complete_when_killed_at_random_instants(tmp_path):
+    rng = random.Random(7)
+    for kill in range(8):
+        process = subprocess.Popen([sys.executable, "-c", KILLED_SAVER, str(tmp_path), str(100 * kill + 1)],
+                                   stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline() == "ready\n"
+        time.sleep(rng.uniform(0.05, 0.5))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        visible = committed_steps(tmp_path)
+        assert visible, "no checkpoint was committed before the kill"
+        assert all(verify(tmp_path / checkpoint.step_dirname(step)) == [] for step in visible)
+        latest = (tmp_path / "latest").read_text().strip()
+        assert latest in {checkpoint.step_dirname(s) for s in visible}
+    hidden = [p.name for p in tmp_path.iterdir() if p.name.startswith(".step-")]
+    assert hidden, "no kill landed during a write; the test did not exercise the protocol"

@@ -1,0 +1,96 @@
+"""Where a process sits in the job, read from torchrun's or Slurm's variables, and the
+TORCH_CUDA_ARCH_LIST repair DeepSpeed's op builder needs."""
+import os
+import subprocess
+import sys
+
+from launcher.runtime.distributed import (
+    Layout, first_host, prepare_deepspeed_environ, read_layout, sanitized_cuda_arch_list)
+
+TORCHRUN_WORKER = {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4",
+                   "MASTER_ADDR": "node07", "MASTER_PORT": "29400", "GROUP_RANK": "1"}
+
+SLURM_TASK = {"SLURM_PROCID": "6", "SLURM_LOCALID": "2", "SLURM_NTASKS": "8", "SLURM_NODEID": "1",
+              "SLURM_TASKS_PER_NODE": "4(x2)", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "4242"}
+
+
+def test_torchrun_variables_give_the_layout():
+    assert read_layout(TORCHRUN_WORKER) == Layout(
+        rank=5, local_rank=1, world_size=8, local_world_size=4, master_addr="node07",
+        master_port=29400, source="torchrun")
+
+
+def test_torchrun_wins_over_the_slurm_step_it_runs_in():
+    assert read_layout({**SLURM_TASK, **TORCHRUN_WORKER}).source == "torchrun"
+
+
+def test_slurm_variables_give_the_layout_with_the_first_node_as_master():
+    layout = read_layout(SLURM_TASK)
+    assert (layout.rank, layout.local_rank, layout.world_size, layout.local_world_size) == (6, 2, 8, 4)
+    assert layout.master_addr == "gpu07" and layout.source == "slurm"
+
+
+def test_slurm_master_port_is_derived_from_the_job_id_so_all_tasks_agree():
+    other_task = {**SLURM_TASK, "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+    assert read_layout(SLURM_TASK).master_port == read_layout(other_task).master_port
+    assert read_layout({**SLURM_TASK, "SLURM_JOB_ID": "4243"}).master_port != read_layout(SLURM_TASK).master_port
+
+
+def test_slurm_respects_an_explicit_master_addr_and_port():
+    layout = read_layout({**SLURM_TASK, "MASTER_ADDR": "10.0.0.9", "MASTER_PORT": "1234"})
+    assert (layout.master_addr, layout.master_port) == ("10.0.0.9", 1234)
+
+
+def test_slurm_uneven_tasks_per_node_give_this_nodes_count():
+    environ = {**SLURM_TASK, "SLURM_TASKS_PER_NODE": "4(x2),2", "SLURM_NODEID": "2", "SLURM_NTASKS": "10"}
+    assert read_layout(environ).local_world_size == 2
+
+
+def test_no_launcher_variables_mean_one_process():
+    assert read_layout({"HOME": "/root"}) == Layout()
+    assert read_layout({"SLURM_JOB_ID": "1"}).world_size == 1
+
+
+def test_first_host_of_slurm_hostlists():
+    assert first_host("gpu[07-09,12],cpu1") == "gpu07"
+    assert first_host("login3,gpu[1-2]") == "login3"
+    assert first_host("rack[2-3]-node[010-012]") == "rack2-node010"
+    assert first_host("node5") == "node5"
+
+
+def test_cuda_arch_list_loses_suffixes_deepspeed_cannot_parse():
+    assert sanitized_cuda_arch_list("9.0a") == "9.0"
+    assert sanitized_cuda_arch_list("8.0 8.6;9.0a;10.0f+PTX") == "8.0;8.6;9.0;10.0+PTX"
+    assert sanitized_cuda_arch_list("9.0;9.0a") == "9.0"
+
+
+def test_prepare_deepspeed_environ_rewrites_only_a_present_arch_list():
+    environ = {"TORCH_CUDA_ARCH_LIST": "9.0a"}
+    prepare_deepspeed_environ(environ)
+    assert environ == {"TORCH_CUDA_ARCH_LIST": "9.0"}
+    empty: dict = {}
+    prepare_deepspeed_environ(empty)
+    assert empty == {}
+
+
+def test_deepspeed_op_builder_accepts_the_repaired_arch_list():
+    """DeepSpeed's own parser (compute_capability_args) fails on 9.0a and accepts the repair."""
+    probe = ("import os, deepspeed.ops.op_builder.builder as b\n"
+             "from launcher.runtime.distributed import prepare_deepspeed_environ\n"
+             "class Op(b.CUDAOpBuilder):\n"
+             "    NAME = 'probe'\n"
+             "    def absolute_name(self): return 'probe'\n"
+             "    def sources(self): return []\n"
+             "op = Op(name='probe')\n"
+             "try:\n"
+             "    op.compute_capability_args()\n"
+             "    print('raw ok')\n"
+             "except ValueError as error:\n"
+             "    print('raw fails:', error)\n"
+             "os.environ['TORCH_CUDA_ARCH_LIST'] = '9.0a'\n"
+             "prepare_deepspeed_environ(os.environ)\n"
+             "print(op.compute_capability_args())\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "TORCH_CUDA_ARCH_LIST": "9.0a"})
+    assert "raw fails: invalid literal for int() with base 10: '0a'" in result.stdout, result.stderr
+    assert "compute_90" in result.stdout.splitlines()[-1]
