@@ -195,7 +195,7 @@ def _persistent_record(meta) -> PersistentRecord:
     if meta["type"] != "class" or not isinstance(meta["class_name"], str):
         _refuse(path, f"unsupported persistent object type {meta['type']!r}")
     if not isinstance(meta["module_src"], str) or not isinstance(meta["state"], dict):
-        _refuse(path, "module_src must be text and state a dict")
+        _refuse(path, f"module_src must be text and state a dict, got {type(meta['module_src']).__name__}, {type(meta['state']).__name__}")
     return PersistentRecord(meta["class_name"], meta["version"], meta["state"], meta["module_src"])
 
 
