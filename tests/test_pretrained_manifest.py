@@ -230,7 +230,7 @@ class Served(http.server.BaseHTTPRequestHandler):
 def server():
     handler = type("Handler", (Served,), {"files": {}, "drop_once": set(), "ranges": [], "requests": []})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield handler, f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
