@@ -271,3 +271,39 @@ def test_latest_and_visible_folders_stay_complete_when_killed_at_random_instants
         assert latest in {checkpoint.step_dirname(s) for s in visible}
     hidden = [p.name for p in tmp_path.iterdir() if p.name.startswith(".step-")]
     assert hidden, "no kill landed during a write; the test did not exercise the protocol"
+
+
+SIGNALLED_SAVER = """
+import sys, time, torch
+from launcher.runtime.checkpoint import CheckpointManager, ModuleState
+from launcher.runtime.distributed import single_process_env
+from launcher.runtime.preemption import StopRequest
+from launcher.runtime.toy import SlowWrite
+stop = StopRequest().install()
+env = single_process_env()
+manager = CheckpointManager(sys.argv[1], env)
+model = torch.nn.Linear(64, 64)
+print("ready", flush=True)
+step = 0
+while not stop.agree(env):
+    step += 1
+    time.sleep(0.01)
+manager.save(step, {"model": ModuleState(model), "slow": SlowWrite(1.0)})
+sys.exit(75)
+"""
+
+
+def test_repeated_signals_during_the_stop_checkpoint_do_not_cut_it_short(tmp_path):
+    process = subprocess.Popen([sys.executable, "-c", SIGNALLED_SAVER, str(tmp_path)], stdout=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline() == "ready\n"
+    process.send_signal(signal.SIGTERM)
+    deadline = time.time() + 30
+    while not list(tmp_path.glob(".step-*.tmp-*")) and time.time() < deadline:
+        time.sleep(0.01)
+    for again in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2):
+        process.send_signal(again)
+    assert process.wait(timeout=30) == 75
+    assert len(committed_steps(tmp_path)) == 1
+    assert verify(tmp_path / checkpoint.step_dirname(committed_steps(tmp_path)[0])) == []
+    assert not list(tmp_path.glob(".step-*"))

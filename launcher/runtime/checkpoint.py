@@ -23,6 +23,7 @@ import shutil
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol
 
@@ -44,6 +45,7 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 _UNFINISHED_DIR = re.compile(r"^\.step-\d+\.tmp-[0-9a-f]+$")
 _BEING_DELETED_DIR = re.compile(r"^\.step-\d+\.deleting-[0-9a-f]+$")
 _HASH_CHUNK = 8 << 20
+_HASH_THREADS = 8
 
 Writer = Callable[[Path], list]       # writes this rank's files into a folder, returns their names
 
@@ -295,20 +297,30 @@ def read_manifest(folder: Path) -> dict:
     return json.loads((Path(folder) / MANIFEST).read_text())
 
 
+def sha256_files(paths: list[Path], fsync: bool = False) -> list[str]:
+    """`sha256_file` of several files at once: hashlib releases the GIL, so threads use the cores."""
+    if len(paths) <= 1:
+        return [sha256_file(p, fsync) for p in paths]
+    with ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1, _HASH_THREADS)) as pool:
+        return list(pool.map(lambda p: sha256_file(p, fsync), paths))
+
+
 def verify_files(folder: Path, files: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Problems with the given manifest entries (missing, wrong size, wrong sha256); [] if none."""
-    problems = []
+    problems, to_hash = [], []
     for relpath, expected in files.items():
-        path = Path(folder) / relpath
         try:
-            size = path.stat().st_size
+            size = (Path(folder) / relpath).stat().st_size
         except FileNotFoundError:
             problems.append(f"{relpath}: missing")
             continue
         if size != expected["size"]:
             problems.append(f"{relpath}: {size} bytes, manifest says {expected['size']}")
-        elif sha256_file(path) != expected["sha256"]:
-            problems.append(f"{relpath}: sha256 differs from the manifest")
+        else:
+            to_hash.append(relpath)
+    digests = sha256_files([Path(folder) / relpath for relpath in to_hash])
+    problems += [f"{relpath}: sha256 differs from the manifest"
+                 for relpath, digest in zip(to_hash, digests) if digest != files[relpath]["sha256"]]
     return problems
 
 
@@ -401,6 +413,11 @@ class CheckpointManager:
         self.policy = policy
         self._last_save = time.monotonic()
         self._pending: _PendingSave | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Is an async save still being written or waiting for its commit?"""
+        return self._pending is not None
 
     # -------------------------------------------------- restore
 
@@ -552,8 +569,8 @@ class CheckpointManager:
         _barrier(self.env)                                   # every rank's files are written
         listing = _broadcast(self.env, _listing(tmp) if self.env.is_main else None)
         mine = listing[self.env.rank::self.env.world_size]
-        digests = {rel: {"size": (tmp / rel).stat().st_size, "sha256": sha256_file(tmp / rel, fsync=True)}
-                   for rel in mine}
+        hashes = sha256_files([tmp / rel for rel in mine], fsync=True)
+        digests = {rel: {"size": (tmp / rel).stat().st_size, "sha256": digest} for rel, digest in zip(mine, hashes)}
         gathered = _all_gather(self.env, (digests, my_files))
         if self.env.is_main:
             manifest = {

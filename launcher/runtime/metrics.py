@@ -6,6 +6,7 @@ so a kill loses at most the line being written.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from launcher.runtime.context import TaskContext
     from launcher.runtime.distributed import DistEnv
+
+log = logging.getLogger(__name__)
 
 
 class MetricsWriter:
@@ -51,8 +54,12 @@ class MetricsWriter:
         if not self.tensorboard:
             return
         if self._board is None:
-            from torch.utils.tensorboard import SummaryWriter   # imports tensorboard; only here
-
+            try:
+                from torch.utils.tensorboard import SummaryWriter   # imports tensorboard; only here
+            except ImportError as error:
+                log.warning("no TensorBoard mirror of metrics: %s", error)
+                self.tensorboard = False
+                return
             self._board = SummaryWriter(log_dir=str(self.tensorboard_dir))
         for key, value in record.items():
             if key not in ("step", "time") and isinstance(value, (int, float)) and math.isfinite(value):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import time
 from dataclasses import dataclass, fields
@@ -186,6 +187,7 @@ def main(ctx: TaskContext) -> None:
     """Train `steps` steps, checkpointing per ctx.checkpoint and stopping cleanly on a stop request."""
     cfg = ToyConfig.from_dict(ctx.config)
     torch.set_num_threads(cfg.threads)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # deterministic cuBLAS needs it
     torch.use_deterministic_algorithms(True)
     stop = ctx.stop if ctx.stop is not None else StopRequest()
     env = distributed.init(ctx.device)

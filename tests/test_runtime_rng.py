@@ -1,0 +1,21 @@
+"""Generator states: captured, saved in a weights_only-loadable file, restored to the same draws."""
+import random
+
+import numpy as np
+import torch
+
+from launcher.runtime import rng
+
+
+def draws():
+    return random.random(), np.random.rand(3).tolist(), np.random.normal(), torch.rand(3).tolist()
+
+
+def test_restore_repeats_the_draws_that_followed_the_capture(tmp_path):
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    np.random.normal()                                  # leaves a cached Gaussian in NumPy's state
+    torch.save(rng.capture(), tmp_path / "rng.pt")
+    expected = draws()
+    draws()
+    rng.restore(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert draws() == expected
