@@ -351,6 +351,7 @@ def steps_to_keep(steps: Iterable[int], keep_last: int, keep_every: int) -> set[
 
 
 # ---------------------------------------------------------------- collectives (no-ops for one rank)
+# All on the CPU control group: small, and never waiting for queued GPU work.
 
 
 def _broadcast(env: DistEnv, value: Any) -> Any:
@@ -358,7 +359,7 @@ def _broadcast(env: DistEnv, value: Any) -> Any:
     if not env.is_distributed:
         return value
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=env.control_group)
     return box[0]
 
 
@@ -366,21 +367,21 @@ def _all_gather(env: DistEnv, value: Any) -> list:
     if not env.is_distributed:
         return [value]
     boxes = [None] * env.world_size
-    dist.all_gather_object(boxes, value)
+    dist.all_gather_object(boxes, value, group=env.control_group)
     return boxes
 
 
 def _all_reduce_max(env: DistEnv, values: list[int]) -> list[int]:
     if not env.is_distributed:
         return values
-    tensor = torch.tensor(values, dtype=torch.int64, device=env.device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    tensor = torch.tensor(values, dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=env.control_group)
     return tensor.tolist()
 
 
 def _barrier(env: DistEnv) -> None:
     if env.is_distributed:
-        dist.barrier()
+        dist.barrier(group=env.control_group)
 
 
 # ---------------------------------------------------------------- the manager

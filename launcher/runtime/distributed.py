@@ -9,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, Mapping, MutableMapping
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +46,9 @@ class DistEnv:
     source: str
     device: "torch.device"
     backend: str
+    # Group for small CPU collectives (stop agreement, checkpoint coordination): gloo, so they
+    # never wait for queued GPU work. None means the default group (already gloo on CPU).
+    control_group: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -155,8 +158,9 @@ def resolve_device(device: str, local_rank: int) -> "torch.device":
 def init(device: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
     """Join the job's process group (nccl on CUDA, gloo on CPU) and select this rank's device.
 
-    Idempotent: a second call returns the same DistEnv and reuses the group. The group exists
-    for one process too, so collectives and `deepspeed.initialize` (which reuses it) work alike.
+    Idempotent: a second call reuses the process group. The group exists for one process too,
+    so collectives and `deepspeed.initialize` (which reuses it) work alike. With NCCL, a gloo
+    group for control messages is created as well (collective: all ranks call init).
     """
     import torch
     import torch.distributed as dist
@@ -179,7 +183,8 @@ def init(device: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
         )
     else:
         backend = dist.get_backend()
-    return DistEnv(device=torch_device, backend=backend, **vars(layout))
+    control_group = dist.new_group(backend="gloo") if backend != "gloo" and layout.world_size > 1 else None
+    return DistEnv(device=torch_device, backend=backend, control_group=control_group, **vars(layout))
 
 
 def single_process_env(device: str = "cpu") -> DistEnv:
@@ -202,7 +207,7 @@ def barrier(env: DistEnv) -> None:
     import torch.distributed as dist
 
     if env.is_distributed:
-        dist.barrier()
+        dist.barrier(group=env.control_group)
 
 
 def shutdown() -> None:

@@ -63,14 +63,17 @@ class StopRequest:
         return signal.Signals(self._received[0]).name
 
     def agree(self, env: "DistEnv") -> bool:
-        """True on every rank if any rank was asked to stop: one MAX all-reduce of one integer."""
+        """True on every rank if any rank was asked to stop: one MAX all-reduce of one integer.
+
+        It runs on the CPU control group, so it does not wait for queued GPU work.
+        """
         if not env.is_distributed:
             return self.requested
         import torch
         import torch.distributed as dist
 
-        flag = torch.tensor([1 if self._received else 0], dtype=torch.int32, device=env.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        flag = torch.tensor([1 if self._received else 0], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=env.control_group)
         return bool(flag.item())
 
 
