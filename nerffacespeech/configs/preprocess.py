@@ -1,0 +1,176 @@
+"""The preprocessing stage's config: typed, validated once, torch- and numpy-free.
+
+`check(config, resources)` is what the launcher runs at validation; `PreprocessConfig.parse`
+is what the task runs in the job. Both report `(field path, message)` problems.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+LANDMARKERS = ("auto", "fan", "dlib")
+IMAGE_FORMATS = ("png", "jpg")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """3DMM fitting (Deep3DFaceRecon's 257 BFM09 coefficients per frame)."""
+
+    enabled: bool = True
+    bfm_path: str | None = None          # default: <pretrained_dir>/BFM09_model_info.mat
+    rigid_steps: int = 100               # L-BFGS iterations, rotation + translation, anchor frames
+    nonrigid_steps: int = 150            # L-BFGS iterations, all coefficients, anchor frames
+    warm_steps: int = 60                 # per batch of frames, started from the previous frame
+    batch_frames: int = 32
+    photometric: bool = False            # add the skin-masked photometric loss (slow on CPU)
+    fit_size: int = 224                  # the fitting image size (Deep3DFaceRecon uses 224)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    data_dir: str
+    output_dir: str | None = None        # default: <run_dir>/data/processed
+    resolution: int = 256                # aligned crop size, a power of two in [32, 1024]
+    min_image_size: int | None = None    # smaller frames are refused; default: resolution
+    fps: int = 25
+    landmarker: str = "auto"             # auto: FAN where its weights exist, else dlib
+    pretrained_dir: str | None = None    # default: $NFS_PRETRAINED_ROOT, else ./pretrained_networks
+    smooth_sigma_frames: float = 1.5     # temporal smoothing of landmarks (0: off)
+    audio_sample_rates: tuple[int, ...] = (16_000, 22_050)
+    silence_dbfs: float = -50.0
+    max_av_mismatch_frames: int = 2      # |audio frames − image frames| allowed
+    max_bad_frame_fraction: float = 0.2  # more bad frames than this drops the whole clip
+    image_format: str = "png"            # format of aligned frames inside frames.zip
+    fit3dmm: FitConfig = field(default_factory=FitConfig)
+
+    @property
+    def min_side(self) -> int:
+        return self.min_image_size if self.min_image_size is not None else self.resolution
+
+    def pretrained_root(self) -> Path:
+        if self.pretrained_dir:
+            return Path(self.pretrained_dir)
+        return Path(os.environ.get("NFS_PRETRAINED_ROOT", "pretrained_networks"))
+
+    def bfm_file(self) -> Path:
+        return Path(self.fit3dmm.bfm_path) if self.fit3dmm.bfm_path else \
+            self.pretrained_root() / "BFM09_model_info.mat"
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """The settings that change what is written for an item (paths and budgets excluded)."""
+        return {"resolution": self.resolution, "fps": self.fps, "landmarker": self.landmarker,
+                "smooth_sigma_frames": self.smooth_sigma_frames, "image_format": self.image_format,
+                "min_side": self.min_side, "audio_sample_rates": list(self.audio_sample_rates),
+                "silence_dbfs": self.silence_dbfs, "max_av_mismatch_frames": self.max_av_mismatch_frames,
+                "max_bad_frame_fraction": self.max_bad_frame_fraction,
+                "fit3dmm": {f.name: getattr(self.fit3dmm, f.name) for f in fields(FitConfig)
+                            if f.name != "bfm_path"}}
+
+    @classmethod
+    def parse(cls, config: dict) -> tuple["PreprocessConfig | None", list[tuple[str, str]]]:
+        """The typed config and every problem found (config is None when there are any)."""
+        problems: list[tuple[str, str]] = []
+        values = _read(cls, config, "", problems, nested={"fit3dmm": FitConfig})
+        if problems:
+            return None, problems
+        cfg = cls(**values)
+        problems += _semantic_problems(cfg)
+        return (None if problems else cfg), problems
+
+
+def check(config: dict, resources: dict) -> list[tuple[str, str]]:
+    """What the launcher runs before submitting: types, ranges, unknown keys, the data folder."""
+    cfg, problems = PreprocessConfig.parse(config if isinstance(config, dict) else {})
+    if cfg is None:
+        return problems
+    data = Path(cfg.data_dir)
+    if not data.is_dir():
+        return [("data_dir", f"{cfg.data_dir!r} is not a folder (relative paths are taken from "
+                             f"the directory you run the launcher in)")]
+    if not any((data / sub).is_dir() for sub in ("images", "videos")):
+        return [("data_dir", f"{cfg.data_dir!r} has neither images/ nor videos/; see docs/PREPROCESSING.md")]
+    if cfg.landmarker == "fan":
+        root = cfg.pretrained_root()
+        missing = [f for f in ("face_alignment/s3fd-619a316812.pth", "face_alignment/2DFAN4-11f355bf06.pth.tar")
+                   if not (root / f).is_file()]
+        if missing:
+            return [("landmarker", f"fan needs {', '.join(missing)} under {root} "
+                                   "(python -m nerffacespeech.pretrained fetch), or use auto/dlib")]
+    if cfg.fit3dmm.enabled and cfg.fit3dmm.bfm_path and not Path(cfg.fit3dmm.bfm_path).is_file():
+        return [("fit3dmm.bfm_path", f"{cfg.fit3dmm.bfm_path!r} does not exist")]
+    return []
+
+
+_TYPES: dict[Any, tuple[type, ...]] = {
+    "str": (str,), "str | None": (str, type(None)), "int": (int,), "int | None": (int, type(None)),
+    "float": (int, float), "bool": (bool,), "tuple[int, ...]": (list, tuple),
+}
+
+
+def _read(cls, data: Any, prefix: str, problems: list, nested: dict) -> dict:
+    if not isinstance(data, dict):
+        problems.append((prefix.rstrip("."), "must be a mapping"))
+        return {}
+    known = {f.name: f for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            problems.append((f"{prefix}{key}", f"unknown key; known: {', '.join(sorted(known))}"))
+    values: dict[str, Any] = {}
+    for name, f in known.items():
+        path = f"{prefix}{name}"
+        if name in nested:
+            sub = _read(nested[name], data.get(name) or {}, f"{path}.", problems, {})
+            values[name] = nested[name](**sub) if not any(p[0].startswith(path) for p in problems) else None
+            continue
+        if name not in data:
+            if f.default is f.default_factory:   # both MISSING: a required field
+                problems.append((path, "is required"))
+            continue
+        value, kinds = data[name], _TYPES[str(f.type)]
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            problems.append((path, f"must be {str(f.type).replace('tuple[int, ...]', 'a list of integers')}, "
+                                   f"got {type(value).__name__} {value!r}"))
+        elif kinds == (list, tuple):
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                problems.append((path, "must be a list of integers"))
+            values[name] = tuple(value)
+        else:
+            values[name] = value
+    return values
+
+
+def _semantic_problems(cfg: PreprocessConfig) -> list[tuple[str, str]]:
+    out = []
+    r = cfg.resolution
+    if r < 32 or r > 1024 or r & (r - 1):
+        out.append(("resolution", f"must be a power of two between 32 and 1024, got {r}"))
+    if cfg.min_image_size is not None and cfg.min_image_size < 1:
+        out.append(("min_image_size", "must be at least 1"))
+    if cfg.fps != 25:
+        out.append(("fps", f"only 25 fps is supported (the mel windows assume it), got {cfg.fps}"))
+    if cfg.landmarker not in LANDMARKERS:
+        out.append(("landmarker", f"must be one of {', '.join(LANDMARKERS)}, got {cfg.landmarker!r}"))
+    if cfg.image_format not in IMAGE_FORMATS:
+        out.append(("image_format", f"must be one of {', '.join(IMAGE_FORMATS)}, got {cfg.image_format!r}"))
+    if cfg.smooth_sigma_frames < 0:
+        out.append(("smooth_sigma_frames", "must be at least 0"))
+    if not cfg.audio_sample_rates or any(s < 8000 for s in cfg.audio_sample_rates):
+        out.append(("audio_sample_rates", "must list sample rates of at least 8000 Hz"))
+    if cfg.max_av_mismatch_frames < 0:
+        out.append(("max_av_mismatch_frames", "must be at least 0"))
+    if not 0 <= cfg.max_bad_frame_fraction <= 1:
+        out.append(("max_bad_frame_fraction", "must be between 0 and 1"))
+    fit = cfg.fit3dmm
+    for name in ("rigid_steps", "nonrigid_steps", "warm_steps"):
+        if getattr(fit, name) < 0:
+            out.append((f"fit3dmm.{name}", "must be at least 0"))
+    if fit.batch_frames < 1:
+        out.append(("fit3dmm.batch_frames", "must be at least 1"))
+    if fit.fit_size < 64 or fit.fit_size % 8:
+        out.append(("fit3dmm.fit_size", "must be a multiple of 8, at least 64"))
+    return out
+
+
+__all__ = ["PreprocessConfig", "FitConfig", "check"]

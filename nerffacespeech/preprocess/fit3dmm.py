@@ -1,0 +1,191 @@
+"""Fit Deep3DFaceRecon's 257 BFM09 coefficients to the aligned frames of a clip.
+
+Geometry, texture, Euler rotation (R = Rz·Ry·Rx), camera (10 units away, focal 1015 at 224 px)
+and 9-band SH lighting follow Deep3DFaceRecon, so coefficients are interchangeable with its and
+SadTalker's. Fitting follows 3DMM-Fitting-Pytorch's plan, batched:
+
+1. anchors: up to `batch_frames` frames spread over the clip; a rigid stage (rotation and
+   translation, landmark loss) then a non-rigid stage (all coefficients, landmark + skin-masked
+   photometric loss + L2 priors) with identity and texture shared by all frames;
+2. the rest, in consecutive batches with identity and texture frozen, each frame starting
+   from the solution of the frame before the batch (warm start), for `warm_steps`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import kornia
+import numpy as np
+import torch
+
+from nerffacespeech.configs.preprocess import FitConfig
+
+from . import bfm, render
+from .bfm import MorphableModel
+
+# Deep3DFaceRecon's loss weights (landmarks, photometric, priors) and landmark emphasis.
+W_LANDMARK, W_PHOTO, W_ID, W_EXP, W_TEX, W_GAMMA = 1.0, 1.92e-3, 1e-4, 0.8e-4, 1.7e-6, 1e-2
+LANDMARK_WEIGHTS = torch.ones(68)
+LANDMARK_WEIGHTS[28:31] = 20.0          # nose ridge
+LANDMARK_WEIGHTS[-8:] = 20.0            # inner lips
+SH_INIT = torch.tensor([0.8, 0, 0, 0, 0, 0, 0, 0, 0])
+
+
+class FaceModel:
+    """The morphable model as differentiable functions of coefficients."""
+
+    def __init__(self, model: MorphableModel, size: int):
+        self.m = model
+        self.size = size
+        f = bfm.FOCAL_AT_224 * size / 224
+        self.intrinsics = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1.0]],
+                                       device=model.mean_shape.device)
+
+    def shape(self, id_: torch.Tensor, exp: torch.Tensor) -> torch.Tensor:
+        offset = id_ @ self.m.id_base.T + exp @ self.m.exp_base.T
+        return self.m.mean_shape + offset.reshape(len(offset), -1, 3)
+
+    def texture(self, tex: torch.Tensor) -> torch.Tensor:
+        return self.m.mean_tex + (tex @ self.m.tex_base.T).reshape(len(tex), -1, 3)
+
+    @staticmethod
+    def rotation(angles: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 3) R = Rz·Ry·Rx from Euler angles (x: pitch, y: yaw, z: roll), radians."""
+        x, y, z = angles.unbind(-1)
+        rx = kornia.geometry.conversions.axis_angle_to_rotation_matrix(
+            torch.stack([x, torch.zeros_like(x), torch.zeros_like(x)], -1))
+        ry = kornia.geometry.conversions.axis_angle_to_rotation_matrix(
+            torch.stack([torch.zeros_like(y), y, torch.zeros_like(y)], -1))
+        rz = kornia.geometry.conversions.axis_angle_to_rotation_matrix(
+            torch.stack([torch.zeros_like(z), torch.zeros_like(z), z], -1))
+        return rz @ ry @ rx
+
+    def to_screen(self, vertices: torch.Tensor, angles: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
+        """(B, N, 3) pixel x, pixel y (down), and distance from the camera."""
+        world = vertices @ self.rotation(angles).transpose(1, 2) + trans[:, None, :]
+        depth = bfm.CAMERA_DISTANCE - world[..., 2]
+        camera = torch.stack([world[..., 0], -world[..., 1], depth], -1)
+        pixels = kornia.geometry.camera.project_points(camera, self.intrinsics.expand(len(camera), 3, 3)[:, None])
+        return torch.cat([pixels, depth[..., None]], -1)
+
+    def normals(self, vertices: torch.Tensor) -> torch.Tensor:
+        tri = self.m.triangles
+        a, b, c = vertices[:, tri[:, 0]], vertices[:, tri[:, 1]], vertices[:, tri[:, 2]]
+        face_n = torch.nn.functional.normalize(torch.cross(a - b, b - c, dim=-1), dim=-1)
+        face_n = torch.cat([face_n, torch.zeros_like(face_n[:, :1])], 1)       # index F: padding
+        buf = torch.where(self.m.point_buf < 0, torch.full_like(self.m.point_buf, tri.shape[0]), self.m.point_buf)
+        return torch.nn.functional.normalize(face_n[:, buf].sum(2), dim=-1)
+
+    def shade(self, texture: torch.Tensor, normals: torch.Tensor, gamma: torch.Tensor,
+              angles: torch.Tensor) -> torch.Tensor:
+        """Vertex colours: texture × 9-band spherical-harmonics irradiance (Deep3DFaceRecon's)."""
+        n = normals @ self.rotation(angles).transpose(1, 2)
+        x, y, z = n.unbind(-1)
+        a0, a1, a2 = math.pi, 2 * math.pi / math.sqrt(3.0), 2 * math.pi / math.sqrt(8.0)
+        c0, c1, c2 = 1 / math.sqrt(4 * math.pi), math.sqrt(3.0) / math.sqrt(4 * math.pi), \
+            3 * math.sqrt(5.0) / math.sqrt(12 * math.pi)
+        basis = torch.stack([
+            torch.full_like(x, a0 * c0), -a1 * c1 * y, a1 * c1 * z, -a1 * c1 * x, a2 * c2 * x * y,
+            -a2 * c2 * y * z, 0.5 * a2 * c2 / math.sqrt(3.0) * (3 * z ** 2 - 1), -a2 * c2 * x * z,
+            0.5 * a2 * c2 * (x ** 2 - y ** 2)], -1)                             # (B, N, 9)
+        light = gamma.reshape(len(gamma), 3, 9) + SH_INIT.to(gamma.device)
+        return texture * torch.einsum("bnk,bck->bnc", basis, light)
+
+    def landmarks(self, coeffs: dict[str, torch.Tensor]) -> torch.Tensor:
+        verts = self.shape(coeffs["id"], coeffs["exp"])[:, self.m.keypoints]
+        return self.to_screen(verts, coeffs["angles"], coeffs["trans"])[..., :2]
+
+    def render(self, coeffs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, S, 3) image in [0, 1] and (B, S, S) skin coverage of the rendered face."""
+        verts = self.shape(coeffs["id"], coeffs["exp"])
+        screen = self.to_screen(verts, coeffs["angles"], coeffs["trans"])
+        colour = self.shade(self.texture(coeffs["tex"]), self.normals(verts), coeffs["gamma"], coeffs["angles"])
+        tri_id, bary = render.rasterize(screen, self.m.triangles, self.size)
+        skin = self.m.skin_mask[None, :, None].expand(len(verts), -1, 1)
+        attrs = render.interpolate(torch.cat([colour, skin], -1), self.m.triangles, tri_id, bary)
+        return attrs[..., :3], attrs[..., 3] * (tri_id >= 0)
+
+
+@dataclass
+class FitResult:
+    coeffs: np.ndarray           # (N, 257)
+    landmark_error: np.ndarray   # (N,) mean landmark distance in pixels at the fitting size
+
+
+class ClipFitter:
+    """Fits every frame of a clip; one instance serves many clips."""
+
+    def __init__(self, model: MorphableModel, cfg: FitConfig, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.cfg = cfg
+        self.face = FaceModel(model.to(self.device), cfg.fit_size)
+        self.photometric = cfg.photometric
+
+    def fit(self, crops: np.ndarray, landmarks: np.ndarray) -> FitResult:
+        """Coefficients for (N, S, S, 3) uint8 crops with (N, 68, 2) landmarks in their pixels."""
+        images = torch.as_tensor(crops, device=self.device).float() / 255.0
+        target = torch.as_tensor(np.asarray(landmarks), dtype=torch.float32, device=self.device)
+        n = len(target)
+        anchors = np.unique(np.linspace(0, n - 1, min(n, self.cfg.batch_frames)).round().astype(int))
+        params = self._init(len(anchors))
+        self._optimise(params, ("angles", "trans"), images[anchors], target[anchors], self.cfg.rigid_steps,
+                       photometric=False)
+        self._optimise(params, ("id", "exp", "tex", "angles", "trans", "gamma"), images[anchors],
+                       target[anchors], self.cfg.nonrigid_steps, photometric=self.photometric)
+        shared = {k: params[k][:1].detach() for k in ("id", "tex")}
+        per_frame = {k: torch.zeros(n, params[k].shape[1], device=self.device) for k in ("exp", "angles", "trans", "gamma")}
+        for k in per_frame:
+            per_frame[k][anchors] = params[k].detach()
+        done = np.zeros(n, bool)
+        done[anchors] = self.cfg.warm_steps == 0
+        for start in range(0, n, self.cfg.batch_frames):
+            frames = torch.arange(start, min(start + self.cfg.batch_frames, n), device=self.device)
+            seed = start - 1 if start > 0 else int(anchors[0])
+            batch = {k: v[seed].expand(len(frames), -1).clone().requires_grad_(True) for k, v in per_frame.items()}
+            batch.update({k: v.expand(len(frames), -1) for k, v in shared.items()})
+            self._optimise(batch, ("exp", "angles", "trans", "gamma"), images[frames], target[frames],
+                           self.cfg.warm_steps, photometric=self.photometric)
+            keep = ~torch.as_tensor(done[frames.cpu().numpy()], device=self.device)
+            for k in per_frame:
+                per_frame[k][frames[keep]] = batch[k].detach()[keep]
+        full = {**{k: v.expand(n, -1) for k, v in shared.items()}, **per_frame}
+        with torch.no_grad():
+            error = (self.face.landmarks(full) - target).norm(dim=-1).mean(-1)
+        coeffs = torch.cat([full[k] for k in bfm.SLICES], dim=1)
+        return FitResult(coeffs.cpu().numpy(), error.cpu().numpy())
+
+    def _init(self, count: int) -> dict[str, torch.Tensor]:
+        z = lambda width, rows=count: torch.zeros(rows, width, device=self.device, requires_grad=True)
+        return {"id": z(80, 1), "tex": z(80, 1), "exp": z(64), "angles": z(3), "trans": z(3), "gamma": z(27)}
+
+    def _optimise(self, params, names, images, target, steps, photometric):
+        """L-BFGS with strong-Wolfe line search: these are small smooth least-squares problems."""
+        if steps == 0:
+            return
+        opt = torch.optim.LBFGS([params[k] for k in names], lr=1.0, max_iter=steps, history_size=20,
+                                tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+        weights = LANDMARK_WEIGHTS.to(self.device)
+
+        def closure():
+            opt.zero_grad(set_to_none=True)
+            coeffs = {k: v.expand(len(target), -1) for k, v in params.items()}
+            loss = self._loss(coeffs, images, target, weights, photometric)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+
+    def _loss(self, coeffs, images, target, weights, photometric):
+        size = self.face.size
+        residual = ((self.face.landmarks(coeffs) - target) / size).pow(2).sum(-1)
+        loss = W_LANDMARK * 1e3 * (residual * weights).sum(-1).mean() / weights.sum()
+        loss = loss + W_ID * coeffs["id"].pow(2).sum(-1).mean() + W_EXP * coeffs["exp"].pow(2).sum(-1).mean() \
+            + W_TEX * coeffs["tex"].pow(2).sum(-1).mean()
+        if photometric:
+            rendered, skin = self.face.render(coeffs)
+            diff = (rendered - images).norm(dim=-1) * skin
+            loss = loss + W_PHOTO * 1e3 * diff.sum((1, 2)).div(skin.sum((1, 2)).clamp(min=1)).mean()
+            gamma = coeffs["gamma"].reshape(-1, 3, 9)
+            loss = loss + W_GAMMA * (gamma - gamma.mean(1, keepdim=True)).pow(2).mean()
+        return loss
