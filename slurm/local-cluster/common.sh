@@ -22,10 +22,12 @@ pid_alive() {
 
 pid_of() { tr -dc '0-9' <"$1"; }
 
-# any_daemon_alive: true if munged, slurmctld or any slurmd of $STATE runs.
+# any_daemon_alive: true if any daemon of $STATE runs.
 any_daemon_alive() {
     pid_alive "$STATE/munge/munged.pid" munged && return 0
     pid_alive "$STATE/run/slurmctld.pid" slurmctld && return 0
+    pid_alive "$STATE/run/slurmdbd.pid" slurmdbd && return 0
+    pid_alive "$STATE/mysql/mysqld.pid" mariadbd && return 0
     local f
     for f in "$STATE"/run/slurmd-*.pid; do
         [[ -e $f ]] || continue

@@ -5,8 +5,9 @@
 set -euo pipefail
 
 PKGS=(slurmctld slurmd slurm-client munge)
-# Optional extras: NFS_SLURM_WITH_ACCOUNTING=1 also installs slurmdbd + mariadb.
-if [[ "${NFS_SLURM_WITH_ACCOUNTING:-0}" == 1 || "${1:-}" == "--with-accounting" ]]; then
+# --with-accounting (or NFS_SLURM_ACCOUNTING=1) also installs slurmdbd +
+# mariadb-server for `start.sh --with-accounting`.
+if [[ "${NFS_SLURM_ACCOUNTING:-${NFS_SLURM_WITH_ACCOUNTING:-0}}" == 1 || "${1:-}" == "--with-accounting" ]]; then
     PKGS+=(slurmdbd mariadb-server)
 fi
 

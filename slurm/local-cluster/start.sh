@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start a real, single-machine Slurm cluster for tests and development.
 #
-#   bash slurm/local-cluster/start.sh [--nodes N] [--clean]
+#   bash slurm/local-cluster/start.sh [--nodes N] [--clean] [--with[out]-accounting]
 #
 # - munged (own socket under the state dir, key /etc/munge/munge.key)
 # - slurmctld
@@ -23,6 +23,9 @@
 #   NFS_SLURM_CPUS [8] per node      NFS_SLURM_MEM_MB [16000] per node
 #   NFS_SLURM_CTLD_PORT [6817]       NFS_SLURM_SLURMD_PORT_BASE [6830] (nodeX: base+X)
 #   NFS_SLURM_START_TIMEOUT [60] s   NFS_SLURM_CONF (force the conf path)
+#   NFS_SLURM_ACCOUNTING=1|0 (= --with-accounting|--without-accounting; default:
+#   as at the last start, else 0): also run MariaDB + slurmdbd so plain `sacct`
+#   works; NFS_SLURM_DBD_PORT [6819], NFS_SLURM_MYSQL_PORT [3307]
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -34,13 +37,18 @@ CTLD_PORT=${NFS_SLURM_CTLD_PORT:-6817}
 PORT_BASE=${NFS_SLURM_SLURMD_PORT_BASE:-6830}
 TIMEOUT=${NFS_SLURM_START_TIMEOUT:-60}
 CLEAN=0
+ACCT=${NFS_SLURM_ACCOUNTING:-}
+DBD_PORT=${NFS_SLURM_DBD_PORT:-6819}
+MYSQL_PORT=${NFS_SLURM_MYSQL_PORT:-3307}
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --nodes) NODES=$2; shift 2 ;;
         --nodes=*) NODES=${1#*=}; shift ;;
         --clean) CLEAN=1; shift ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        --with-accounting) ACCT=1; shift ;;
+        --without-accounting) ACCT=0; shift ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "start.sh: unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -94,8 +102,28 @@ choose_conf() {
 CONF=$(choose_conf)
 CONF_DIR=$(dirname "$CONF")
 
-# ---------------------------------------------------------------- slurm.conf
 MUNGE_SOCKET=$STATE/munge/munge.socket.2
+
+# Neither flag nor NFS_SLURM_ACCOUNTING: keep the mode of the last start.
+if [[ -z $ACCT ]]; then
+    ACCT=0
+    if grep -q '^AccountingStorageType=accounting_storage/slurmdbd' "$STATE/etc/slurm.conf" 2>/dev/null; then
+        ACCT=1
+    fi
+fi
+if [[ $ACCT == 1 ]]; then
+    for b in slurmdbd mariadbd mariadb-install-db sacctmgr; do
+        command -v "$b" >/dev/null || die "$b not found; run slurm/local-cluster/install.sh --with-accounting first"
+    done
+    ACCT_LINES="AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=$HOST
+AccountingStoragePort=$DBD_PORT
+AccountingStoragePass=$MUNGE_SOCKET"
+else
+    ACCT_LINES="AccountingStorageType=accounting_storage/none"
+fi
+
+# ---------------------------------------------------------------- slurm.conf
 node_lines=""
 for i in $(seq 1 "$NODES"); do
     node_lines+="NodeName=node$i NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$((PORT_BASE + i)) CPUs=$CPUS Boards=1 SocketsPerBoard=1 CoresPerSocket=$CPUS ThreadsPerCore=1 RealMemory=$MEM_MB State=UNKNOWN"$'\n'
@@ -153,8 +181,9 @@ SchedulerParameters=bf_interval=2,sched_interval=2
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 SlurmctldParameters=preempt_send_user_signal
-# No slurmdbd: job completion records go to a text file (sacct -c reads it).
-AccountingStorageType=accounting_storage/none
+# Without --with-accounting there is no slurmdbd. Either way job completion
+# records also go to a text file (sacct -c reads it).
+$ACCT_LINES
 JobCompType=jobcomp/filetxt
 JobCompLoc=$STATE/log/jobcomp.txt
 ${node_lines}PartitionName=debug Nodes=$NODELIST Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=20 PreemptMode=REQUEUE OverSubscribe=NO
@@ -165,14 +194,14 @@ EOF
 ctld_alive=0
 pid_alive "$STATE/run/slurmctld.pid" slurmctld && ctld_alive=1
 
-conf_changed=1
-if [[ -f $STATE/etc/slurm.conf ]] && [[ "$(cat "$STATE/etc/slurm.conf")" == "$new_conf" ]]; then
-    conf_changed=0
+# Settings only: comments may change between versions of this script.
+settings() { grep -v '^[[:space:]]*#' | grep -v '^[[:space:]]*$' || true; }
+if [[ $ctld_alive == 1 && -f $STATE/etc/slurm.conf ]] \
+    && [[ "$(settings <"$STATE/etc/slurm.conf")" != "$(settings <<<"$new_conf")" ]]; then
+    diff <(settings <"$STATE/etc/slurm.conf") <(settings <<<"$new_conf") >&2 || true
+    die "slurmctld is running with a different configuration (above: < running, > wanted); run slurm/local-cluster/stop.sh first"
 fi
-if [[ $ctld_alive == 1 && $conf_changed == 1 ]]; then
-    die "slurmctld is running with a different configuration (see $STATE/etc/slurm.conf); run slurm/local-cluster/stop.sh first"
-fi
-if [[ $conf_changed == 1 ]]; then
+if [[ ! -f $STATE/etc/slurm.conf ]] || [[ "$(cat "$STATE/etc/slurm.conf")" != "$new_conf" ]]; then
     printf '%s\n' "$new_conf" > "$STATE/etc/slurm.conf"
 fi
 if [[ $CONF != "$STATE/etc/slurm.conf" ]]; then
@@ -209,7 +238,7 @@ if pid_alive "$STATE/munge/munged.pid" munged && [[ -S $MUNGE_SOCKET ]]; then
 else
     rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock" "$STATE/munge/munged.pid"
     log "starting munged"
-    runuser -u munge -- munged \
+    runuser -u munge -- munged --num-threads=10 \
         --socket="$MUNGE_SOCKET" \
         --pid-file="$STATE/munge/munged.pid" \
         --log-file="$STATE/munge/munged.log" \
@@ -220,6 +249,78 @@ else
 fi
 munge -n --socket="$MUNGE_SOCKET" | unmunge --socket="$MUNGE_SOCKET" >/dev/null \
     || die "munge round trip failed (socket $MUNGE_SOCKET)"
+
+# ---------------------------------------------------------------- accounting
+if [[ $ACCT == 1 ]]; then
+    DB=$STATE/mysql
+    MYSQL_SOCK=$DB/mysqld.sock
+    if [[ ! -d $DB/mysql ]]; then
+        log "initialising MariaDB in $DB"
+        mkdir -p "$DB"; chown mysql:mysql "$DB"; chmod 750 "$DB"
+        mariadb-install-db --user=mysql --datadir="$DB" --auth-root-authentication-method=socket \
+            --skip-test-db >"$STATE/log/mariadb-install.log" 2>&1 \
+            || { tail -20 "$STATE/log/mariadb-install.log" >&2; die "mariadb-install-db failed"; }
+    fi
+    if pid_alive "$DB/mysqld.pid" mariadbd; then
+        log "mariadbd already running (pid $(cat "$DB/mysqld.pid"))"
+    else
+        log "starting mariadbd (127.0.0.1:$MYSQL_PORT)"
+        setsid mariadbd --user=mysql --datadir="$DB" --socket="$MYSQL_SOCK" --pid-file="$DB/mysqld.pid" \
+            --port="$MYSQL_PORT" --bind-address=127.0.0.1 --log-error="$DB/mysqld.err" \
+            --innodb-buffer-pool-size=256M --innodb-lock-wait-timeout=900 --skip-log-bin </dev/null >>"$STATE/log/start.out" 2>&1 &
+        for _ in $(seq 1 200); do
+            mariadb -S "$MYSQL_SOCK" -e 'select 1' >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+        mariadb -S "$MYSQL_SOCK" -e 'select 1' >/dev/null 2>&1 \
+            || { tail -20 "$DB/mysqld.err" >&2 || true; die "mariadbd did not come up"; }
+    fi
+    # A local test database: fixed password, reachable from 127.0.0.1 only.
+    mariadb -S "$MYSQL_SOCK" -e "
+        CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+        CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'nfs-local';
+        CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'nfs-local';
+        GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
+        GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1';" \
+        || die "could not create the slurm database user"
+    DBD_CONF=$CONF_DIR/slurmdbd.conf
+    {
+        echo "$MARKER"
+        echo "AuthType=auth/munge"
+        echo "AuthInfo=socket=$MUNGE_SOCKET"
+        echo "DbdHost=$HOST"
+        echo "DbdAddr=127.0.0.1"
+        echo "DbdPort=$DBD_PORT"
+        echo "SlurmUser=root"
+        echo "LogFile=$STATE/log/slurmdbd.log"
+        echo "PidFile=$STATE/run/slurmdbd.pid"
+        echo "StorageType=accounting_storage/mysql"
+        echo "StorageHost=127.0.0.1"
+        echo "StoragePort=$MYSQL_PORT"
+        echo "StorageUser=slurm"
+        echo "StoragePass=nfs-local"
+        echo "StorageLoc=slurm_acct_db"
+    } > "$DBD_CONF.tmp.$$"
+    chmod 600 "$DBD_CONF.tmp.$$"; mv -f "$DBD_CONF.tmp.$$" "$DBD_CONF"
+    if pid_alive "$STATE/run/slurmdbd.pid" slurmdbd; then
+        log "slurmdbd already running (pid $(cat "$STATE/run/slurmdbd.pid"))"
+    else
+        rm -f "$STATE/run/slurmdbd.pid"
+        log "starting slurmdbd (port $DBD_PORT)"
+        # slurmdbd reads slurmdbd.conf from the directory of SLURM_CONF.
+        SLURM_CONF=$CONF slurmdbd </dev/null >>"$STATE/log/start.out" 2>&1 \
+            || { tail -20 "$STATE/log/slurmdbd.log" >&2 || true; die "slurmdbd failed to start"; }
+        for _ in $(seq 1 100); do
+            (exec 3<>"/dev/tcp/127.0.0.1/$DBD_PORT") 2>/dev/null && break
+            sleep 0.2
+        done
+    fi
+    # sacctmgr talks munge through AccountingStoragePass (our socket).
+    if ! timeout 20 sacctmgr -n -P show cluster format=cluster 2>/dev/null | grep -qx nfslocal; then
+        timeout 20 sacctmgr -i add cluster nfslocal >/dev/null \
+            || { tail -20 "$STATE/log/slurmdbd.log" >&2 || true; die "sacctmgr add cluster failed"; }
+    fi
+fi
 
 # ---------------------------------------------------------------- slurmctld
 if [[ $ctld_alive == 1 ]]; then

@@ -4,7 +4,8 @@
 #   bash slurm/local-cluster/stop.sh [--keep-jobs]
 #
 # Only the daemons named by PID files in the state dir ($NFS_SLURM_DIR,
-# default /tmp/nfs-slurm) are stopped: slurmd x N, slurmctld, munged. Any
+# default /tmp/nfs-slurm) are stopped: slurmd x N, slurmctld, slurmdbd and
+# mariadbd (--with-accounting), munged. Any
 # other Slurm/munge process on the machine is left alone. Idempotent.
 # Unless --keep-jobs is given, jobs still in the queue are cancelled first
 # (and waited for, up to 20 s) so no slurmstepd/job processes outlive the
@@ -74,5 +75,8 @@ for f in "$STATE"/run/slurmd-*.pid; do
     stop_pid "$f" slurmd "-N $n" "slurmd $n"
 done
 stop_pid "$STATE/run/slurmctld.pid" slurmctld "" slurmctld
+# --with-accounting extras (absent otherwise)
+stop_pid "$STATE/run/slurmdbd.pid" slurmdbd "" slurmdbd
+stop_pid "$STATE/mysql/mysqld.pid" mariadbd "" mariadbd
 stop_pid "$STATE/munge/munged.pid" munged "" munged
 log "stopped (state kept in $STATE)"
