@@ -174,7 +174,10 @@ def test_scancel_signal_reaches_step_processes_and_batch_flag_only_the_batch_she
         L={log}
         trap 'echo "batch USR2" >> $L' USR2
         python3 {child} batchchild &
-        srun -n1 --exact --mem=200 bash -c 'python3 {child} grandchild & wait' &
+        # The task shell must survive SIGUSR2 (default action: terminate); if it died, the
+        # grandchild would be orphaned to PID 1 and escape proctrack/linuxproc's cleanup.
+        srun -n1 --exact --mem=200 bash -c 'trap : USR2; python3 {child} grandchild & C=$!
+            while kill -0 $C 2>/dev/null; do wait $C; done' &
         srun -n1 --exact --mem=200 python3 {child} task &
         while true; do sleep 0.2; done
     """
