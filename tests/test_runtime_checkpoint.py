@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from launcher.runtime import checkpoint
 from launcher.runtime.checkpoint import (
@@ -307,3 +308,30 @@ def test_repeated_signals_during_the_stop_checkpoint_do_not_cut_it_short(tmp_pat
     assert len(committed_steps(tmp_path)) == 1
     assert verify(tmp_path / checkpoint.step_dirname(committed_steps(tmp_path)[0])) == []
     assert not list(tmp_path.glob(".step-*"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_async_save_of_gpu_state_reuses_pinned_host_buffers(tmp_path):
+    model = torch.nn.Linear(256, 256).cuda()
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 256, device="cuda")).sum().backward()
+    optimizer.step()
+    expected = {k: v.cpu().clone() for k, v in model.state_dict().items()}
+    env = single_process_env("cuda")
+    state = {"model": ModuleState(model), "optim": OptimizerState(optimizer)}
+    manager = CheckpointManager(tmp_path, env, CheckpointPolicy(async_save=True))
+    manager.save(1, state)
+    buffers = list(state["model"]._staging._buffers.values())
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    manager.wait()
+    manager.save(2, state)
+    manager.wait()
+    assert all(b.is_pinned() for b in buffers)
+    assert [b.data_ptr() for b in state["model"]._staging._buffers.values()] == [b.data_ptr() for b in buffers]
+    restored = torch.nn.Linear(256, 256).cuda()
+    CheckpointManager(tmp_path, env).restore_latest({"model": ModuleState(restored)})
+    assert not torch.equal(restored.weight.cpu(), expected["weight"])          # step 2 has the +1
+    first = load_file(str(tmp_path / "step-000001" / "model.safetensors"))
+    assert all(torch.equal(first[k], v) for k, v in expected.items())
