@@ -1,0 +1,438 @@
+"""The `stylenerf.train` task: StyleNeRF GAN training under DeepSpeed ZeRO 0-3 or DDP.
+
+A step, top to bottom: the generator phase (non-saturating loss through a frozen view of D,
+the NeRF-path loss, and every `pl_every` steps the path-length penalty's weight gradients
+injected), then the discriminator phase (logistic loss on generated and real images, and every
+`r1_every` steps R1's weight gradients injected), then the EMA of G. Every tick: a progress line
+and a metrics line; every `snapshot_ticks`: an image grid of fixed seeds and the metrics.
+Checkpoints, stop requests and resume come from `launcher.runtime`; a resumed run continues
+bitwise (the data position and every random generator are part of the checkpoint).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from launcher.atomic import write_bytes, write_json
+from launcher.runtime import checkpoint, distributed
+from launcher.runtime.context import TaskContext
+from launcher.runtime.metrics import MetricsWriter
+from launcher.runtime.preemption import StopForRequeue, StopRequest
+from nerffacespeech.configs.stylenerf import TrainConfig, support_problems
+from nerffacespeech.metrics.evaluate import MetricSuite
+from nerffacespeech.models.stylenerf import Discriminator, Generator, count_parameters
+from nerffacespeech.models.stylenerf.layers import resize_images
+
+from . import images as image_data
+from . import losses
+from .engine import EngineSpec, Trainable, resolve_precision
+
+FINAL_RECORD = "final.json"
+W_AVG_BETA = 0.995
+
+
+def growth(kimg: float, curriculum: tuple | None, stages: int) -> tuple[int, float]:
+    """Progressive growing: (upsampler blocks in use, fade of the newest) at `kimg` images shown.
+
+    Between curriculum[0] and curriculum[1] kimg the resolution grows linearly in octaves from
+    the NeRF's to the output's; outside it is the NeRF's resolution (before) or full (after).
+    """
+    if not curriculum or stages == 0:
+        return stages, 1.0
+    start, end = curriculum
+    alpha = min(max((kimg - start) / (end - start), 0.0), 1.0) if end > start else float(kimg >= start)
+    level = alpha * stages
+    stage = math.ceil(level)
+    return (stage, level - (stage - 1)) if stage > 0 else (0, 1.0)
+
+
+@dataclass
+class RunState:
+    """What the loop carries between steps besides the networks (saved as the `progress` dict)."""
+
+    progress: dict
+
+    @classmethod
+    def fresh(cls) -> "RunState":
+        return cls({"step": 0, "images": 0, "pl_mean": 0.0, "tick": 0})
+
+
+class StyleNeRFTraining:
+    """Networks, engines, data and the two phases of a training step."""
+
+    def __init__(self, cfg: TrainConfig, env: distributed.DistEnv):
+        self.cfg, self.env = cfg, env
+        self.precision = resolve_precision(cfg.precision, env.device)
+        problems = support_problems(cfg.engine, cfg.zero_stage, self.precision, env.device.type)
+        if problems:
+            raise ValueError("; ".join(f"{f}: {m}" for f, m in problems))
+        self.model_cfg = cfg.model_config
+        self.accumulation = cfg.accumulation(env.world_size)
+        torch.manual_seed(cfg.seed)                          # identical initial weights on every rank
+        generator, discriminator = Generator(self.model_cfg), Discriminator(self.model_cfg)
+        self.sizes = {"G": count_parameters(generator), "D": count_parameters(discriminator)}
+        channels_last = cfg.channels_last and env.device.type == "cuda"
+        generator.channels_last = discriminator.channels_last = channels_last
+        generator.set_activation_checkpointing(cfg.activation_checkpointing)
+        self.g_ema = copy.deepcopy(generator).eval().requires_grad_(False).to(env.device)
+        self.progressive = bool(cfg.curriculum_kimg) and generator.stages > 0
+
+        def spec(lr: float, unused_parameters: bool) -> EngineSpec:
+            return EngineSpec(cfg.engine, cfg.zero_stage if cfg.engine == "deepspeed" else 0, self.precision, lr,
+                              tuple(cfg.betas), cfg.eps, cfg.batch_per_gpu, self.accumulation,
+                              find_unused_parameters=unused_parameters)
+
+        if cfg.compile:
+            _compile_blocks(generator, discriminator)
+        # DDP must be told about weights a step may not use: G's upper blocks while growing,
+        # D's half-resolution entry outside a fade-in
+        self.g = Trainable("G", generator, lambda: Generator(self.model_cfg), spec(cfg.lr_g, self.progressive), env)
+        self.d = Trainable("D", discriminator, lambda: Discriminator(self.model_cfg), spec(cfg.lr_d, True), env)
+        self.num_ws = generator.num_ws
+        self.ema_beta = 0.5 ** (cfg.batch_total / max(cfg.ema_kimg * 1000, 1e-8))
+
+    # ------------------------------------------------------------------ one step
+
+    def latents(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.model_cfg.z_dim, device=self.env.device)
+
+    def mixing(self) -> dict:
+        """Style-mixing arguments for one generator call (second latent and cutoff, or none)."""
+        cutoff = losses.style_mixing_cutoff(self.num_ws, self.cfg.style_mixing, self.env.device)
+        return {"mix_z": self.latents(self.cfg.batch_per_gpu), "mix_cutoff": cutoff}
+
+    def generator_phase(self, stage: int, fade: float, regularize: bool, run: RunState) -> dict:
+        cfg, batch = self.cfg, self.cfg.batch_per_gpu
+        logs: dict[str, torch.Tensor] = {}
+        injected = None
+        if regularize:
+            shrink = max(1, batch // cfg.pl_batch_shrink)
+            with self.g.differentiable_copy() as (g_fn, leaves):
+                mix = self.mixing()
+                lengths = losses.path_lengths(lambda: g_fn(self.latents(shrink), mix_z=mix["mix_z"][:shrink],
+                                                           mix_cutoff=mix["mix_cutoff"], stage=stage, fade=fade))
+                pl_mean = torch.tensor(run.progress["pl_mean"], device=self.env.device)
+                penalty, pl_mean = losses.path_length_penalty(lengths, pl_mean, cfg.pl_decay)
+                injected = self.g.weight_grads(penalty * cfg.pl_weight * cfg.pl_every, leaves)
+            run.progress["pl_mean"] = float(_mean_over_ranks(pl_mean, self.env))
+            logs["pl_penalty"] = penalty.detach()
+        w_sum = torch.zeros(self.model_cfg.w_dim, device=self.env.device)
+        with self.d.frozen() as d_fn:
+            for _ in range(self.accumulation):
+                out = self.g(self.latents(batch), stage=stage, fade=fade, nerf_path_pixels=cfg.nerf_path_pixels,
+                             **self.mixing())
+                gan = losses.generator_loss(d_fn(out.img, fade=fade))
+                loss = gan + cfg.nerf_path_weight * out.nerf_path_loss if out.nerf_path_loss is not None else gan
+                self.g.backward(loss, injected)
+                injected = None
+                w_sum += out.ws[:, 0].detach().float().mean(0) / self.accumulation
+                logs["loss_g"] = logs.get("loss_g", 0) + gan.detach() / self.accumulation
+                if out.nerf_path_loss is not None:
+                    logs["nerf_path"] = logs.get("nerf_path", 0) + out.nerf_path_loss.detach() / self.accumulation
+        self.g.step()
+        self._update_ema(_mean_over_ranks(w_sum, self.env))
+        return logs
+
+    def discriminator_phase(self, reals: list[torch.Tensor], stage: int, fade: float, regularize: bool) -> dict:
+        cfg = self.cfg
+        logs: dict[str, torch.Tensor] = {}
+        injected = None
+        if regularize:
+            with self.d.differentiable_copy() as (d_fn, leaves):
+                penalty = losses.r1_penalty(d_fn, reals[0], fade=fade)
+                injected = self.d.weight_grads(penalty * (cfg.r1_gamma / 2) * cfg.r1_every, leaves)
+            logs["r1_penalty"] = penalty.detach()
+        with self.g.frozen() as g_fn:
+            for real in reals:
+                with torch.no_grad():
+                    fake = g_fn(self.latents(real.shape[0]), stage=stage, fade=fade, **self.mixing()).img
+                logits = self.d(torch.cat([fake, real]), fade=fade)
+                fake_logits, real_logits = logits.split(real.shape[0])
+                loss = losses.discriminator_loss(fake_logits, real_logits)
+                self.d.backward(loss, injected)
+                injected = None
+                logs["loss_d"] = logs.get("loss_d", 0) + loss.detach() / self.accumulation
+                logs["score_real"] = logs.get("score_real", 0) + real_logits.detach().mean() / self.accumulation
+                logs["score_fake"] = logs.get("score_fake", 0) + fake_logits.detach().mean() / self.accumulation
+        self.d.step()
+        return logs
+
+    @torch.no_grad()
+    def _update_ema(self, w_mean: torch.Tensor) -> None:
+        with self.g.gathered() as tensors:
+            for name, p_ema in self.g_ema.named_parameters():
+                p_ema.lerp_(tensors[name].float(), 1 - self.ema_beta)
+        self.g_ema.w_avg.lerp_(w_mean, 1 - W_AVG_BETA)
+
+    def step(self, batch_iter, run: RunState) -> dict:
+        """One optimizer step of G and D at the current point of the curriculum."""
+        cfg, step = self.cfg, run.progress["step"]
+        stage, fade = growth(run.progress["images"] / 1000, cfg.curriculum_kimg, self.g.module.stages)
+        resolution = self.model_cfg.nerf_resolution * 2 ** stage
+        reals = [resize_images(image_data.to_training(next(batch_iter), self.env.device), resolution)
+                 for _ in range(self.accumulation)]
+        logs = self.generator_phase(stage, fade, bool(cfg.pl_every and cfg.pl_weight and step % cfg.pl_every == 0), run)
+        logs.update(self.discriminator_phase(reals, stage, fade, bool(cfg.r1_every and cfg.r1_gamma
+                                                                      and step % cfg.r1_every == 0)))
+        run.progress["step"] = step + 1
+        run.progress["images"] += cfg.batch_total
+        logs["resolution"] = torch.tensor(float(resolution))
+        logs["fade"] = torch.tensor(float(fade))
+        return logs
+
+    # ------------------------------------------------------------------ outputs
+
+    def checkpoint_state(self, run: RunState) -> dict:
+        return {**self.g.checkpoint_state(), **self.d.checkpoint_state(),
+                "G_ema": checkpoint.ModuleState(self.g_ema), "rng": checkpoint.RNGState(), "progress": run.progress}
+
+    def sample(self, z: torch.Tensor, angles: torch.Tensor | None = None, stage: int | None = None,
+               fade: float = 1.0) -> torch.Tensor:
+        """Images of the EMA generator (deterministic ray samples), in [-1, 1]."""
+        with torch.no_grad():
+            return self.g_ema(z, angles=angles, stage=stage, fade=fade, randomize=False).img
+
+    def digests(self) -> dict[str, str]:
+        """sha256 of each network's full state, for bitwise comparison of runs."""
+        out = {}
+        for name, trainable in (("G", self.g), ("D", self.d)):
+            with trainable.gathered() as tensors:
+                out[name] = _digest(tensors)
+        out["G_ema"] = _digest(dict(self.g_ema.state_dict()))
+        return out
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _mean_over_ranks(value: torch.Tensor, env: distributed.DistEnv) -> torch.Tensor:
+    if env.is_distributed:
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        value /= env.world_size
+    return value
+
+
+def _compile_blocks(generator: Generator, discriminator: Discriminator) -> None:
+    """torch.compile the hot blocks in place (names and checkpoints unchanged)."""
+    generator.foreground.compile()
+    generator.background.compile()
+    for block in generator.upsampler.blocks:
+        block.compile()
+    for block in discriminator.blocks.values():
+        block.compile()
+
+
+def _seed_rank(seed: int, rank: int) -> None:
+    """Different random streams per rank (latents, cameras, ray jitter), reproducible per run."""
+    random.seed(seed * 1000 + rank)
+    np.random.seed(seed * 1000 + rank)
+    torch.manual_seed(seed * 1000 + rank + 1)
+
+
+# ---------------------------------------------------------------------- monitoring
+
+
+class Monitor:
+    """Progress lines, metrics.jsonl/TensorBoard scalars, image grids and metric evaluations (rank 0 writes)."""
+
+    def __init__(self, ctx: TaskContext, env: distributed.DistEnv, training: StyleNeRFTraining, dataset,
+                 total_steps: int):
+        self.ctx, self.env, self.training, self.total_steps = ctx, env, training, total_steps
+        cfg = training.cfg
+        self.metrics = MetricsWriter(ctx, env)
+        self.suite = MetricSuite(cfg.metrics, dataset, cfg.metric_images, cfg.batch_per_gpu * 2, env.rank,
+                                 env.world_size, env.device, cfg.inception_weights)
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.tick_start = time.time()
+        self.tick_images = 0
+        self.step_times: list[float] = []
+        self.board = None
+        self.wandb = _wandb_run(ctx, cfg) if env.is_main and cfg.wandb else None
+        grid = torch.Generator().manual_seed(cfg.seed + 7)
+        self.grid_z = torch.randn(cfg.grid_seeds, training.model_cfg.z_dim, generator=grid).to(env.device)
+        yaw = torch.linspace(-1, 1, cfg.grid_seeds) * training.model_cfg.yaw_std
+        self.grid_angles = torch.stack([yaw, torch.zeros_like(yaw)], 1).to(env.device)
+
+    def record(self, logs: dict[str, torch.Tensor], images: int) -> None:
+        for key, value in logs.items():
+            value = value if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            self.sums[key] = self.sums.get(key, 0) + value.detach().float().to(self.env.device)
+        self.count += 1
+        self.tick_images += images
+
+    def tick(self, run: RunState) -> None:
+        """Averages since the last tick to stdout, metrics.jsonl and TensorBoard."""
+        if not self.count:
+            return
+        cfg, progress = self.training.cfg, run.progress
+        now = time.time()
+        seconds = now - self.tick_start
+        scalars = {k: float(v) / self.count for k, v in self.sums.items()}
+        kimg = progress["images"] / 1000
+        sec_per_kimg = seconds / max(self.tick_images / 1000, 1e-9)
+        remaining = (self.total_steps - progress["step"]) * seconds / self.count
+        scalars.update(kimg=kimg, tick=progress["tick"], sec_per_kimg=sec_per_kimg,
+                       images_per_s=self.tick_images / max(seconds, 1e-9), lr_g=cfg.lr_g, lr_d=cfg.lr_d,
+                       loss_scale_g=self.training.g.loss_scale, loss_scale_d=self.training.d.loss_scale)
+        if self.env.device.type == "cuda":
+            scalars["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.env.device) / 2 ** 30
+        self.metrics.log(progress["step"], items=self.tick_images, **scalars)
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=progress["step"])
+        if self.env.is_main:
+            memory = f" mem {scalars['peak_memory_gib']:.2f} GiB" if "peak_memory_gib" in scalars else ""
+            print(f"tick {progress['tick']:<5d} kimg {kimg:<8.2f} step {progress['step']:<7d} "
+                  f"res {int(scalars.get('resolution', 0))} | {sec_per_kimg:7.1f} s/kimg "
+                  f"{scalars['images_per_s']:7.1f} img/s | G {scalars.get('loss_g', 0):.3f} "
+                  f"D {scalars.get('loss_d', 0):.3f} r1 {scalars.get('r1_penalty', 0):.4f} "
+                  f"pl {scalars.get('pl_penalty', 0):.4f} nerf {scalars.get('nerf_path', 0):.4f}{memory} "
+                  f"| ETA {_duration(remaining)}", flush=True)
+        self.sums, self.count, self.tick_images, self.tick_start = {}, 0, 0, now
+
+    def snapshot(self, run: RunState) -> dict[str, float]:
+        """Image grid of the fixed seeds and the metrics; no effect on the training random streams."""
+        devices = [self.env.device] if self.env.device.type == "cuda" else []
+        step = run.progress["step"]
+        stage, fade = growth(run.progress["images"] / 1000, self.training.cfg.curriculum_kimg,
+                             self.training.g_ema.stages)
+        with torch.random.fork_rng(devices=devices):
+            grid = self.training.sample(self.grid_z, self.grid_angles, stage, fade)
+            results = self.suite.evaluate(lambda z: self.training.sample(z, stage=stage, fade=fade),
+                                          self.training.model_cfg.z_dim)
+        if self.env.is_main:
+            self._save_grid(grid, step)
+            if results:
+                print("metrics " + " ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
+        if results:
+            self.metrics.log(step, **results)
+            if self.wandb is not None:
+                self.wandb.log(results, step=step)
+        self.tick_start = time.time()                # tick timings exclude snapshots
+        return results
+
+    def _save_grid(self, grid: torch.Tensor, step: int) -> None:
+        import io
+
+        from PIL import Image
+
+        images = ((grid.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+        n, _, h, w = images.shape
+        cols = int(math.ceil(math.sqrt(n)))
+        rows = int(math.ceil(n / cols))
+        canvas = torch.zeros(3, rows * h, cols * w, dtype=torch.uint8)
+        for i in range(n):
+            r, c = divmod(i, cols)
+            canvas[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = images[i]
+        buffer = io.BytesIO()
+        Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+        write_bytes(self.ctx.samples_dir / f"fakes-{step:06d}.png", buffer.getvalue())
+        if self.board is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(log_dir=str(self.ctx.tensorboard_dir / "images"))
+        self.board.add_image("fakes", canvas, step)
+        self.board.flush()
+
+    def close(self) -> None:
+        self.metrics.close()
+        if self.board is not None:
+            self.board.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _wandb_run(ctx: TaskContext, cfg: TrainConfig):
+    """Offline Weights & Biases logging when the package is installed (nothing is uploaded)."""
+    try:
+        import wandb
+    except ImportError:
+        print("wandb: not installed; W&B logging skipped", flush=True)
+        return None
+    return wandb.init(mode="offline", dir=str(ctx.stage_dir), name=f"{ctx.run_dir.name}-{ctx.stage}",
+                      config={k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))})
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+# ---------------------------------------------------------------------- the task
+
+
+def main(ctx: TaskContext) -> None:
+    """Train until `kimg` (or `max_steps`), checkpointing per ctx.checkpoint; stop cleanly on request."""
+    parsed, problems = TrainConfig.parse(ctx.config)
+    if parsed is None:
+        raise ValueError("invalid stylenerf.train config: " + "; ".join(f"{f}: {m}" for f, m in problems))
+    env = distributed.init(ctx.device)
+    if parsed.threads:
+        torch.set_num_threads(parsed.threads)
+    cfg = parsed.resolved(env.world_size)
+    stop = ctx.stop if ctx.stop is not None else StopRequest()
+    training = StyleNeRFTraining(cfg, env)
+    _seed_rank(cfg.seed, env.rank)
+    dataset = image_data.ImageDataset(cfg.data, training.model_cfg.resolution)
+    run = RunState.fresh()
+    state = training.checkpoint_state(run)
+    ckpt = checkpoint.CheckpointManager(ctx.checkpoint_dir, env, ctx.checkpoint)
+    ckpt.restore_latest(state)
+    total_steps = math.ceil(cfg.kimg * 1000 / cfg.batch_total)
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    if env.is_main:
+        print(f"stylenerf.train: preset {cfg.preset}, {training.sizes['G'] / 1e6:.2f}M G + "
+              f"{training.sizes['D'] / 1e6:.2f}M D parameters, engine {cfg.engine} "
+              f"(ZeRO {cfg.zero_stage if cfg.engine == 'deepspeed' else '-'}), {training.precision}, "
+              f"{env.world_size} x {cfg.batch_per_gpu} x {training.accumulation} images/step, "
+              f"{len(dataset)} training images, from step {run.progress['step']} to {total_steps}", flush=True)
+    sampler = image_data.PositionSampler(len(dataset), env.rank, env.world_size, cfg.batch_per_gpu, cfg.seed,
+                                         cfg.mirror, start_step=run.progress["step"] * training.accumulation)
+    batch_iter = image_data.batches(dataset, sampler, cfg.workers, pin_memory=env.device.type == "cuda")
+    monitor = Monitor(ctx, env, training, dataset, total_steps)
+    tick_images = cfg.tick_kimg * 1000
+    try:
+        if run.progress["step"] == 0:
+            monitor.snapshot(run)
+        while run.progress["step"] < total_steps:
+            logs = training.step(batch_iter, run)
+            monitor.record(logs, cfg.batch_total)
+            step = run.progress["step"]
+            end_of_tick = run.progress["images"] >= (run.progress["tick"] + 1) * tick_images or step == total_steps
+            if end_of_tick:
+                run.progress["tick"] += 1
+                monitor.tick(run)
+                if run.progress["tick"] % cfg.snapshot_ticks == 0 or step == total_steps:
+                    monitor.snapshot(run)
+            stopping = stop.agree(env)
+            if stopping or ckpt.due(step) or step == total_steps:
+                ckpt.save(step, state, blocking=True if stopping else None)
+            if stopping:
+                raise StopForRequeue(step)
+        ckpt.wait()
+        digests = training.digests()
+        if env.is_main:
+            write_json(ctx.stage_dir / FINAL_RECORD, {"step": run.progress["step"], "images": run.progress["images"],
+                                                      "digests": digests})
+        distributed.barrier(env)
+    finally:
+        monitor.close()
+
+
+__all__ = ["main", "growth", "StyleNeRFTraining", "RunState"]
