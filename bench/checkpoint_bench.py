@@ -314,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     ranks, job_device = (min(2, gpus), "cuda") if gpus else (2, "cpu")
     job_cfg = toy.ToyConfig(width=args.width, depth=args.depth, batch_size=args.batch_size, dropout=0.0,
                             threads=max(1, threads // ranks))
+    load_before = os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="checkpoint-bench-", dir=args.workdir))
     try:
         print("save and load ...", flush=True)
@@ -329,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report = {"git_commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
+              "load_average_before_after": [load_before, os.getloadavg()],   # shared machines are noisy
               "versions": versions(), "device": str(env.device), "workdir_filesystem": str(args.workdir or
                                                                                         tempfile.gettempdir()),
               "config": {"width": args.width, "depth": args.depth, "batch_size": args.batch_size,
