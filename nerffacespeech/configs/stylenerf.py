@@ -6,10 +6,12 @@ in numbers; `model:` overrides any of them (the tests shrink `tiny` further that
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 ENGINES = ("deepspeed", "ddp")
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 METRICS = ("swd", "fid50k_full", "fid10k", "fid2k")
 
@@ -123,7 +125,8 @@ class TrainConfig:
     snapshot_ticks: int = 50                    # checkpoint-independent image grid + metrics
     metrics: tuple = ("swd",)
     metric_images: int = 1024                   # generated images per SWD evaluation
-    inception_weights: str | None = None        # FID: a local file (nothing is downloaded)
+    inception_weights: str | None = None        # FID: default <pretrained root>/pt_inception-2015-12-05-6726825d.pth
+    init_from: str | None = None                # safetensors with G.*, D.*, G_ema.* to start from (fine-tuning)
     workers: int = 3
     compile: bool = False                       # torch.compile the NeRF MLPs and upsampler blocks
     activation_checkpointing: bool = False
@@ -131,6 +134,13 @@ class TrainConfig:
     threads: int | None = None                  # torch CPU threads per process
     grid_seeds: int = 16                        # fixed seeds of the snapshot image grid
     wandb: bool = False                         # offline W&B logging when the package is installed
+
+    def inception_path(self) -> str:
+        """The FID Inception weights: the configured file, else the pretrained manifest's location."""
+        if self.inception_weights:
+            return self.inception_weights
+        root = os.environ.get("NFS_PRETRAINED_ROOT", "pretrained_networks")
+        return os.path.join(root, INCEPTION_FILE)
 
     @property
     def preset_numbers(self) -> Preset:
@@ -243,9 +253,6 @@ def _value_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
     unknown_metrics = [x for x in cfg.metrics if x not in METRICS]
     if unknown_metrics:
         out.append(("metrics", f"unknown {unknown_metrics}; known: {', '.join(METRICS)}"))
-    if any(x.startswith("fid") for x in cfg.metrics) and not cfg.inception_weights:
-        out.append(("inception_weights", "FID needs the Inception weights file (pt_inception-2015-12-05) "
-                                         "from pretrained_networks/; nothing is downloaded"))
     return out
 
 

@@ -51,6 +51,7 @@ class EngineSpec:
     micro_batch: int            # per process
     accumulation: int = 1
     find_unused_parameters: bool = False    # DDP: progressive growing leaves blocks unused
+    zero3_persistence_threshold: int = 100_000  # ZeRO-3 keeps tensors smaller than this whole (DeepSpeed's default)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -79,8 +80,7 @@ def deepspeed_config(spec: EngineSpec, world_size: int) -> dict:
         "wall_clock_breakdown": False,
     }
     if spec.zero_stage == 3:
-        # the replicas gather the whole network anyway; keep small tensors resident
-        config["zero_optimization"]["stage3_param_persistence_threshold"] = 10 ** 5
+        config["zero_optimization"]["stage3_param_persistence_threshold"] = spec.zero3_persistence_threshold
     return config
 
 

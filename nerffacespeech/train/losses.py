@@ -52,8 +52,10 @@ def path_length_penalty(lengths: torch.Tensor, pl_mean: torch.Tensor, decay: flo
     return (lengths - new_mean).square().mean(), new_mean
 
 
-def style_mixing_cutoff(num_ws: int, probability: float, device: torch.device) -> int | None:
-    """With `probability`, a random index in [1, num_ws) from which the second latent's styles apply."""
-    draw = torch.rand((), device=device)
-    cutoff = torch.randint(1, num_ws, (), device=device)
+def style_mixing_cutoff(num_ws: int, probability: float) -> int | None:
+    """With `probability`, a random index in [1, num_ws) from which the second latent's styles apply.
+
+    Drawn from the CPU generator so that it never waits for the GPU.
+    """
+    draw, cutoff = torch.rand(()), torch.randint(1, num_ws, ())
     return int(cutoff) if float(draw) < probability else None

@@ -16,6 +16,7 @@ import json
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,10 @@ class StyleNeRFTraining:
         channels_last = cfg.channels_last and env.device.type == "cuda"
         generator.channels_last = discriminator.channels_last = channels_last
         generator.set_activation_checkpointing(cfg.activation_checkpointing)
-        self.g_ema = copy.deepcopy(generator).eval().requires_grad_(False).to(env.device)
+        g_ema = copy.deepcopy(generator)
+        if cfg.init_from:
+            _load_initial_weights(cfg.init_from, {"G": generator, "D": discriminator, "G_ema": g_ema})
+        self.g_ema = g_ema.eval().requires_grad_(False).to(env.device)
         self.progressive = bool(cfg.curriculum_kimg) and generator.stages > 0
 
         def spec(lr: float, unused_parameters: bool) -> EngineSpec:
@@ -99,6 +103,7 @@ class StyleNeRFTraining:
         self.d = Trainable("D", discriminator, lambda: Discriminator(self.model_cfg), spec(cfg.lr_d, True), env)
         self.num_ws = generator.num_ws
         self.ema_beta = 0.5 ** (cfg.batch_total / max(cfg.ema_kimg * 1000, 1e-8))
+        self.pl_mean = torch.zeros((), device=env.device)       # running mean path length (kept on device)
 
     # ------------------------------------------------------------------ one step
 
@@ -107,10 +112,10 @@ class StyleNeRFTraining:
 
     def mixing(self) -> dict:
         """Style-mixing arguments for one generator call (second latent and cutoff, or none)."""
-        cutoff = losses.style_mixing_cutoff(self.num_ws, self.cfg.style_mixing, self.env.device)
+        cutoff = losses.style_mixing_cutoff(self.num_ws, self.cfg.style_mixing)
         return {"mix_z": self.latents(self.cfg.batch_per_gpu), "mix_cutoff": cutoff}
 
-    def generator_phase(self, stage: int, fade: float, regularize: bool, run: RunState) -> dict:
+    def generator_phase(self, stage: int, fade: float, regularize: bool) -> dict:
         cfg, batch = self.cfg, self.cfg.batch_per_gpu
         logs: dict[str, torch.Tensor] = {}
         injected = None
@@ -120,10 +125,9 @@ class StyleNeRFTraining:
                 mix = self.mixing()
                 lengths = losses.path_lengths(lambda: g_fn(self.latents(shrink), mix_z=mix["mix_z"][:shrink],
                                                            mix_cutoff=mix["mix_cutoff"], stage=stage, fade=fade))
-                pl_mean = torch.tensor(run.progress["pl_mean"], device=self.env.device)
-                penalty, pl_mean = losses.path_length_penalty(lengths, pl_mean, cfg.pl_decay)
+                penalty, pl_mean = losses.path_length_penalty(lengths, self.pl_mean, cfg.pl_decay)
                 injected = self.g.weight_grads(penalty * cfg.pl_weight * cfg.pl_every, leaves)
-            run.progress["pl_mean"] = float(_mean_over_ranks(pl_mean, self.env))
+            self.pl_mean = _mean_over_ranks(pl_mean.detach(), self.env)
             logs["pl_penalty"] = penalty.detach()
         w_sum = torch.zeros(self.model_cfg.w_dim, device=self.env.device)
         with self.d.frozen() as d_fn:
@@ -168,10 +172,18 @@ class StyleNeRFTraining:
 
     @torch.no_grad()
     def _update_ema(self, w_mean: torch.Tensor) -> None:
+        names, ema = zip(*self.g_ema.named_parameters())
         with self.g.gathered() as tensors:
-            for name, p_ema in self.g_ema.named_parameters():
-                p_ema.lerp_(tensors[name].float(), 1 - self.ema_beta)
+            torch._foreach_lerp_(list(ema), [tensors[n].float() for n in names], 1 - self.ema_beta)
         self.g_ema.w_avg.lerp_(w_mean, 1 - W_AVG_BETA)
+
+    def save_progress(self, run: RunState) -> None:
+        """Put device-side counters into the progress dict (before a checkpoint)."""
+        run.progress["pl_mean"] = float(self.pl_mean)
+
+    def load_progress(self, run: RunState) -> None:
+        """Take device-side counters from a restored progress dict."""
+        self.pl_mean = torch.tensor(run.progress["pl_mean"], device=self.env.device)
 
     def step(self, batch_iter, run: RunState) -> dict:
         """One optimizer step of G and D at the current point of the curriculum."""
@@ -180,7 +192,7 @@ class StyleNeRFTraining:
         resolution = self.model_cfg.nerf_resolution * 2 ** stage
         reals = [resize_images(image_data.to_training(next(batch_iter), self.env.device), resolution)
                  for _ in range(self.accumulation)]
-        logs = self.generator_phase(stage, fade, bool(cfg.pl_every and cfg.pl_weight and step % cfg.pl_every == 0), run)
+        logs = self.generator_phase(stage, fade, bool(cfg.pl_every and cfg.pl_weight and step % cfg.pl_every == 0))
         logs.update(self.discriminator_phase(reals, stage, fade, bool(cfg.r1_every and cfg.r1_gamma
                                                                       and step % cfg.r1_every == 0)))
         run.progress["step"] = step + 1
@@ -197,9 +209,12 @@ class StyleNeRFTraining:
 
     def sample(self, z: torch.Tensor, angles: torch.Tensor | None = None, stage: int | None = None,
                fade: float = 1.0) -> torch.Tensor:
-        """Images of the EMA generator (deterministic ray samples), in [-1, 1]."""
+        """Images of the EMA generator (deterministic ray samples) in [-1, 1], a training batch at a time."""
+        chunk = self.cfg.batch_per_gpu
         with torch.no_grad():
-            return self.g_ema(z, angles=angles, stage=stage, fade=fade, randomize=False).img
+            return torch.cat([self.g_ema(z[i:i + chunk], angles=None if angles is None else angles[i:i + chunk],
+                                         stage=stage, fade=fade, randomize=False).img
+                              for i in range(0, z.shape[0], chunk)])
 
     def digests(self) -> dict[str, str]:
         """sha256 of each network's full state, for bitwise comparison of runs."""
@@ -209,6 +224,19 @@ class StyleNeRFTraining:
                 out[name] = _digest(tensors)
         out["G_ema"] = _digest(dict(self.g_ema.state_dict()))
         return out
+
+
+def _load_initial_weights(path: str, modules: dict[str, torch.nn.Module]) -> None:
+    """Start from a safetensors file holding `G.*`, `D.*` and `G_ema.*` (e.g. converted official weights)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(path)
+    for name, module in modules.items():
+        prefix = f"{name}."
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if not state and name == "G_ema":
+            state = {k[2:]: v for k, v in tensors.items() if k.startswith("G.")}
+        module.load_state_dict(state, strict=True)
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -255,8 +283,8 @@ class Monitor:
         self.ctx, self.env, self.training, self.total_steps = ctx, env, training, total_steps
         cfg = training.cfg
         self.metrics = MetricsWriter(ctx, env)
-        self.suite = MetricSuite(cfg.metrics, dataset, cfg.metric_images, cfg.batch_per_gpu * 2, env.rank,
-                                 env.world_size, env.device, cfg.inception_weights)
+        self.suite = MetricSuite(cfg.metrics, dataset, cfg.metric_images, cfg.batch_per_gpu, env.rank,
+                                 env.world_size, env.device, cfg.inception_path())
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
         self.tick_start = time.time()
@@ -378,6 +406,8 @@ def _duration(seconds: float) -> str:
 
 def main(ctx: TaskContext) -> None:
     """Train until `kimg` (or `max_steps`), checkpointing per ctx.checkpoint; stop cleanly on request."""
+    # DeepSpeed 0.19 calls collectives torch 2.13 renamed; one warning per call would flood the logs
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
     parsed, problems = TrainConfig.parse(ctx.config)
     if parsed is None:
         raise ValueError("invalid stylenerf.train config: " + "; ".join(f"{f}: {m}" for f, m in problems))
@@ -386,6 +416,9 @@ def main(ctx: TaskContext) -> None:
         torch.set_num_threads(parsed.threads)
     cfg = parsed.resolved(env.world_size)
     stop = ctx.stop if ctx.stop is not None else StopRequest()
+    if any(m.startswith("fid") for m in cfg.metrics) and not Path(cfg.inception_path()).is_file():
+        raise FileNotFoundError(f"FID needs the Inception weights {cfg.inception_path()} (python -m "
+                                "nerffacespeech.pretrained fetch, or set inception_weights); nothing is downloaded")
     training = StyleNeRFTraining(cfg, env)
     _seed_rank(cfg.seed, env.rank)
     dataset = image_data.ImageDataset(cfg.data, training.model_cfg.resolution)
@@ -393,6 +426,7 @@ def main(ctx: TaskContext) -> None:
     state = training.checkpoint_state(run)
     ckpt = checkpoint.CheckpointManager(ctx.checkpoint_dir, env, ctx.checkpoint)
     ckpt.restore_latest(state)
+    training.load_progress(run)
     total_steps = math.ceil(cfg.kimg * 1000 / cfg.batch_total)
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -422,6 +456,7 @@ def main(ctx: TaskContext) -> None:
                     monitor.snapshot(run)
             stopping = stop.agree(env)
             if stopping or ckpt.due(step) or step == total_steps:
+                training.save_progress(run)
                 ckpt.save(step, state, blocking=True if stopping else None)
             if stopping:
                 raise StopForRequeue(step)

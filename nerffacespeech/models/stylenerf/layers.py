@@ -1,10 +1,11 @@
 """Building blocks shared by the networks: equalized-learning-rate layers and StyleGAN2 modulation.
 
 Every layer casts its weights to the input's dtype and computes in it; parameters may be fp32
-(DDP + autocast) or bf16/fp16 (DeepSpeed). Modulation is the "non-fused" form: scale the input
-channels by the style, one shared GEMM/convolution, scale the outputs by the demodulation
-coefficients. That is one large matrix product per layer for the whole batch, with no
-per-sample weights.
+(DDP + autocast) or bf16/fp16 (DeepSpeed). Modulation is "fused": the style scales a per-sample
+copy of the (small) weight, so a layer is one batched matrix product with the bias folded in
+(`baddbmm`) plus the activation, and autograd keeps only the layer's input. 1x1 convolutions
+are the same product on the channels-last view of the feature map. The leaky ReLU's gain is
+folded into weight and bias (it is positively homogeneous).
 """
 from __future__ import annotations
 
@@ -16,11 +17,6 @@ from torch import nn
 
 LRELU_GAIN = math.sqrt(2.0)
 FP16_CLAMP = 256.0          # StyleGAN2's conv_clamp: keeps fp16 activations finite
-
-
-def lrelu(x: torch.Tensor) -> torch.Tensor:
-    """Leaky ReLU (0.2) with the gain that keeps unit variance."""
-    return F.leaky_relu(x, 0.2) * LRELU_GAIN
 
 
 def clamp_fp16(x: torch.Tensor) -> torch.Tensor:
@@ -40,10 +36,20 @@ class EqualLinear(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = (self.weight * self.weight_gain).to(x.dtype)
-        bias = (self.bias * self.lr_mul).to(x.dtype)
+        gain = LRELU_GAIN if self.activation else 1.0
+        weight = (self.weight * (self.weight_gain * gain)).to(x.dtype)
+        bias = (self.bias * (self.lr_mul * gain)).to(x.dtype)
         x = F.linear(x, weight, bias)
-        return lrelu(x) if self.activation else x
+        return F.leaky_relu(x, 0.2) if self.activation else x
+
+
+def modulated_weight(weight: torch.Tensor, styles: torch.Tensor, demodulate: bool, gain: float) -> torch.Tensor:
+    """Per-sample weights (B, out, in, ...) = weight * style over inputs, demodulated per output."""
+    extra = (1,) * (weight.dim() - 2)
+    w = weight[None] * styles.reshape(styles.shape[0], 1, -1, *extra)
+    if demodulate:
+        w = w * torch.rsqrt(w.square().sum(dim=tuple(range(2, w.dim())), keepdim=True) + 1e-8)
+    return w * gain if gain != 1.0 else w
 
 
 class ModulatedLinear(nn.Module):
@@ -60,17 +66,14 @@ class ModulatedLinear(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        styles = self.affine(w.to(x.dtype))                                   # (B, in)
-        weight = (self.weight * self.weight_gain).to(x.dtype)                 # (out, in)
+        styles = self.affine(w.to(x.dtype))                                       # (B, in)
+        gain = LRELU_GAIN if self.activation else 1.0
         if not self.demodulate:
             styles = styles * self.weight_gain
-            weight = self.weight.to(x.dtype)
-        x = torch.matmul(x * styles.unsqueeze(1), weight.t())                 # (B, N, out)
-        if self.demodulate:
-            demod = torch.rsqrt(torch.matmul(styles.square(), weight.square().t()) + 1e-8)   # (B, out)
-            x = x * demod.unsqueeze(1)
-        x = x + self.bias.to(x.dtype)
-        return clamp_fp16(lrelu(x) if self.activation else x)
+        weight = modulated_weight(self.weight.to(x.dtype), styles, self.demodulate, gain)   # (B, out, in)
+        bias = (self.bias * gain).to(x.dtype).reshape(1, 1, -1)
+        x = torch.baddbmm(bias, x, weight.transpose(1, 2))
+        return clamp_fp16(F.leaky_relu(x, 0.2) if self.activation else x)
 
 
 class ModulatedConv2d(nn.Module):
@@ -88,18 +91,22 @@ class ModulatedConv2d(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        styles = self.affine(w.to(x.dtype))                                   # (B, in)
-        if self.demodulate:
-            weight = (self.weight * self.weight_gain).to(x.dtype)
-        else:
+        b, c, h, wd = x.shape
+        styles = self.affine(w.to(x.dtype))                                       # (B, in)
+        gain = LRELU_GAIN if self.activation else 1.0
+        if not self.demodulate:
             styles = styles * self.weight_gain
-            weight = self.weight.to(x.dtype)
-        x = F.conv2d(x * styles[:, :, None, None], weight, padding=self.padding)
-        if self.demodulate:
-            demod = torch.rsqrt(torch.matmul(styles.square(), weight.square().sum([2, 3]).t()) + 1e-8)
-            x = x * demod[:, :, None, None]
-        x = x + self.bias.to(x.dtype)[None, :, None, None]
-        return clamp_fp16(lrelu(x) if self.activation else x)
+        weight = modulated_weight(self.weight.to(x.dtype), styles, self.demodulate, gain)   # (B, out, in, k, k)
+        bias = (self.bias * gain).to(x.dtype)
+        out = weight.shape[1]
+        if self.padding == 0:       # 1x1: a batched GEMM on the channels-last view (no copy when channels-last)
+            y = torch.baddbmm(bias.reshape(1, 1, -1), x.permute(0, 2, 3, 1).reshape(b, h * wd, c),
+                              weight.reshape(b, out, c).transpose(1, 2))
+            y = y.reshape(b, h, wd, out).permute(0, 3, 1, 2)
+        else:
+            y = F.conv2d(x.reshape(1, b * c, h, wd), weight.reshape(b * out, c, *weight.shape[3:]),
+                         bias.repeat(b), padding=self.padding, groups=b).reshape(b, out, h, wd)
+        return clamp_fp16(F.leaky_relu(y, 0.2) if self.activation else y)
 
 
 class EqualConv2d(nn.Module):
@@ -115,17 +122,18 @@ class EqualConv2d(nn.Module):
         self.activation = activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = (self.weight * self.weight_gain).to(x.dtype)
-        bias = self.bias.to(x.dtype) if self.bias is not None else None
+        gain = LRELU_GAIN if self.activation else 1.0
+        weight = (self.weight * (self.weight_gain * gain)).to(x.dtype)
+        bias = (self.bias * gain).to(x.dtype) if self.bias is not None else None
         x = F.conv2d(x, weight, bias, padding=self.padding)
-        return clamp_fp16(lrelu(x) if self.activation else x)
+        return clamp_fp16(F.leaky_relu(x, 0.2) if self.activation else x)
 
 
-def blur(x: torch.Tensor) -> torch.Tensor:
-    """A separable [1, 2, 1] low-pass, depthwise, same size: removes pixel-shuffle checkerboards."""
+def blur(x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+    """A separable [1, 2, 1] low-pass (times `gain`), depthwise, same size: removes pixel-shuffle checkerboards."""
     channels = x.shape[1]
     taps = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype, device=x.device)
-    kernel = (taps[:, None] * taps[None, :] / 16.0).expand(channels, 1, 3, 3)
+    kernel = (taps[:, None] * taps[None, :] * (gain / 16.0)).expand(channels, 1, 3, 3)
     return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=channels)
 
 
