@@ -7,6 +7,7 @@ x1000 as in ProGAN. Lower is better; 0 means the patch distributions agree.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -67,6 +68,13 @@ def _normalise(desc: torch.Tensor) -> torch.Tensor:
     return ((d - mean) / std).reshape_as(desc)
 
 
+def _sorted_rows(x: torch.Tensor) -> torch.Tensor:
+    """Each row sorted; NumPy's sort on CPU (about 10x faster than torch's there)."""
+    if x.is_cuda:
+        return torch.sort(x, dim=1).values
+    return torch.from_numpy(np.sort(x.numpy(), axis=1))
+
+
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, generator: torch.Generator, directions: int = 512,
                        repeats: int = 4) -> float:
     """Mean over random directions of the 1-D Wasserstein distance between projections of a and b."""
@@ -76,8 +84,7 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, generator: torch.Genera
     for _ in range(repeats):
         dirs = torch.randn(a.shape[1], directions, generator=generator).to(a.device)
         dirs = dirs / dirs.norm(dim=0, keepdim=True)
-        pa, _ = torch.sort(a @ dirs, dim=0)
-        pb, _ = torch.sort(b @ dirs, dim=0)
+        pa, pb = _sorted_rows(dirs.T @ a.T), _sorted_rows(dirs.T @ b.T)   # (directions, count)
         total += (pa - pb).abs().mean().item()
     return total / repeats
 
