@@ -344,12 +344,19 @@ def read_manifest(folder: Path) -> dict:
     return json.loads((Path(folder) / MANIFEST).read_text())
 
 
-def sha256_files(paths: list[Path], fsync: bool = False) -> list[str]:
-    """`sha256_file` of several files at once: hashlib releases the GIL, so threads use the cores."""
+def sha256_files(paths: list[Path], fsync: bool = False) -> list[str | None]:
+    """`sha256_file` of several files at once (hashlib releases the GIL, so threads use the
+    cores); None for a file that vanished meanwhile."""
+    def digest(path: Path) -> str | None:
+        try:
+            return sha256_file(path, fsync)
+        except FileNotFoundError:
+            return None
+
     if len(paths) <= 1:
-        return [sha256_file(p, fsync) for p in paths]
+        return [digest(p) for p in paths]
     with ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1, _HASH_THREADS)) as pool:
-        return list(pool.map(lambda p: sha256_file(p, fsync), paths))
+        return list(pool.map(digest, paths))
 
 
 def verify_files(folder: Path, files: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -366,8 +373,11 @@ def verify_files(folder: Path, files: Mapping[str, Mapping[str, Any]]) -> list[s
         else:
             to_hash.append(relpath)
     digests = sha256_files([Path(folder) / relpath for relpath in to_hash])
-    problems += [f"{relpath}: sha256 differs from the manifest"
-                 for relpath, digest in zip(to_hash, digests) if digest != files[relpath]["sha256"]]
+    for relpath, digest in zip(to_hash, digests):
+        if digest is None:
+            problems.append(f"{relpath}: missing")
+        elif digest != files[relpath]["sha256"]:
+            problems.append(f"{relpath}: sha256 differs from the manifest")
     return problems
 
 

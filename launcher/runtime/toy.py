@@ -191,6 +191,13 @@ def main(ctx: TaskContext) -> None:
     torch.use_deterministic_algorithms(True)
     stop = ctx.stop if ctx.stop is not None else StopRequest()
     env = distributed.init(ctx.device)
+    try:
+        _train(ctx, cfg, env, stop)
+    finally:
+        distributed.shutdown()       # an undestroyed gloo group can abort the process at exit
+
+
+def _train(ctx: TaskContext, cfg: ToyConfig, env: distributed.DistEnv, stop: StopRequest) -> None:
     model = build_model(cfg)
     engine = (_DeepSpeedEngine if cfg.engine == "deepspeed" else _DDPEngine)(cfg, model, env)
     seed_rank(cfg, env.rank)
