@@ -57,11 +57,9 @@ def render_rays(origins: torch.Tensor, directions: torch.Tensor, foreground: Fie
     """Composited features (B, N, C) of rays (B, N, 3): foreground first, background behind it."""
     batch, count = origins.shape[:2]
     span = sampling.far - sampling.near
-    centre_scale = 1.0 / (span / 2)                      # foreground points scaled to about [-1, 1]
 
-    def fg_points(t: torch.Tensor) -> torch.Tensor:       # (B, N, S) depths -> (B, N*S, 3) points
-        pts = origins[:, :, None] + directions[:, :, None] * t[..., None]
-        return (pts * centre_scale).reshape(batch, -1, 3)
+    def fg_points(t: torch.Tensor) -> torch.Tensor:       # (B, N, S) depths -> (B, N*S, 3) world points
+        return (origins[:, :, None] + directions[:, :, None] * t[..., None]).reshape(batch, -1, 3)
 
     t_coarse = sampling.near + span * stratified((batch, count), sampling.coarse, randomize, origins.device)
     sigma_c, feat_c = foreground(fg_points(t_coarse))

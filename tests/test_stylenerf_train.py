@@ -1,0 +1,119 @@
+"""`stylenerf.train` under the launcher (`submit --backend local`) with 2 CPU processes: every
+supported engine/ZeRO/precision trains, SWD against the training faces drops, and a run stopped
+by the preemption signal resumes to the same weights, bit for bit, as an uninterrupted run.
+
+The data are the 100 real LFW faces in data/sample/faces/lfw.
+"""
+import json
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from launcher.runtime.checkpoint import committed_steps, step_dirname, verify
+from tests.launcher_helpers import launcher, run_dir_from, wait_until, write_spec
+
+FACES = Path(__file__).resolve().parents[1] / "data" / "sample" / "faces" / "lfw"
+SUPPORTED = [("deepspeed", zero, precision) for zero in (0, 1, 2, 3) for precision in ("bf16", "fp32")] + \
+            [("ddp", 0, "bf16"), ("ddp", 0, "fp32")]
+
+
+def spec_for(name: str, config: dict, every_steps: int = 1000, restarts: int = 0) -> str:
+    config = {"data": str(FACES), "preset": "tiny", "workers": 1, "threads": 1, "metric_images": 32, **config}
+    return f"""
+        name: {name}
+        run_root: runs
+        local: {{device: cpu, max_restarts: {restarts}}}
+        env: {{OMP_NUM_THREADS: "1"}}
+        stages:
+          train:
+            task: stylenerf.train
+            resources: {{tasks_per_node: 2}}
+            checkpoint: {{every_steps: {every_steps}, keep_last: 2}}
+            config: {json.dumps(config)}
+    """
+
+
+def submit(tmp_path: Path, name: str, config: dict, *extra: str, **spec) -> Path:
+    result = launcher("submit", str(write_spec(tmp_path, spec_for(name, config, **spec), f"{name}.yaml")), *extra,
+                      cwd=tmp_path, check=True, timeout=900)
+    return run_dir_from(result.stdout)
+
+
+def stage(run: Path) -> Path:
+    return run / "stages" / "train"
+
+
+def metric_lines(run: Path) -> list[dict]:
+    path = stage(run) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")] if path.exists() else []
+
+
+def final(run: Path) -> dict:
+    return json.loads((stage(run) / "final.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine,zero,precision", SUPPORTED,
+                         ids=[f"{e}-zero{z}-{p}" for e, z, p in SUPPORTED])
+def test_tiny_trains_under_the_launcher_with_two_processes(tmp_path, engine, zero, precision):
+    run = submit(tmp_path, "train", {"engine": engine, "zero_stage": zero, "precision": precision,
+                                     "max_steps": 4, "tick_kimg": 0.032})
+    assert final(run)["step"] == 4 and final(run)["images"] == 4 * 16
+    ticks = [m for m in metric_lines(run) if "loss_g" in m]
+    assert len(ticks) == 2 and all(m["loss_d"] > 0 and m["images_per_s"] > 0 for m in ticks)
+    assert {"r1_penalty", "pl_penalty", "nerf_path"} <= set(ticks[0])        # step 0 regularises
+    assert committed_steps(stage(run) / "checkpoints") == [4]
+    assert verify(stage(run) / "checkpoints" / step_dirname(4)) == []
+    assert (stage(run) / "samples" / "fakes-000004.png").is_file()
+
+
+@pytest.mark.slow
+def test_swd_against_the_training_faces_drops_within_minutes(tmp_path):
+    started = time.time()
+    run = submit(tmp_path, "swd", {"engine": "deepspeed", "zero_stage": 2, "precision": "bf16", "max_steps": 500,
+                                   "metric_images": 100, "tick_kimg": 0.8, "snapshot_ticks": 1})
+    swd = [m["swd"] for m in metric_lines(run) if "swd" in m]
+    print(f"SWD x1000 at every 0.8 kimg: {[round(s, 1) for s in swd]} in {time.time() - started:.0f} s")
+    assert len(swd) == 11
+    assert max(swd[-3:]) < 0.75 * swd[0]
+
+
+def workers_of(run: Path) -> list[psutil.Process]:
+    attempts = [json.loads(p.read_text()) for p in (run / "ledger" / "train").glob("shard-0-attempt-*.json")]
+    running = [a for a in attempts if a["end"] is None]
+    if not running:
+        return []
+    try:
+        # the attempt's process is torchrun's agent; its children are the workers (their data
+        # loader processes are the workers' children)
+        agent = psutil.Process(int(running[0]["job_id"].split(":")[1]))
+        return [p for p in agent.children() if "launcher.entry" in p.cmdline()]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine,zero,precision", [("deepspeed", 2, "bf16"), ("deepspeed", 3, "fp32"),
+                                                   ("ddp", 0, "fp32")], ids=["zero2-bf16", "zero3-fp32", "ddp-fp32"])
+def test_a_run_stopped_by_the_preemption_signal_resumes_bitwise(tmp_path, engine, zero, precision):
+    steps = 80
+    config = {"engine": engine, "zero_stage": zero, "precision": precision, "max_steps": steps,
+              "tick_kimg": 0.016, "snapshot_ticks": 1000}
+    expected = final(submit(tmp_path, "reference", config))["digests"]
+
+    run = submit(tmp_path, "stopped", config, "--detach", every_steps=1000, restarts=2)
+    wait_until(lambda: any(m["step"] >= 6 for m in metric_lines(run)) and len(workers_of(run)) == 2, 300,
+               "step 6 of the first attempt", interval=0.05)
+    for worker in workers_of(run):
+        worker.send_signal(signal.SIGUSR2)
+    wait_until(lambda: not (run / "local-supervisor.pid").exists(), 600, "the resumed run to finish")
+
+    assert final(run)["digests"] == expected
+    attempts = sorted((json.loads(p.read_text()) for p in (run / "ledger" / "train").glob("shard-0-attempt-*.json")),
+                      key=lambda a: a["attempt"])
+    assert [(a["exit_code"], a["signal"]) for a in attempts] == [(75, "SIGUSR2"), (0, None)]
+    resumed_from = min(m["step"] for m in metric_lines(run) if m["time"] > attempts[1]["start"]) - 1
+    assert 6 <= resumed_from < steps - 10 and attempts[0]["checkpoint_step"] == resumed_from
