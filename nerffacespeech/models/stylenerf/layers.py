@@ -130,11 +130,12 @@ class EqualConv2d(nn.Module):
 
 
 def blur(x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-    """A separable [1, 2, 1] low-pass (times `gain`), depthwise, same size: removes pixel-shuffle checkerboards."""
+    """A [1, 2, 1] x [1, 2, 1] low-pass (times `gain`), depthwise, zero-padded to the same size:
+    removes pixel-shuffle checkerboards."""
     channels = x.shape[1]
     taps = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype, device=x.device)
     kernel = (taps[:, None] * taps[None, :] * (gain / 16.0)).expand(channels, 1, 3, 3)
-    return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel, groups=channels)
+    return F.conv2d(x, kernel, padding=1, groups=channels)
 
 
 def downsample2(x: torch.Tensor) -> torch.Tensor:
