@@ -17,7 +17,6 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -74,6 +73,8 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def load(self, index: int) -> np.ndarray:
         """Image `index` as (R, R, 3) uint8, square-cropped at the centre and resized if needed."""
+        from PIL import Image
+
         with Image.open(io.BytesIO(self._read_bytes(self.refs[index]))) as image:
             image = image.convert("RGB")
             w, h = image.size

@@ -186,7 +186,8 @@ class StyleNeRFTraining:
         self.pl_mean = torch.tensor(run.progress["pl_mean"], device=self.env.device)
 
     def step(self, batch_iter, run: RunState) -> dict:
-        """One optimizer step of G and D at the current point of the curriculum."""
+        """One optimizer step of G and D at the current point of the curriculum; returns its numbers
+        (device tensors and plain floats)."""
         cfg, step = self.cfg, run.progress["step"]
         stage, fade = growth(run.progress["images"] / 1000, cfg.curriculum_kimg, self.g.module.stages)
         resolution = self.model_cfg.nerf_resolution * 2 ** stage
@@ -197,8 +198,8 @@ class StyleNeRFTraining:
                                                                       and step % cfg.r1_every == 0)))
         run.progress["step"] = step + 1
         run.progress["images"] += cfg.batch_total
-        logs["resolution"] = torch.tensor(float(resolution))
-        logs["fade"] = torch.tensor(float(fade))
+        logs["resolution"] = float(resolution)
+        logs["fade"] = float(fade)
         return logs
 
     # ------------------------------------------------------------------ outputs
@@ -297,10 +298,11 @@ class Monitor:
         yaw = torch.linspace(-1, 1, cfg.grid_seeds) * training.model_cfg.yaw_std
         self.grid_angles = torch.stack([yaw, torch.zeros_like(yaw)], 1).to(env.device)
 
-    def record(self, logs: dict[str, torch.Tensor], images: int) -> None:
+    def record(self, logs: dict, images: int) -> None:
+        """Add a step's numbers; device tensors stay on the device (no synchronisation until the tick)."""
         for key, value in logs.items():
-            value = value if isinstance(value, torch.Tensor) else torch.tensor(float(value))
-            self.sums[key] = self.sums.get(key, 0) + value.detach().float().to(self.env.device)
+            value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+            self.sums[key] = self.sums.get(key, 0) + value
         self.count += 1
         self.tick_images += images
 

@@ -26,7 +26,7 @@ class CameraPrior:
 def sample_angles(batch: int, prior: CameraPrior, device: torch.device) -> torch.Tensor:
     """(B, 2) yaw and pitch in radians drawn from the Gaussian prior."""
     noise = torch.randn(batch, 2, device=device)
-    return noise * torch.tensor([prior.yaw_std, prior.pitch_std], device=device)
+    return torch.stack([noise[:, 0] * prior.yaw_std, noise[:, 1] * prior.pitch_std], 1)
 
 
 def camera_frames(angles: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,7 +35,8 @@ def camera_frames(angles: torch.Tensor, radius: float) -> tuple[torch.Tensor, to
     polar = math.pi / 2 - pitch
     eye = torch.stack([polar.sin() * yaw.cos(), polar.sin() * yaw.sin(), polar.cos()], -1) * radius
     forward = torch.nn.functional.normalize(eye, dim=-1)              # camera looks along -forward
-    up = torch.tensor([0.0, 0.0, 1.0], device=eye.device).expand_as(forward)
+    up = torch.zeros_like(forward)
+    up[:, 2] = 1.0
     right = torch.nn.functional.normalize(torch.cross(up, forward, dim=-1), dim=-1)
     true_up = torch.cross(forward, right, dim=-1)
     return eye, torch.stack([right, true_up, forward], dim=-1)

@@ -133,7 +133,8 @@ def blur(x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
     """A [1, 2, 1] x [1, 2, 1] low-pass (times `gain`), depthwise, zero-padded to the same size:
     removes pixel-shuffle checkerboards."""
     channels = x.shape[1]
-    taps = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype, device=x.device)
+    taps = torch.ones(3, dtype=x.dtype, device=x.device)      # [1, 2, 1], made on the device
+    taps[1] = 2.0
     kernel = (taps[:, None] * taps[None, :] * (gain / 16.0)).expand(channels, 1, 3, 3)
     return F.conv2d(x, kernel, padding=1, groups=channels)
 
