@@ -36,8 +36,10 @@ PREPROCESS = [TORCH, "numpy>=1.24", "scipy>=1.10", "librosa>=0.10", "soundfile>=
               "face-alignment>=1.4", "kornia>=0.7", "scikit-image>=0.22",
               # OpenCV 5 wheels have no CascadeClassifier; face-alignment pulls opencv-python.
               "opencv-python-headless<5", "opencv-python<5",
-              "imageio>=2.31", "imageio-ffmpeg>=0.5"]
-DEV = ["pytest>=8", "pytest-timeout>=2.2"]
+              "imageio>=2.31", "imageio-ffmpeg>=0.5",
+              # dlib's 68-point landmarker, offline: the model ships in face-recognition-models.
+              "dlib-bin>=20.0.1", "face-recognition-models>=0.3.0"]
+DEV = ["pytest>=8", "pytest-timeout>=2.2", "psutil>=5.9"]
 
 setup(extras_require={
     "train": TRAIN,

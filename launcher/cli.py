@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exitcodes.BAD_SPEC
+    except RuntimeError as exc:         # e.g. sbatch refused a job, Slurm not reachable
+        print(f"error: {exc}", file=sys.stderr)
+        return exitcodes.FAILED
 
 
 def _load(args) -> tuple:

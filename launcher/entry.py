@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         code = exitcodes.FAILED
         outcome["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+    if "torch.distributed" in sys.modules:   # an undestroyed gloo group can crash the exit
+        from .runtime.distributed import shutdown
+        shutdown()
     outcome.update(exit=code, end=time.time(), signal=stop.signal_name)
     if rank == 0:
         atomic.write_json(run.outcome_path(stage["name"], ctx.shard_index, ctx.attempt), outcome)

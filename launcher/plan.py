@@ -120,7 +120,8 @@ def sbatch_options(spec: JobSpec, plan: StagePlan, run_dir: str) -> list[str]:
     s = spec.slurm
     logs = f"{run_dir}/stages/{plan.name}/logs"
     opts = [f"--job-name={spec.name}.{plan.name}",
-            f"--output={logs}/slurm-%A_%a.out" if plan.array else f"--output={logs}/slurm-%j.out",
+            # sbatch reads #SBATCH values itself: a double-quoted path may hold spaces.
+            f'--output="{logs}/slurm-%A_%a.out"' if plan.array else f'--output="{logs}/slurm-%j.out"',
             "--open-mode=append",
             f"--nodes={plan.nodes}",
             f"--ntasks-per-node=1",

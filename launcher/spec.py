@@ -23,6 +23,9 @@ SLURM_WORD = re.compile(r"^[A-Za-z0-9_.,:@+=&|\[\]*-]{1,200}$")
 SLURM_WORD_HELP = "Slurm names may use letters, digits and _.,:@+=&|[]*- only"
 SBATCH_OPTION = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:@+=%/\[\]*-]{1,200})?$")
 SBATCH_OPTION_HELP = "write '--option' or '--option=value' with a plain value (no spaces or quotes)"
+# The run directory appears double-quoted in #SBATCH lines, where these cannot be escaped.
+RUN_ROOT = re.compile(r'^[^"%\\\n\r\x00]{1,1000}$')
+RUN_ROOT_HELP = 'a path without double quotes, percent signs, backslashes or newlines'
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SIGNALS = ("USR2", "USR1", "TERM", "INT", "HUP", "URG")
 BACKENDS = ("local", "slurm")
@@ -228,7 +231,7 @@ def load_spec(path: str | Path, overrides: list[str] = (), backend: str | None =
     top = Reader(data, (), positions, problems, Where(str(path)))
     name = top.string("name", pattern=NAME, pattern_help=NAME_HELP)
     backend_name = top.choice("backend", BACKENDS, "local")
-    run_root = top.string("run_root", "runs")
+    run_root = top.string("run_root", "runs", pattern=RUN_ROOT, pattern_help=RUN_ROOT_HELP)
     env = _read_env(top.mapping("env"))
     slurm = _read_slurm(top.mapping("slurm"))
     local = _read_local(top.mapping("local"))

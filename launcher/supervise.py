@@ -119,8 +119,12 @@ def main(argv: list[str] | None = None) -> int:
 def _requeue(job_id: str, fields: dict[str, str], why: str) -> tuple[str, str]:
     """Requeue this job (only this array task) unless Slurm is already doing it."""
     state = fields.get("JobState", "")
-    if "PREEMPT" in state or "REQUEUE" in state:
+    # During a preemption's grace period Slurm still says RUNNING but sets PreemptTime, and it
+    # requeues the job itself (PreemptMode=REQUEUE): a second requeue from here must not happen.
+    if fields.get("PreemptTime", "None") not in ("None", "Unknown", "") or "PREEMPT" in state:
         return "preempted", f"preempted; Slurm requeues it ({why})"
+    if state in ("CANCELLED", "COMPLETING") or "REQUEUE" in state:
+        return policy.CANCELLED, f"Slurm is ending the job ({state}); not requeued ({why})"
     end = fields.get("EndTime", "")
     near_limit = False
     try:
@@ -130,7 +134,7 @@ def _requeue(job_id: str, fields: dict[str, str], why: str) -> tuple[str, str]:
     result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
     if result.returncode != 0:
         return policy.GAVE_UP, f"could not requeue: {result.stderr.strip() or 'scontrol failed'}"
-    return "requeued", ("time limit near; " if near_limit else "") + why
+    return "requeued", ("time limit near; " if near_limit else "stop signal; ") + why
 
 
 if __name__ == "__main__":

@@ -212,3 +212,42 @@ def test_a_job_that_crashes_the_same_way_stops_after_the_cap_with_the_reason_in_
     assert [a["state"] for a in history] == ["requeued", "gave-up"]
     status = launcher("status", run.name, cwd=tmp_path, check=True).stdout
     assert "failed the same way twice in a row" in status
+
+
+def test_a_hostile_spec_cannot_run_a_command_through_the_batch_script(tmp_path):
+    payload = "$(touch pwned1); `touch pwned2`; touch pwned3 \"x\" 'y' & touch pwned4"
+    spec = f"""
+        name: t-hostile
+        backend: slurm
+        run_root: "runs with space $(touch pwned5) 'q' ;touch pwned6"
+        env: {{PAYLOAD: {json.dumps(payload)}}}
+        slurm: {{partition: debug, time: "5"}}
+        stages:
+          reduce:
+            task: diagnose.allreduce
+            config: {{record_env: [PAYLOAD]}}
+    """
+    run = submit(tmp_path, spec)
+    wait_until(lambda: finished(run, "reduce"), 120, "the job")
+    seen = json.loads((run / "stages/reduce/diagnose/rank-0.json").read_text())["recorded_env"]
+    assert seen == {"PAYLOAD": payload}
+    assert list((run / "stages/reduce/logs").glob("slurm-*.out"))
+    assert not list(tmp_path.rglob("pwned*"))
+
+
+def test_render_shows_exactly_the_script_that_submit_hands_to_sbatch(tmp_path):
+    spec = write_spec(tmp_path, """
+        name: t-render
+        backend: slurm
+        run_root: runs
+        slurm: {partition: debug, time: "5"}
+        stages:
+          reduce:
+            task: diagnose.allreduce
+            resources: {nodes: 2, tasks_per_node: 2}
+    """)
+    shown = launcher("render", str(spec), cwd=tmp_path, check=True).stdout
+    run = submit(tmp_path, spec.read_text())
+    written = (run / "stages/reduce/job.sbatch").read_text()
+    assert written in shown.replace("t-render-RUN_ID", run.name)
+    wait_until(lambda: finished(run, "reduce"), 120, "the job")

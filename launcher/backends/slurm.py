@@ -41,7 +41,10 @@ def submit(run: RunDir, plan: dict) -> dict[str, str]:
                      "--kill-on-invalid-dep=yes"]
         result = _run(argv + [str(script)], check=False)
         if result.returncode != 0:
-            raise SlurmUnavailable(f"sbatch refused stage {stage['name']}: {result.stderr.strip()}")
+            if job_ids:                 # all or nothing: withdraw the stages already queued
+                _run(["scancel", *job_ids.values()], check=False)
+            raise SlurmUnavailable(f"sbatch refused stage {stage['name']}: {result.stderr.strip()}"
+                                   + (f" (withdrew jobs {', '.join(job_ids.values())})" if job_ids else ""))
         job_id = result.stdout.strip().split(";")[0]
         job_ids[stage["name"]] = job_id
         run.record(stage["name"], f"submission-{job_id}", {

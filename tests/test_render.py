@@ -1,0 +1,55 @@
+"""`render` shows exactly the batch scripts `submit` would hand to sbatch; these tests read
+the scripts generated for the shipped StyleNeRF specs."""
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from tests.launcher_helpers import launcher
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rendered(spec: str, *extra: str) -> str:
+    return launcher("render", str(ROOT / "jobs" / spec), *extra, cwd=ROOT, check=True).stdout
+
+
+def sbatch_options(script: str) -> dict[str, str]:
+    return dict(re.findall(r"^#SBATCH --([a-z-]+)(?:=(.*))?$", script, flags=re.M))
+
+
+def step_line(script: str) -> list[str]:
+    line = script.split("launcher.supervise", 1)[1].split("\n", 1)[1].strip()
+    return shlex.split(line)
+
+
+@pytest.mark.parametrize("spec,nodes", [("stylenerf_8gpu.yaml", 1), ("stylenerf_4x8gpu.yaml", 4)])
+def test_stylenerf_script_asks_for_the_nodes_gpus_signal_and_requeue(spec, nodes):
+    opts = sbatch_options(rendered(spec))
+    assert opts["nodes"] == str(nodes)
+    assert opts["gpus-per-node"] == "8"
+    assert opts["ntasks-per-node"] == "1"            # one torchrun agent per node
+    assert opts["signal"] == "USR2@300"               # no B: the step's processes get it
+    assert "requeue" in opts
+    assert opts["partition"] == "gpu"
+
+
+@pytest.mark.parametrize("spec,nodes", [("stylenerf_8gpu.yaml", 1), ("stylenerf_4x8gpu.yaml", 4)])
+def test_stylenerf_step_runs_torchrun_per_node_with_c10d_rendezvous(spec, nodes):
+    words = step_line(rendered(spec))
+    assert words[0] == "srun" and f"--nodes={nodes}" in words and "--ntasks-per-node=1" in words
+    torchrun = words[words.index("torch.distributed.run") + 1:]
+    assert f"--nnodes={nodes}" in torchrun and "--nproc_per_node=8" in torchrun
+    assert "--rdzv_backend=c10d" in torchrun and "--rdzv_endpoint={rdzv_endpoint}" in torchrun
+    assert "--rdzv_id=$SLURM_JOB_ID" in torchrun
+    assert torchrun[-4:-2] == ["launcher.entry", torchrun[-3]] or "launcher.entry" in torchrun
+    assert words[words.index("launcher.shield") + 1] == "--"   # torchrun ignores SIGUSR2
+
+
+def test_the_multinode_spec_checks_the_total_batch_against_the_world_size():
+    result = launcher("validate", str(ROOT / "jobs" / "stylenerf_4x8gpu.yaml"),
+                      "--set", "stages.train.config.batch_total=32", cwd=ROOT)
+    assert result.returncode == 2
+    assert "stages.train.config" in result.stderr and "32" in result.stderr
+
