@@ -15,7 +15,7 @@ def first(iterator, n):
     return [next(iterator) for _ in range(n)]
 
 
-def test_images_are_found_in_folders_and_in_zips_inside_them(tmp_path):
+def test_images_are_found_in_folders_and_in_zips_inside_them_but_not_in_hidden_folders(tmp_path):
     faces = sorted(FACES.glob("*.png"))
     (tmp_path / "loose").mkdir()
     (tmp_path / "clip").mkdir()
@@ -24,6 +24,8 @@ def test_images_are_found_in_folders_and_in_zips_inside_them(tmp_path):
     with zipfile.ZipFile(tmp_path / "clip" / "frames.zip", "w") as archive:
         for path in faces[5:15]:
             archive.write(path, f"frames/{path.name}")
+    (tmp_path / ".clip.tmp-123").mkdir()                    # a preprocessing clip not committed yet
+    shutil.copy(faces[20], tmp_path / ".clip.tmp-123")
     refs = list_images(tmp_path)
     assert len(refs) == 15 and sum(r.member is not None for r in refs) == 10
     assert len(list_images(tmp_path / "clip" / "frames.zip")) == 10

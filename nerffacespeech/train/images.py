@@ -1,5 +1,5 @@
 """Training images: a folder or zip of aligned images (StyleGAN layout, searched recursively,
-zips inside folders included), a deterministic distributed order whose position is a single
+zips inside folders included, so preprocessing's `clips/<person>/<clip>/frames.zip` works as is), a deterministic distributed order whose position is a single
 number saved in checkpoints, x-flip augmentation, and a loader that keeps the device fed.
 
 The order is a pure function of (seed, position): position p is image `perm_e[p % n]` of epoch
@@ -38,6 +38,8 @@ def list_images(root: str | Path) -> list[ImageRef]:
         raise FileNotFoundError(f"image data {root} is neither a folder nor a .zip")
     refs: list[ImageRef] = []
     for path in sorted(root.rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue                        # hidden: e.g. a preprocessing clip not committed yet
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
             refs.append(ImageRef(str(path)))
         elif path.suffix.lower() == ".zip" and path.is_file():
