@@ -159,7 +159,8 @@ def test_a_job_preempted_by_a_higher_priority_partition_is_requeued_once_and_fin
     """)
     wait_until(lambda: len(processed_items(run, "work")) >= 3, 120, "the job to start working")
     urgent = subprocess.run(["sbatch", "--parsable", "-p", "urgent", "-w", "node3", "--exclusive",
-                             "-t", "1", "--wrap", "sleep 5"], capture_output=True, text=True, check=True)
+                             "-t", "1", "--wrap", "sleep 5"], capture_output=True, text=True, check=True,
+                            cwd=tmp_path)
     wait_until(lambda: finished(run, "work"), 300, "the preempted job to finish")
     history = attempts(run, "work")
     assert history[0]["state"] == "preempted" and history[0]["exit_code"] == 75
@@ -186,7 +187,8 @@ def test_a_preempted_array_task_is_requeued_alone(tmp_path):
     victim = next(a for a in attempts(run, "work") if a["shard"] == 0)
     node = victim["nodes"]
     subprocess.run(["sbatch", "-p", "urgent", "-w", node, "--exclusive", "-t", "1",
-                    "--wrap", "sleep 5"], capture_output=True, text=True, check=True)
+                    "--wrap", "sleep 5"], capture_output=True, text=True, check=True,
+                            cwd=tmp_path)
     wait_until(lambda: finished(run, "work", shards=2), 300, "both array tasks to finish")
     by_shard = {s: [a for a in attempts(run, "work") if a["shard"] == s] for s in (0, 1)}
     assert [a["state"] for a in by_shard[0]] == ["preempted", "completed"]
