@@ -19,6 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LR, EPS, GAMMA, PL_WEIGHT = 1e3, 1e3, 5.0, 2.0   # update = -g * 1e3 / (|g| + 1e3), about -g
 ENGINES = [("ddp", 0), ("deepspeed", 0), ("deepspeed", 1), ("deepspeed", 2), ("deepspeed", 3)]
+ACCUMULATING = [("ddp", 0), ("deepspeed", 2), ("deepspeed", 3)]
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,12 @@ def test_r1_through_the_engine_gives_the_single_process_gradient(outcome, engine
 @pytest.mark.parametrize("engine", [f"{kind}-zero{stage}" for kind, stage in ENGINES])
 def test_path_length_through_the_engine_gives_the_single_process_gradient(outcome, engine):
     assert outcome["pl"][engine] < 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", [f"{kind}-zero{stage}" for kind, stage in ACCUMULATING])
+def test_r1_with_two_accumulated_micro_batches_gives_the_single_process_gradient(outcome, engine):
+    assert outcome["r1_accumulated"][engine] < 1e-3
 
 
 @pytest.mark.slow
@@ -82,9 +89,9 @@ def _worker(out_path: str) -> None:
         torch.manual_seed(0)
         return cls(cfg)
 
-    def spec(kind: str, stage: int) -> EngineSpec:
-        return EngineSpec(kind, stage, "fp32", LR, (0.0, 0.99), EPS, micro_batch=4, find_unused_parameters=True,
-                          zero3_persistence_threshold=0)
+    def spec(kind: str, stage: int, micro_batch: int = 4, accumulation: int = 1) -> EngineSpec:
+        return EngineSpec(kind, stage, "fp32", LR, (0.0, 0.99), EPS, micro_batch=micro_batch,
+                          accumulation=accumulation, find_unused_parameters=True, zero3_persistence_threshold=0)
 
     def adam_update(grads: dict) -> dict:
         return {n: -LR * g / (g.abs() + EPS) for n, g in grads.items()}
@@ -119,7 +126,33 @@ def _worker(out_path: str) -> None:
                                            torch.autograd.grad(total, list(g64.parameters()), allow_unused=True,
                                                                materialize_grads=True))))
 
-    outcome = {"r1": {}, "pl": {}, "naive": {}}
+    # two micro-batches of 2 fakes + 2 reals, R1 once per step on the first micro-batch's reals
+    total = 0
+    for r in range(2):
+        real, fake = images(r, 1).double(), images(r, 2).double()
+        main = sum(losses.discriminator_loss(*d64(torch.cat([fake[k:k + 2], real[k:k + 2]])).split(2))
+                   for k in (0, 2)) / 2
+        total = total + (main + GAMMA * losses.r1_penalty(d64, real[:2])) / 2
+    reference["r1_accumulated"] = adam_update(dict(zip([n for n, _ in d64.named_parameters()],
+                                                       torch.autograd.grad(total, list(d64.parameters()),
+                                                                           allow_unused=True, materialize_grads=True))))
+
+    outcome = {"r1": {}, "pl": {}, "naive": {}, "r1_accumulated": {}}
+    for kind, stage in ACCUMULATING:
+        module = fresh(Discriminator)
+        before = {n: p.detach().double().clone() for n, p in module.named_parameters()}
+        net = Trainable("D", module, lambda: Discriminator(cfg), spec(kind, stage, 2, 2), env)
+        real, fake = images(env.rank, 1), images(env.rank, 2)
+        with net.differentiable_copy() as (run, leaves):
+            injected = net.weight_grads(GAMMA * losses.r1_penalty(run, real[:2]), leaves)
+        for k in (0, 2):
+            logits = net(torch.cat([fake[k:k + 2], real[k:k + 2]]))
+            net.backward(losses.discriminator_loss(*logits.split(2)), injected if k == 0 else None)
+        net.step()
+        with net.gathered() as tensors:
+            after = {n: tensors[n].detach().double().clone() for n in before}
+        outcome["r1_accumulated"][f"{kind}-zero{stage}"] = relative_error(before, after, reference["r1_accumulated"])
+
     for kind, stage in ENGINES:
         name = f"{kind}-zero{stage}"
         for which, cls in (("r1", Discriminator), ("pl", Generator)):

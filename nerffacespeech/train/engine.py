@@ -209,6 +209,8 @@ class Trainable:
                     surrogate = sum((p.float() * g.float()).sum() for p, g in zip(params, injected))
                     loss = loss + surrogate * accumulation
                 self.engine.backward(loss)
+            if not last:
+                self.engine.step()      # DeepSpeed counts micro-batches in step(); it updates only at the boundary
         else:
             if inject:
                 self._pending = _mean_over_ranks(injected, self.env)
@@ -232,11 +234,11 @@ class Trainable:
             yield params
 
     def step(self) -> None:
-        """The optimizer step (DeepSpeed steps only at accumulation boundaries by itself)."""
+        """The optimizer step, after the last micro-batch's `backward`."""
+        if self._micro != 0:
+            raise RuntimeError(f"{self.name}: step() after {self._micro} of {self.spec.accumulation} micro-batches")
         if self.spec.kind == "deepspeed":
             self.engine.step()
-            return
-        if self._micro != 0:
             return
         if self._pending is not None:
             # DDP marks every weight ready exactly once per backward, so the injected (already

@@ -68,7 +68,7 @@ class RunState:
 
 
 class StyleNeRFTraining:
-    """Networks, engines, data and the two phases of a training step."""
+    """The networks under their engines, the EMA generator, and the two phases of a training step."""
 
     def __init__(self, cfg: TrainConfig, env: distributed.DistEnv):
         self.cfg, self.env = cfg, env
