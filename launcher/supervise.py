@@ -117,13 +117,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _requeue(job_id: str, fields: dict[str, str], why: str) -> tuple[str, str]:
-    """Requeue this job (only this array task) unless Slurm is already doing it."""
+    """Requeue this job (only this array task) unless Slurm is already doing it.
+
+    A preempted job that stops within its GraceTime ends on its own, and Slurm then treats it as
+    finished, so the supervisor requeues it; only when the grace ran out and Slurm killed the
+    step is Slurm's own requeue under way (state REQUEUE*/PREEMPTED), and nothing is added.
+    """
     state = fields.get("JobState", "")
-    # During a preemption's grace period Slurm still says RUNNING but sets PreemptTime, and it
-    # requeues the job itself (PreemptMode=REQUEUE): a second requeue from here must not happen.
-    if fields.get("PreemptTime", "None") not in ("None", "Unknown", "") or "PREEMPT" in state:
+    preempted = fields.get("PreemptTime", "None") not in ("None", "Unknown", "")
+    if "REQUEUE" in state or "PREEMPT" in state:
         return "preempted", f"preempted; Slurm requeues it ({why})"
-    if state in ("CANCELLED", "COMPLETING") or "REQUEUE" in state:
+    if state in ("CANCELLED", "COMPLETING"):
         return policy.CANCELLED, f"Slurm is ending the job ({state}); not requeued ({why})"
     end = fields.get("EndTime", "")
     near_limit = False
@@ -132,6 +136,9 @@ def _requeue(job_id: str, fields: dict[str, str], why: str) -> tuple[str, str]:
     except ValueError:
         pass
     result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if preempted:
+        return "preempted", f"preempted; requeued ({why})" if result.returncode == 0 else (
+            f"preempted; Slurm requeues it ({why})")
     if result.returncode != 0:
         return policy.GAVE_UP, f"could not requeue: {result.stderr.strip() or 'scontrol failed'}"
     return "requeued", ("time limit near; " if near_limit else "stop signal; ") + why
