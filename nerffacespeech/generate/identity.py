@@ -68,7 +68,7 @@ def project(generator, target: np.ndarray, steps: int, lr: float, seed: int = 0,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress is not None:
             progress.update(1)
     return w.detach()[:, None].expand(-1, generator.num_ws, -1).contiguous(), losses
