@@ -61,9 +61,3 @@ def test_any_format_and_rate_becomes_16k_mono(tmp_path, suffix, codec):
     converted = speech.load_audio(other, 120, -50)
     assert abs(len(converted) - len(original)) < 0.05 * 16000
     assert speech.frame_count(converted) in range(speech.frame_count(original) - 1, speech.frame_count(original) + 2)
-
-
-def test_mel_windows_follow_preprocessing():
-    audio = speech.load_audio(SPEECH, 120, -50)
-    windows = speech.mel_windows(audio, speech.frame_count(audio))
-    assert windows.shape == (82, 80, 16) and windows.dtype == np.float32

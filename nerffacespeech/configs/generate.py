@@ -18,11 +18,11 @@ class GenerateConfig:
     """Everything generation reads; see docs/GENERATION.md for each key."""
 
     audio: str                                  # speech file, any format ffmpeg/libsndfile decode
-    run_dir: str | None = None                  # a run holding the two training stages (default: this run)
-    stylenerf_stage: str = "stylenerf"          # its stage names
-    audio2nerf_stage: str = "audio2nerf"
-    generator: str | None = None                # explicit StyleNeRF G safetensors (ours or converted)
-    audio2nerf: str | None = None               # explicit audio2nerf checkpoint
+    run_dir: str | None = None                  # a run with an audio2nerf stage (default: this run)
+    audio2nerf_stage: str = "audio2nerf"        # that stage's name
+    audio2nerf: str | None = None               # explicit audio2nerf checkpoint (step folder, latest, checkpoints/)
+    generator: str | None = None                # override the generator audio2nerf was trained with
+                                                # (stylenerf checkpoint or safetensors, ours or converted)
     output_dir: str | None = None               # default: <stage dir>/samples (task) or required (CLI)
     seeds: tuple = ()                           # identities from the mapping network
     truncation: float = 0.7                     # psi: w = w_avg + psi (w - w_avg)

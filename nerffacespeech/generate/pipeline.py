@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from nerffacespeech.configs.generate import GenerateConfig
+from nerffacespeech.preprocess.audio import log_mel
 from nerffacespeech.preprocess.errors import BadInput
 
 from . import cameras, frames, identity, speech, video
@@ -31,29 +32,20 @@ class Clip:
 
 
 def checkpoint_paths(cfg: GenerateConfig, run_dir: Path | None) -> tuple[Path, Path | None]:
-    """The audio2nerf checkpoint and the generator weights (None: the loader's default)."""
+    """The audio2nerf checkpoint and the generator override (None: the one audio2nerf was trained with)."""
     root = Path(cfg.run_dir) if cfg.run_dir else run_dir
-    a2n = Path(cfg.audio2nerf) if cfg.audio2nerf else None
+    if cfg.audio2nerf:
+        a2n = Path(cfg.audio2nerf)
+    elif root is not None:
+        a2n = root / "stages" / cfg.audio2nerf_stage / "checkpoints"
+    else:
+        raise BadInput("checkpoint_missing", "give audio2nerf (a checkpoint) or run_dir (a run with an "
+                                             "audio2nerf stage)")
     gen = Path(cfg.generator) if cfg.generator else None
-    if a2n is None:
-        if root is None:
-            raise BadInput("checkpoint_missing", "give audio2nerf (a checkpoint) or run_dir (a run with both stages)")
-        a2n = latest_checkpoint(root, cfg.audio2nerf_stage)
-        if gen is None:
-            gen = latest_checkpoint(root, cfg.stylenerf_stage) / "G_ema.safetensors"
     for path in (a2n, gen):
         if path is not None and not path.exists():
             raise BadInput("checkpoint_missing", f"{path} does not exist")
     return a2n, gen
-
-
-def latest_checkpoint(run_dir: Path, stage: str) -> Path:
-    """The committed checkpoint folder `latest` names in a stage of a run."""
-    folder = Path(run_dir) / "stages" / stage / "checkpoints"
-    try:
-        return folder / (folder / "latest").read_text().strip()
-    except FileNotFoundError:
-        raise BadInput("checkpoint_missing", f"{folder} has no committed checkpoint (no `latest`)") from None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -77,11 +69,14 @@ def load_head(a2n: Path, gen: Path | None, device: torch.device):
     from nerffacespeech.models.audio2nerf.talking_head import load_talking_head
 
     try:
-        return load_talking_head(a2n, gen, device=str(device))
-    except RuntimeError as exc:
-        if "size mismatch" in str(exc) or "Missing key" in str(exc) or "Unexpected key" in str(exc):
-            raise BadInput("checkpoint_preset", f"{gen or a2n} does not fit the model of {a2n}: "
-                                                f"{str(exc).splitlines()[0][:300]}") from None
+        return load_talking_head(a2n, gen, device=device)
+    except FileNotFoundError as exc:
+        raise BadInput("checkpoint_missing", str(exc)) from None
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:300]
+        if isinstance(exc, ValueError) or "size mismatch" in str(exc) or "key(s)" in str(exc):
+            raise BadInput("checkpoint_preset", f"{gen or a2n} does not fit the audio2nerf checkpoint "
+                                                f"{a2n}: {first}") from None
         raise
 
 
@@ -90,7 +85,6 @@ def generate(cfg: GenerateConfig, output_dir: Path, run_dir: Path | None = None)
     device = resolve_device(cfg.device)
     audio = speech.load_audio(Path(cfg.audio), cfg.max_audio_seconds, cfg.silence_dbfs)
     n_frames = speech.frame_count(audio)
-    windows = torch.from_numpy(speech.mel_windows(audio, n_frames)).to(device)
     angles = torch.from_numpy(camera_path(cfg, n_frames)).to(device)
     face = identity.find_face(Path(cfg.face_image)) if cfg.face_image else None
     a2n, gen = checkpoint_paths(cfg, run_dir)
@@ -104,9 +98,9 @@ def generate(cfg: GenerateConfig, output_dir: Path, run_dir: Path | None = None)
                                                       cfg.projection_lr, cfg.seed, bar)
         print(json.dumps({"projection_loss": [round(losses[0], 5), round(losses[-1], 5)]}), flush=True)
 
-    ref_exp = torch.zeros(64, device=device)
-    with torch.no_grad():
-        expressions = frames.smooth(head.expressions(windows, ref_exp), cfg.smoothing_frames)
+    ref_exp = head.neutral_expression()
+    windows = head.mel_windows(log_mel(audio), n_frames)
+    expressions = frames.smooth(head.expressions(windows, ref_exp), cfg.smoothing_frames)
     picks = video.sheet_indices(n_frames, cfg.sheet_frames)
     clips = []
     with tqdm(total=n_frames * len(styles), desc="rendering", unit="frame", mininterval=2) as bar:

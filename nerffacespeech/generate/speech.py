@@ -1,8 +1,8 @@
-"""Speech for generation: any audio file → checked 16 kHz mono, and the per-frame mel windows.
+"""Speech for generation: any audio file → checked 16 kHz mono, and its length in video frames.
 
 libsndfile reads WAV/FLAC/OGG/MP3 and is resampled exactly as preprocessing does (so features
 match training); anything else (m4a, aac, opus in mp4, a video's audio) goes through the ffmpeg
-of imageio-ffmpeg. The features themselves are preprocessing's (`preprocess.audio`).
+of imageio-ffmpeg.
 """
 from __future__ import annotations
 
@@ -58,9 +58,3 @@ def _decode_with_ffmpeg(path: Path) -> np.ndarray:
 def frame_count(speech: np.ndarray) -> int:
     """Video frames at 25 fps for the speech's length (rounded)."""
     return max(1, round(len(speech) * FPS / features.SAMPLE_RATE))
-
-
-def mel_windows(speech: np.ndarray, n_frames: int) -> np.ndarray:
-    """(n_frames, 80, 16) mel windows, one per video frame, as audio2nerf reads them."""
-    mel = features.log_mel(speech)
-    return np.ascontiguousarray(features.frame_windows(mel, n_frames, FPS).transpose(0, 2, 1))
