@@ -74,7 +74,7 @@ def load_head(a2n: Path, gen: Path | None, device: torch.device):
         raise BadInput("checkpoint_missing", str(exc)) from None
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0][:300]
-        if isinstance(exc, ValueError) or "size mismatch" in str(exc) or "key(s)" in str(exc):
+        if "preset" in str(exc) or "size mismatch" in str(exc) or "key(s)" in str(exc):
             raise BadInput("checkpoint_preset", f"{gen or a2n} does not fit the audio2nerf checkpoint "
                                                 f"{a2n}: {first}") from None
         raise
