@@ -80,15 +80,19 @@ def load_head(a2n: Path, gen: Path | None, device: torch.device):
         raise
 
 
-def generate(cfg: GenerateConfig, output_dir: Path, run_dir: Path | None = None) -> list[Clip]:
-    """Write <identity>.mp4 and <identity>-sheet.png into `output_dir` for every identity."""
+def generate(cfg: GenerateConfig, output_dir: Path, run_dir: Path | None = None, head=None) -> list[Clip]:
+    """Write <identity>.mp4 and <identity>-sheet.png into `output_dir` for every identity.
+
+    `head` is an already loaded talking head (benchmarks, tests); by default it is loaded from
+    the config's checkpoints.
+    """
     device = resolve_device(cfg.device)
     audio = speech.load_audio(Path(cfg.audio), cfg.max_audio_seconds, cfg.silence_dbfs)
     n_frames = speech.frame_count(audio)
     angles = torch.from_numpy(camera_path(cfg, n_frames)).to(device)
     face = identity.find_face(Path(cfg.face_image)) if cfg.face_image else None
-    a2n, gen = checkpoint_paths(cfg, run_dir)
-    head = load_head(a2n, gen, device)
+    if head is None:
+        head = load_head(*checkpoint_paths(cfg, run_dir), device)
 
     styles = {f"seed{s:04d}": identity.seed_styles(head.generator, s, cfg.truncation) for s in cfg.seeds}
     if face is not None:
