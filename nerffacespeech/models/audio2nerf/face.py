@@ -61,3 +61,9 @@ def load_face_basis(name: str, pretrained_root: Path | None = None) -> FaceBasis
                          "basis; preprocess with a BFM09 file or fit3dmm.bfm_path: synthetic")
     n = model.n_vertices
     return FaceBasis(model.mean_shape, model.exp_base.reshape(n, 3, -1), model.keypoints, name)
+
+
+def lip_distance(face: FaceBasis, exp: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(...) mean distance in px at 224 between the 20 mouth landmarks of the mesh posed with `exp`
+    and with `target` (..., 64). Identity and rigid pose cancel: the model is linear in the expression."""
+    return (face.landmarks(exp) - face.landmarks(target)).norm(dim=-1).mean(-1) * PX_PER_UNIT
