@@ -34,4 +34,4 @@ class LipaintNet(nn.Module):
     def forward(self, ws: torch.Tensor, exp: torch.Tensor, ref_exp: torch.Tensor) -> torch.Tensor:
         """(B, num_ws, w_dim) styles for expressions `exp` (B, 64) of a source with `ref_exp` (B, 64) or (64,)."""
         ref = ref_exp.expand_as(exp)
-        return ws + self._f(ws, exp) - self._f(ws, ref)
+        return ws + (self._f(ws, exp) - self._f(ws, ref))
