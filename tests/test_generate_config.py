@@ -16,3 +16,7 @@ def test_every_problem_is_reported_with_its_field():
     assert "no identity" in problems["seeds"] and "poses.json" in problems["poses"]
     assert dict(check({"seeds": [0]}, {}))["audio"].startswith("is required")
     assert "non-negative integers" in dict(check({"audio": "a", "seeds": [-1]}, {}))["seeds"]
+
+
+def test_more_than_one_process_is_refused():
+    assert "one process" in dict(check({"audio": "a.wav", "seeds": [0]}, {"world_size": 2}))[""]

@@ -119,8 +119,14 @@ def _value_problems(cfg: GenerateConfig) -> list[tuple[str, str]]:
 
 
 def check(config: dict, resources: dict) -> list[tuple[str, str]]:
-    """What the launcher runs before submitting: types and ranges of the stage's config."""
-    return GenerateConfig.parse(config)[1]
+    """What the launcher runs before submitting: types and ranges, and one process (every process
+    would write the same files)."""
+    problems = GenerateConfig.parse(config)[1]
+    world = int(resources.get("world_size") or 1)
+    if world > 1:
+        problems.append(("", f"generate runs as one process; the stage asks for {world} "
+                             "(give it resources: {tasks_per_node: 1, nodes: 1})"))
+    return problems
 
 
 __all__ = ["CAMERAS", "GenerateConfig", "check"]
