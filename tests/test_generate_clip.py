@@ -1,26 +1,16 @@
 """A whole clip from the tiny talking head and real speech: the MP4 and its contact sheet."""
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from nerffacespeech.configs.audio2nerf import ModelConfig
 from nerffacespeech.configs.generate import GenerateConfig
 from nerffacespeech.generate.pipeline import generate
-from nerffacespeech.models.audio2nerf import generator_source
-from nerffacespeech.models.audio2nerf.face import load_face_basis
-from nerffacespeech.models.audio2nerf.network import Audio2NeRF
-from nerffacespeech.models.audio2nerf.talking_head import TalkingHead
-from tests.generate_helpers import SPEECH, audio_seconds, files_in, video_frames
+from tests.generate_helpers import SPEECH, audio_seconds, files_in, random_tiny_head, video_frames
 
 
 @pytest.fixture(scope="module")
 def random_head():
-    """The tiny preset's talking head at random initialisation (the public constructor)."""
-    torch.manual_seed(0)
-    generator = generator_source.build({"kind": "random", "preset": "tiny", "model": {}, "seed": 0})
-    net = Audio2NeRF(ModelConfig(nerf_dim=generator.cfg.w_dim, encoder_width=0.25))
-    return TalkingHead(net, generator, load_face_basis("synthetic"), "tiny", torch.device("cpu"))
+    return random_tiny_head()
 
 
 @pytest.mark.slow
