@@ -4,7 +4,7 @@ from nerffacespeech.configs.generate import GenerateConfig, check
 
 def test_a_valid_config_parses_with_defaults():
     cfg, problems = GenerateConfig.parse({"audio": "a.wav", "seeds": [0, 3]})
-    assert problems == [] and cfg.truncation == 0.7 and cfg.identities == ["seed0000", "seed0003"]
+    assert problems == [] and cfg.truncation == 0.7 and cfg.seeds == (0, 3) and cfg.camera == "fixed"
 
 
 def test_every_problem_is_reported_with_its_field():

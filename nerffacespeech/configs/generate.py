@@ -46,14 +46,6 @@ class GenerateConfig:
     device: str = "auto"                        # auto: cuda when available
     seed: int = 0                               # projection's and noise's random generator
 
-    @property
-    def identities(self) -> list[str]:
-        """Names of the clips to make: one per seed, one for the face image."""
-        names = [f"seed{s:04d}" for s in self.seeds]
-        if self.face_image:
-            names.append("face")
-        return names
-
     @classmethod
     def parse(cls, config: Any) -> tuple["GenerateConfig | None", list[tuple[str, str]]]:
         """The typed config and every problem found (None when there are any)."""
