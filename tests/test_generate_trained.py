@@ -10,7 +10,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import save_file
 
 from nerffacespeech.configs.stylenerf import PRESETS
