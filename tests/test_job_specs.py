@@ -10,7 +10,7 @@ SAMPLE = ["--set", "stages.preprocess.config.data_dir=data/sample",
           "--set", "stages.merge.config.data_dir=data/sample"]
 READY = {"demo.yaml": [], "debug_1gpu.yaml": [], "stylenerf_8gpu.yaml": [],
          "stylenerf_4x8gpu.yaml": [], "preprocess_cpu.yaml": SAMPLE,
-         "audio2nerf_8gpu.yaml": []}
+         "audio2nerf_8gpu.yaml": [], "pipeline.yaml": SAMPLE}
 
 
 @pytest.mark.parametrize("spec", sorted(READY))
