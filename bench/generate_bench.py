@@ -16,17 +16,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import report as bench_report
+from nerffacespeech.preprocess.video import ffmpeg
+
+ROOT = bench_report.REPO
 SPEECH = ROOT / "data" / "sample" / "audio" / "astronaut" / "00001.wav"
 
 
@@ -76,28 +75,26 @@ def run_config(preset: str, batch: int, precision: str, frames: int, warmup: int
             pass
         _sync(device)
         render_s = time.perf_counter() - start
-        with tempfile.TemporaryDirectory() as tmp:
-            start = time.perf_counter()
-            with video.Mp4Writer(Path(tmp) / "bench.mp4", head.resolution, audio, n) as writer:
-                for batch_frames in frame_loop.render_frames(head.render, ws, exps, ref, angles, batch):
-                    writer.write(batch_frames)
-            mp4_s = time.perf_counter() - start
+        mp4_s = None
+        if have_ffmpeg():
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
+                with video.Mp4Writer(Path(tmp) / "bench.mp4", head.resolution, audio, n) as writer:
+                    for batch_frames in frame_loop.render_frames(head.render, ws, exps, ref, angles, batch):
+                        writer.write(batch_frames)
+                mp4_s = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
     return {"preset": preset, "resolution": head.resolution, "batch": batch, "precision": precision,
-            "frames": n, "render_fps": n / render_s, "mp4_fps": n / mp4_s, "peak_gib": peak}
+            "frames": n, "render_fps": n / render_s, "mp4_fps": n / mp4_s if mp4_s else None, "peak_gib": peak}
 
 
-def environment(device: torch.device) -> dict:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout)
-    import imageio_ffmpeg
-
-    env = {"commit": commit, "dirty": dirty, "host": platform.node(), "python": platform.python_version(),
-           "torch": torch.__version__, "ffmpeg": imageio_ffmpeg.get_ffmpeg_version(), "device": str(device),
-           "cpu_threads": torch.get_num_threads(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
+def have_ffmpeg() -> bool:
+    """Whether imageio-ffmpeg's encoder is installed (the GPU machine lacks it: a 70 MB wheel)."""
+    try:
+        ffmpeg()
+        return True
+    except ImportError:
+        return False
 
 
 def table(results: list[dict]) -> str:
@@ -107,8 +104,9 @@ def table(results: list[dict]) -> str:
             lines.append(f"{r['preset']:<10} {'':>5} {r['batch']:>5} {r['precision']:>5}  error: {r['error'][:60]}")
             continue
         peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
+        mp4 = "-" if r["mp4_fps"] is None else f"{r['mp4_fps']:.1f}"
         lines.append(f"{r['preset']:<10} {r['resolution']:>5} {r['batch']:>5} {r['precision']:>5} "
-                     f"{r['render_fps']:>11.1f} {r['mp4_fps']:>8.1f} {peak:>9}")
+                     f"{r['render_fps']:>11.1f} {mp4:>8} {peak:>9}")
     return "\n".join(lines)
 
 
@@ -124,7 +122,10 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
-    report = {"environment": environment(device), "argv": sys.argv[1:], "results": []}
+    report = {**bench_report.metadata({"presets": args.presets, "batches": args.batches, "precisions":
+                                       args.precisions, "frames": args.frames, "warmup": args.warmup,
+                                       "device": str(device), "mp4": have_ffmpeg()}, "imageio-ffmpeg"),
+              "results": []}
     for preset in args.presets.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             for precision in args.precisions.split(","):
@@ -137,11 +138,7 @@ def main() -> None:
                 print(json.dumps(result), flush=True)
     report["table"] = table(report["results"])
     print("\n" + report["table"], flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"\nwrote {out}", flush=True)
-
+    bench_report.write("generate", report, Path(args.out))
 
 if __name__ == "__main__":
     main()
