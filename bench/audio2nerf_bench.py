@@ -17,13 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import report as bench_report
+
+ROOT = bench_report.REPO
 
 
 def _init(device: str):
@@ -116,7 +118,8 @@ def train(args, env) -> list[dict]:
     from nerffacespeech.train.a2n_evaluate import evaluate
     from nerffacespeech.train.audio2nerf import Audio2NeRFTraining
 
-    processed = Path(args.processed) if args.processed else preprocess_sample(Path(args.workdir))
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="a2n-bench-"))
+    processed = Path(args.processed) if args.processed else preprocess_sample(workdir)
     small = {} if args.generator else {"nerf_dim": 128}
     cfg = _config(args, generator=args.generator or "random", render_batch=min(args.render_batch, args.batch),
                   **small)
@@ -147,16 +150,11 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--processed", help="processed dataset (default: preprocess data/sample)")
     p.add_argument("--generator", help="stylenerf checkpoint (default: random-init tiny)")
-    p.add_argument("--workdir", default=str(ROOT / "bench" / "results" / "a2n-work"))
+    p.add_argument("--workdir", help="where the sample data is preprocessed (default: a temp dir)")
     p.add_argument("--output", default=str(ROOT / "bench" / "results" / "audio2nerf.json"))
     args = p.parse_args()
-    import torch
-
     env = _init(args.device)
-    report = {"started": time.time(), "host": platform.node(), "python": platform.python_version(),
-              "torch": torch.__version__, "device": torch.cuda.get_device_name() if env.device.type == "cuda"
-              else "cpu", "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                                   text=True).stdout.strip(), "args": vars(args)}
+    report = {**bench_report.metadata(vars(args)), "device": str(env.device)}
     report["throughput"] = throughput(args, env)
     t = report["throughput"]
     print(f"{'preset':10} {'prec':5} {'batch':>5} {'render':>6} {'steps/s':>8} {'samples/s':>10} "
@@ -166,13 +164,7 @@ def main() -> None:
           f"{t['peak_memory_gib'] if t['peak_memory_gib'] is not None else float('nan'):9.2f}", flush=True)
     if args.train_minutes > 0:
         report["training"] = train(args, env)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
-    print(f"wrote {out}")
-
+    bench_report.write("audio2nerf", report, Path(args.output))
 
 if __name__ == "__main__":
     main()
