@@ -33,7 +33,7 @@ run_one() {
     case $1 in
         stylenerf)  bench stylenerf 260 python3 bench/stylenerf_bench.py --device cuda --budget 240 \
                         --out "$OUT/stylenerf-gpu.json" ;;
-        audio2nerf) bench audio2nerf 200 python3 bench/audio2nerf_bench.py --device cuda --train-minutes 2 \
+        audio2nerf) bench audio2nerf 200 python3 bench/audio2nerf_bench.py --device cuda --train-minutes "${A2N_TRAIN_MINUTES:-2}" \
                         ${A2N_PROCESSED:+--processed "$A2N_PROCESSED"} --output "$OUT/audio2nerf-gpu.json" ;;
         generate)   bench generate 120 python3 bench/generate_bench.py --device cuda --out "$OUT/generate-gpu.json" ;;
         preprocess) bench preprocess 90 python3 bench/preprocess_bench.py --device cuda --out "$OUT/preprocess-gpu.json" ;;
