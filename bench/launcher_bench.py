@@ -2,9 +2,10 @@
 
 Measures
 - the wall time of `python -m launcher --help` (the CLI path must not import torch),
-- start to first optimizer step of the same 2-rank toy DDP job run two ways: through
-  `python -m launcher submit` (local backend: spec validation, run folder, supervisor, torchrun,
-  runtime, checkpoint restore probe) and through plain `torchrun` on a minimal script.
+- start to first optimizer step of the same toy DDP job (2 ranks; on CUDA one per GPU, at most 2)
+  run two ways: through `python -m launcher submit` (local backend: spec validation, run folder,
+  supervisor, torchrun, runtime, checkpoint restore probe) and through plain `torchrun` on a
+  minimal script.
 Runs on CPU or CUDA (`--device`). Prints a table and writes bench/results/launcher-<accel>.json.
 
     .venv/bin/python bench/launcher_bench.py [--device cpu|cuda] [--repeats 3]
@@ -48,6 +49,12 @@ dist.destroy_process_group()
 """
 
 
+def gpu_count() -> int:
+    """GPUs torch sees, asked in a child so this process stays free of CUDA state."""
+    return int(subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+                              capture_output=True, text=True, check=True).stdout)
+
+
 def help_wall_time(repeats: int) -> dict:
     """Median wall time of `python -m launcher --help`, and whether the CLI imports torch."""
     times = []
@@ -61,8 +68,9 @@ def help_wall_time(repeats: int) -> dict:
     return {"help_s": statistics.median(times), "help_s_all": times, "cli_imports_torch": probe == "True"}
 
 
-def launcher_first_step(device: str, root: Path) -> float:
-    """Seconds from `python -m launcher submit` to the first logged step of a 2-rank toy job."""
+def launcher_first_step(device: str, ranks: int, root: Path) -> float:
+    """Seconds from `python -m launcher submit` to the first logged step of the toy job."""
+    gpus = ranks if device == "cuda" else 0
     spec = root / "spec.yaml"
     spec.write_text(textwrap.dedent(f"""
         name: launcher-bench
@@ -71,7 +79,7 @@ def launcher_first_step(device: str, root: Path) -> float:
         stages:
           train:
             task: launcher.runtime.toy:main
-            resources: {{tasks_per_node: 2}}
+            resources: {{tasks_per_node: {ranks}, gpus_per_node: {gpus}}}
             checkpoint: {{every_steps: 0, keep_last: 1}}
             config: {{engine: ddp, steps: 2}}
     """))
@@ -83,12 +91,12 @@ def launcher_first_step(device: str, root: Path) -> float:
     return metrics[0]["time"] - start
 
 
-def torchrun_first_step(device: str, root: Path) -> float:
-    """Seconds from `torchrun --nproc_per_node 2` to the first step of the same toy model."""
+def torchrun_first_step(device: str, ranks: int, root: Path) -> float:
+    """Seconds from `torchrun --nproc_per_node RANKS` to the first step of the same toy model."""
     script = root / "plain.py"
     script.write_text(PLAIN_SCRIPT)
     start = time.time()
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
                           "--standalone", str(script), device], capture_output=True, text=True, check=True,
                          cwd=report.REPO).stdout
     return float(next(line.split()[1] for line in out.splitlines() if line.startswith("FIRST_STEP"))) - start
@@ -101,10 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
     results = help_wall_time(max(args.repeats, 5))
+    ranks = 2 if args.device == "cpu" else min(2, gpu_count())
     launched, plain = [], []
     for repeat in range(args.repeats + 1):          # the first round only warms the page cache
         with tempfile.TemporaryDirectory(prefix="launcher-bench-") as root:
-            first = (launcher_first_step(args.device, Path(root)), torchrun_first_step(args.device, Path(root)))
+            first = (launcher_first_step(args.device, ranks, Path(root)),
+                     torchrun_first_step(args.device, ranks, Path(root)))
             if repeat:
                 launched.append(first[0])
                 plain.append(first[1])
@@ -114,12 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table([
         ("python -m launcher --help", f"{results['help_s']:.2f} s", "imports torch: "
          f"{'YES' if results['cli_imports_torch'] else 'no'}"),
-        ("launcher submit -> first step", f"{results['launcher_first_step_s']:.2f} s", "2 ranks, toy DDP"),
+        ("launcher submit -> first step", f"{results['launcher_first_step_s']:.2f} s", f"{ranks} rank(s), toy DDP"),
         ("plain torchrun -> first step", f"{results['torchrun_first_step_s']:.2f} s", "same model, no runtime"),
         ("launcher overhead", f"{results['overhead_s']:.2f} s", f"median of {args.repeats}"),
     ], ("measure", "value", "note")))
     import torch  # noqa: F401  (after the runs: only so metadata() can name the GPU)
-    report.write("launcher", {**report.metadata({"device": args.device, "repeats": args.repeats}),
+    report.write("launcher", {**report.metadata({"device": args.device, "ranks": ranks, "repeats": args.repeats}),
                               "results": results}, args.output)
     return 0
 
