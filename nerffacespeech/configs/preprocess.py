@@ -12,6 +12,7 @@ from typing import Any
 
 LANDMARKERS = ("auto", "fan", "dlib")
 IMAGE_FORMATS = ("png", "jpg")
+SOLVERS = ("lm", "lbfgs")
 
 
 @dataclass(frozen=True)
@@ -20,9 +21,11 @@ class FitConfig:
 
     enabled: bool = True
     bfm_path: str | None = None          # default: <pretrained_dir>/BFM09_model_info.mat
-    rigid_steps: int = 100               # L-BFGS iterations, rotation + translation, anchor frames
-    nonrigid_steps: int = 150            # L-BFGS iterations, all coefficients, anchor frames
-    warm_steps: int = 60                 # per batch of frames, started from the previous frame
+    solver: str = "lm"                   # lm: Levenberg-Marquardt on landmarks; lbfgs (photometric)
+    lm_steps: int = 20                   # lm: joint anchor iterations; rigid ones: 1/4, per frame: 1/2
+    rigid_steps: int = 100               # lbfgs iterations, rotation + translation, anchor frames
+    nonrigid_steps: int = 150            # lbfgs iterations, all coefficients, anchor frames
+    warm_steps: int = 60                 # lbfgs, per batch of frames, from the interpolated anchors
     batch_frames: int = 32
     photometric: bool = False            # add the skin-masked photometric loss (slow on CPU)
     fit_size: int = 224                  # the fitting image size (Deep3DFaceRecon uses 224)
@@ -163,6 +166,12 @@ def _semantic_problems(cfg: PreprocessConfig) -> list[tuple[str, str]]:
     if not 0 <= cfg.max_bad_frame_fraction <= 1:
         out.append(("max_bad_frame_fraction", "must be between 0 and 1"))
     fit = cfg.fit3dmm
+    if fit.solver not in SOLVERS:
+        out.append(("fit3dmm.solver", f"must be one of {', '.join(SOLVERS)}, got {fit.solver!r}"))
+    elif fit.photometric and fit.solver != "lbfgs":
+        out.append(("fit3dmm.solver", "the photometric loss needs solver: lbfgs"))
+    if fit.lm_steps < 1:
+        out.append(("fit3dmm.lm_steps", "must be at least 1"))
     for name in ("rigid_steps", "nonrigid_steps", "warm_steps"):
         if getattr(fit, name) < 0:
             out.append((f"fit3dmm.{name}", "must be at least 0"))
