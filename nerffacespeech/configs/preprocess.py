@@ -84,7 +84,8 @@ class PreprocessConfig:
 
 
 def check(config: dict, resources: dict) -> list[tuple[str, str]]:
-    """What the launcher runs before submitting: types, ranges, unknown keys, the data folder."""
+    """What the launcher runs before submitting: types, ranges, unknown keys, the data folder, and
+    the pretrained files this config needs (FAN's, when `landmarker: fan`; the others are optional)."""
     cfg, problems = PreprocessConfig.parse(config if isinstance(config, dict) else {})
     if cfg is None:
         return problems
@@ -94,13 +95,12 @@ def check(config: dict, resources: dict) -> list[tuple[str, str]]:
                              f"the directory you run the launcher in)")]
     if not any((data / sub).is_dir() for sub in ("images", "videos")):
         return [("data_dir", f"{cfg.data_dir!r} has neither images/ nor videos/; see docs/PREPROCESSING.md")]
-    if cfg.landmarker == "fan":
-        root = cfg.pretrained_root()
-        missing = [f for f in ("face_alignment/s3fd-619a316812.pth", "face_alignment/2DFAN4-11f355bf06.pth.tar")
-                   if not (root / f).is_file()]
-        if missing:
-            return [("landmarker", f"fan needs {', '.join(missing)} under {root} "
-                                   "(python -m nerffacespeech.pretrained fetch), or use auto/dlib")]
+    if cfg.landmarker == "fan":         # auto falls back to dlib, and no BFM means pose-only fitting
+        from nerffacespeech.pretrained import verify_for_stage
+
+        problems = verify_for_stage("preprocess", cfg.pretrained_root(), {"s3fd": "landmarker", "fan_2d": "landmarker"})
+        if problems:
+            return [(f, f"fan (or use auto/dlib) needs {m}") for f, m in problems]
     if cfg.fit3dmm.enabled and cfg.fit3dmm.bfm_path and not Path(cfg.fit3dmm.bfm_path).is_file():
         return [("fit3dmm.bfm_path", f"{cfg.fit3dmm.bfm_path!r} does not exist")]
     return []
