@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import kornia
 import numpy as np
 import torch
 
@@ -41,9 +40,7 @@ class FaceModel:
     def __init__(self, model: MorphableModel, size: int):
         self.m = model
         self.size = size
-        f = bfm.FOCAL_AT_224 * size / 224
-        self.intrinsics = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1.0]],
-                                       device=model.mean_shape.device)
+        self.focal = bfm.FOCAL_AT_224 * size / 224
 
     def shape(self, id_: torch.Tensor, exp: torch.Tensor) -> torch.Tensor:
         offset = id_ @ self.m.id_base.T + exp @ self.m.exp_base.T
@@ -55,22 +52,15 @@ class FaceModel:
     @staticmethod
     def rotation(angles: torch.Tensor) -> torch.Tensor:
         """(B, 3, 3) R = Rz·Ry·Rx from Euler angles (x: pitch, y: yaw, z: roll), radians."""
-        x, y, z = angles.unbind(-1)
-        rx = kornia.geometry.conversions.axis_angle_to_rotation_matrix(
-            torch.stack([x, torch.zeros_like(x), torch.zeros_like(x)], -1))
-        ry = kornia.geometry.conversions.axis_angle_to_rotation_matrix(
-            torch.stack([torch.zeros_like(y), y, torch.zeros_like(y)], -1))
-        rz = kornia.geometry.conversions.axis_angle_to_rotation_matrix(
-            torch.stack([torch.zeros_like(z), torch.zeros_like(z), z], -1))
-        return rz @ ry @ rx
+        return landmark_fit.euler_rotation(angles)[0]
 
     def to_screen(self, vertices: torch.Tensor, angles: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
-        """(B, N, 3) pixel x, pixel y (down), and distance from the camera."""
+        """(B, N, 3) pixel x, pixel y (down), and distance from the camera (pinhole, principal point
+        at the centre)."""
         world = vertices @ self.rotation(angles).transpose(1, 2) + trans[:, None, :]
         depth = bfm.CAMERA_DISTANCE - world[..., 2]
-        camera = torch.stack([world[..., 0], -world[..., 1], depth], -1)
-        pixels = kornia.geometry.camera.project_points(camera, self.intrinsics.expand(len(camera), 3, 3)[:, None])
-        return torch.cat([pixels, depth[..., None]], -1)
+        f, c = self.focal, self.size / 2
+        return torch.stack([f * world[..., 0] / depth + c, -f * world[..., 1] / depth + c, depth], -1)
 
     def normals(self, vertices: torch.Tensor) -> torch.Tensor:
         tri = self.m.triangles

@@ -116,7 +116,7 @@ class LevenbergMarquardt:
         ids = id_.expand(len(local), -1)
         for _ in range(rigid_steps):
             local, lam = self._frame_step(local, ids, target, lam, mask=pose)
-        lam_all = torch.tensor(1e-3, device=local.device)
+        lam_all = torch.full((), 1e-3, device=local.device)
         for _ in range(steps):
             local, id_, lam_all = self._joint_step(local, id_, target, lam_all)
         return local, id_
@@ -140,7 +140,7 @@ class LevenbergMarquardt:
         _, g, damped = self._local_system(r, jl, local, lam)
         if mask is not None:
             g = g * mask
-        trial = local + torch.linalg.solve(damped, -g)
+        trial = local + torch.linalg.solve_ex(damped, -g)[0]
         better = self.p.cost(trial, ids, target) < self.p.cost(local, ids, target)
         return torch.where(better[:, None], trial, local), torch.where(better, lam * 0.3, lam * 10).clamp(1e-9, 1e9)
 
@@ -152,10 +152,10 @@ class LevenbergMarquardt:
         hii = (ji.transpose(1, 2) @ ji).sum(0) + len(local) * self.p.w_id * torch.eye(N_ID, device=ji.device)
         gi = (ji.transpose(1, 2) @ r[..., None])[..., 0].sum(0) + len(local) * self.p.w_id * id_
         b = hii + torch.diag(lam * torch.diagonal(hii) + 1e-9)
-        solved = torch.linalg.solve(a, torch.cat([hli, gl[..., None]], -1))  # A⁻¹ [Hli | gl]
+        solved = torch.linalg.solve_ex(a, torch.cat([hli, gl[..., None]], -1))[0]  # A⁻¹ [Hli | gl]
         schur = b - (hli.transpose(1, 2) @ solved[..., :N_ID]).sum(0)
         rhs = -gi + (hli.transpose(1, 2) @ solved[..., N_ID:]).sum(0)[:, 0]
-        d_id = torch.linalg.solve(schur, rhs)
+        d_id = torch.linalg.solve_ex(schur, rhs)[0]
         d_local = -(solved[..., N_ID] + solved[..., :N_ID] @ d_id)
         trial_local, trial_id = local + d_local, id_ + d_id
         better = self.p.cost(trial_local, trial_id.expand(len(local), -1), target).sum() \
