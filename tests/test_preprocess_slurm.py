@@ -145,9 +145,13 @@ def test_requeued_array_tasks_give_the_uninterrupted_outputs_and_commit_each_cli
     wait_until(lambda: len({a["shard"] for a in attempts(run) if a.get("state") == "completed"}) == SHARDS,
                300, "every array task to finish")
     history = attempts(run)
-    for shard in interrupted:
-        states = [a["state"] for a in history if a["shard"] == shard]
-        assert states[0] != "completed" and states[-1] == "completed", (interrupted, history)
+    for shard, how in interrupted.items():
+        runs = [a for a in history if a["shard"] == shard]
+        assert [a["state"] for a in runs] == ["requeued", "completed"], (how, runs)
+        if how == "requeue":        # the ledger says who requeued it, and the supervisor added nothing
+            assert "scontrol requeue" in runs[0]["reason"] and runs[0]["exit_code"] == 75, runs[0]
+        else:                       # a failure retried: no stop-signal wording
+            assert runs[0]["exit_code"] != 75 and "time limit" not in runs[0]["reason"], runs[0]
         assert {line["attempt"] for line in outputs.read_processed(out) if line["shard"] == shard} == {0, 1}
     assert committed(out) == {k: 1 for k in keys}
     assert_same_outputs(ref_out, out, keys)
