@@ -94,7 +94,8 @@ def assert_same_outputs(ref: Path, got: Path, keys: list[str]) -> None:
                 zipfile.ZipFile(outputs.clip_dir(got, key) / "frames.zip") as b:
             assert a.namelist() == b.namelist()
             assert all(a.read(n) == b.read(n) for n in a.namelist()), key
-        with np.load(outputs.clip_dir(ref, key) / "clip.npz") as a, np.load(outputs.clip_dir(got, key) / "clip.npz") as b:
+        with np.load(outputs.clip_dir(ref, key) / "clip.npz") as a, \
+                np.load(outputs.clip_dir(got, key) / "clip.npz") as b:
             assert sorted(a.files) == sorted(b.files)
             for name in a.files:
                 np.testing.assert_array_equal(a[name], b[name], err_msg=f"{key} {name}")
