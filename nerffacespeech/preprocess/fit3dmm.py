@@ -110,6 +110,8 @@ class ClipFitter:
     """Fits every frame of a clip; one instance serves many clips."""
 
     def __init__(self, model: MorphableModel, cfg: FitConfig, device: str = "cpu"):
+        if cfg.photometric and cfg.solver != "lbfgs":
+            raise ValueError("the photometric loss needs solver lbfgs")
         self.device = torch.device(device)
         self.cfg = cfg
         self.face = FaceModel(model.to(self.device), cfg.fit_size)
