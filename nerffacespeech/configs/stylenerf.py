@@ -277,9 +277,14 @@ def support_problems(engine: str, zero_stage: int, precision: str, device: str) 
 
 
 def check(config: dict, resources: dict) -> list[tuple[str, str]]:
-    """What the launcher runs before submitting: types, ranges, presets, batch split, ZeRO/precision."""
+    """What the launcher runs before submitting: types, ranges, presets, batch split, ZeRO/precision,
+    and the files it would read: FID's Inception weights (only when a `fid` metric is on) and
+    `init_from`. Training from scratch needs no pretrained network."""
     cfg, problems = TrainConfig.parse(config)
     if cfg is None:
+        return problems
+    problems = _file_problems(cfg)
+    if problems:
         return problems
     world = int(resources.get("world_size") or 1)
     device = str(resources.get("device") or "auto")
@@ -293,6 +298,23 @@ def check(config: dict, resources: dict) -> list[tuple[str, str]]:
         out.append(("batch_per_gpu", f"must be a multiple of the minibatch-std group {group}"))
     if r.pl_weight and r.pl_every and r.batch_per_gpu // r.pl_batch_shrink < 1:
         out.append(("pl_batch_shrink", f"leaves no image of batch_per_gpu {r.batch_per_gpu}"))
+    return out
+
+
+def _file_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
+    out = []
+    if cfg.init_from and not os.path.isfile(cfg.init_from):
+        out.append(("init_from", f"{cfg.init_from!r} does not exist (export it with "
+                                 "nerffacespeech.pretrained.stylenerf_pkl, see docs/PRETRAINED.md)"))
+    if any(m.startswith("fid") for m in cfg.metrics):
+        if cfg.inception_weights:
+            if not os.path.isfile(cfg.inception_weights):
+                out.append(("inception_weights", f"{cfg.inception_weights!r} does not exist"))
+        else:
+            from nerffacespeech.pretrained import verify_for_stage
+
+            root = os.path.dirname(cfg.inception_path())
+            out += [(f, f"FID needs {m}") for f, m in verify_for_stage("fid", root, {"inception_fid": "metrics"})]
     return out
 
 

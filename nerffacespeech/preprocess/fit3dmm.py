@@ -5,23 +5,25 @@ and 9-band SH lighting follow Deep3DFaceRecon, so coefficients are interchangeab
 SadTalker's. Fitting follows 3DMM-Fitting-Pytorch's plan, batched:
 
 1. anchors: up to `batch_frames` frames spread over the clip; a rigid stage (rotation and
-   translation, landmark loss) then a non-rigid stage (all coefficients, landmark + skin-masked
-   photometric loss + L2 priors) with identity and texture shared by all frames;
-2. the rest, in consecutive batches with identity and texture frozen, each frame starting
-   from the solution of the frame before the batch (warm start), for `warm_steps`.
+   translation) then a non-rigid stage (all coefficients) with identity and texture shared by
+   all frames;
+2. every frame, identity and texture frozen, started from the anchors' solutions interpolated
+   over time (a warm start that needs no frame before it, so batches are independent).
+
+Solvers: `lm` (landmarks and priors only; batched Levenberg-Marquardt, `landmark_fit`) or
+`lbfgs` (L-BFGS with strong Wolfe line search; needed for the skin-masked photometric loss).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-import kornia
 import numpy as np
 import torch
 
 from nerffacespeech.configs.preprocess import FitConfig
 
-from . import bfm, render
+from . import bfm, landmark_fit, render
 from .bfm import MorphableModel
 
 # Deep3DFaceRecon's loss weights (landmarks, photometric, priors) and landmark emphasis.
@@ -38,9 +40,7 @@ class FaceModel:
     def __init__(self, model: MorphableModel, size: int):
         self.m = model
         self.size = size
-        f = bfm.FOCAL_AT_224 * size / 224
-        self.intrinsics = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1.0]],
-                                       device=model.mean_shape.device)
+        self.focal = bfm.FOCAL_AT_224 * size / 224
 
     def shape(self, id_: torch.Tensor, exp: torch.Tensor) -> torch.Tensor:
         offset = id_ @ self.m.id_base.T + exp @ self.m.exp_base.T
@@ -52,22 +52,15 @@ class FaceModel:
     @staticmethod
     def rotation(angles: torch.Tensor) -> torch.Tensor:
         """(B, 3, 3) R = Rz·Ry·Rx from Euler angles (x: pitch, y: yaw, z: roll), radians."""
-        x, y, z = angles.unbind(-1)
-        rx = kornia.geometry.conversions.axis_angle_to_rotation_matrix(
-            torch.stack([x, torch.zeros_like(x), torch.zeros_like(x)], -1))
-        ry = kornia.geometry.conversions.axis_angle_to_rotation_matrix(
-            torch.stack([torch.zeros_like(y), y, torch.zeros_like(y)], -1))
-        rz = kornia.geometry.conversions.axis_angle_to_rotation_matrix(
-            torch.stack([torch.zeros_like(z), torch.zeros_like(z), z], -1))
-        return rz @ ry @ rx
+        return landmark_fit.euler_rotation(angles)[0]
 
     def to_screen(self, vertices: torch.Tensor, angles: torch.Tensor, trans: torch.Tensor) -> torch.Tensor:
-        """(B, N, 3) pixel x, pixel y (down), and distance from the camera."""
+        """(B, N, 3) pixel x, pixel y (down), and distance from the camera (pinhole, principal point
+        at the centre)."""
         world = vertices @ self.rotation(angles).transpose(1, 2) + trans[:, None, :]
         depth = bfm.CAMERA_DISTANCE - world[..., 2]
-        camera = torch.stack([world[..., 0], -world[..., 1], depth], -1)
-        pixels = kornia.geometry.camera.project_points(camera, self.intrinsics.expand(len(camera), 3, 3)[:, None])
-        return torch.cat([pixels, depth[..., None]], -1)
+        f, c = self.focal, self.size / 2
+        return torch.stack([f * world[..., 0] / depth + c, -f * world[..., 1] / depth + c, depth], -1)
 
     def normals(self, vertices: torch.Tensor) -> torch.Tensor:
         tri = self.m.triangles
@@ -117,6 +110,8 @@ class ClipFitter:
     """Fits every frame of a clip; one instance serves many clips."""
 
     def __init__(self, model: MorphableModel, cfg: FitConfig, device: str = "cpu"):
+        if cfg.photometric and cfg.solver != "lbfgs":
+            raise ValueError("the photometric loss needs solver lbfgs")
         self.device = torch.device(device)
         self.cfg = cfg
         self.face = FaceModel(model.to(self.device), cfg.fit_size)
@@ -124,36 +119,52 @@ class ClipFitter:
 
     def fit(self, crops: np.ndarray, landmarks: np.ndarray) -> FitResult:
         """Coefficients for (N, S, S, 3) uint8 crops with (N, 68, 2) landmarks in their pixels."""
-        images = torch.as_tensor(crops, device=self.device).float() / 255.0
         target = torch.as_tensor(np.asarray(landmarks), dtype=torch.float32, device=self.device)
         n = len(target)
-        anchors = np.unique(np.linspace(0, n - 1, min(n, self.cfg.batch_frames)).round().astype(int))
+        anchors = torch.as_tensor(np.unique(np.linspace(0, n - 1, min(n, self.cfg.batch_frames)).round()),
+                                  dtype=torch.int64, device=self.device)
+        if self.cfg.solver == "lm":
+            full = self._fit_lm(anchors, target)
+        else:
+            full = self._fit_lbfgs(anchors, torch.as_tensor(crops, device=self.device).float() / 255.0, target)
+        with torch.no_grad():
+            error = (self.face.landmarks(full) - target).norm(dim=-1).mean(-1)
+        coeffs = torch.cat([full[k] for k in bfm.SLICES], dim=1)
+        return FitResult(coeffs.cpu().numpy(), error.cpu().numpy())
+
+    def _fit_lm(self, anchors, target) -> dict[str, torch.Tensor]:
+        """Levenberg-Marquardt on landmarks: anchors jointly, then all frames at once."""
+        n, steps = len(target), self.cfg.lm_steps
+        problem = landmark_fit.LandmarkProblem(self.face.m, self.face.size, LANDMARK_WEIGHTS, W_LANDMARK, W_ID, W_EXP)
+        solver = landmark_fit.LevenbergMarquardt(problem)
+        local = torch.zeros(len(anchors), landmark_fit.N_LOCAL, device=self.device)
+        local, id_ = solver.fit_anchors(local, torch.zeros(80, device=self.device), target[anchors],
+                                        max(1, steps // 4), steps)
+        local = solver.fit_frames(landmark_fit.interpolate(anchors, local, n), id_, target, max(1, steps // 2))
+        zeros = lambda width: torch.zeros(n, width, device=self.device)
+        return {"id": id_.expand(n, -1), "exp": local[:, :64], "tex": zeros(80), "angles": local[:, 64:67],
+                "gamma": zeros(27), "trans": local[:, 67:]}
+
+    def _fit_lbfgs(self, anchors, images, target) -> dict[str, torch.Tensor]:
+        """L-BFGS: rigid and non-rigid on the anchors, then batches of frames, identity frozen."""
+        n = len(target)
         params = self._init(len(anchors))
         self._optimise(params, ("angles", "trans"), images[anchors], target[anchors], self.cfg.rigid_steps,
                        photometric=False)
         self._optimise(params, ("id", "exp", "tex", "angles", "trans", "gamma"), images[anchors],
                        target[anchors], self.cfg.nonrigid_steps, photometric=self.photometric)
         shared = {k: params[k][:1].detach() for k in ("id", "tex")}
-        per_frame = {k: torch.zeros(n, params[k].shape[1], device=self.device) for k in ("exp", "angles", "trans", "gamma")}
-        for k in per_frame:
-            per_frame[k][anchors] = params[k].detach()
-        done = np.zeros(n, bool)
-        done[anchors] = self.cfg.warm_steps == 0
+        per_frame = {k: landmark_fit.interpolate(anchors, params[k].detach(), n)
+                     for k in ("exp", "angles", "trans", "gamma")}
         for start in range(0, n, self.cfg.batch_frames):
             frames = torch.arange(start, min(start + self.cfg.batch_frames, n), device=self.device)
-            seed = start - 1 if start > 0 else int(anchors[0])
-            batch = {k: v[seed].expand(len(frames), -1).clone().requires_grad_(True) for k, v in per_frame.items()}
+            batch = {k: v[frames].clone().requires_grad_(True) for k, v in per_frame.items()}
             batch.update({k: v.expand(len(frames), -1) for k, v in shared.items()})
             self._optimise(batch, ("exp", "angles", "trans", "gamma"), images[frames], target[frames],
                            self.cfg.warm_steps, photometric=self.photometric)
-            keep = ~torch.as_tensor(done[frames.cpu().numpy()], device=self.device)
             for k in per_frame:
-                per_frame[k][frames[keep]] = batch[k].detach()[keep]
-        full = {**{k: v.expand(n, -1) for k, v in shared.items()}, **per_frame}
-        with torch.no_grad():
-            error = (self.face.landmarks(full) - target).norm(dim=-1).mean(-1)
-        coeffs = torch.cat([full[k] for k in bfm.SLICES], dim=1)
-        return FitResult(coeffs.cpu().numpy(), error.cpu().numpy())
+                per_frame[k][frames] = batch[k].detach()
+        return {**{k: v.expand(n, -1) for k, v in shared.items()}, **per_frame}
 
     def _init(self, count: int) -> dict[str, torch.Tensor]:
         z = lambda width, rows=count: torch.zeros(rows, width, device=self.device, requires_grad=True)

@@ -3,6 +3,7 @@
     <out>/clips/<person>/<clip>/frames.zip   aligned crops, <frame>.png (1-based source frame number)
     <out>/clips/<person>/<clip>/clip.npz     mel, landmarks, transforms, coefficients, poses …
     <out>/outcomes/<person>/<clip>.json      done or skipped (with the reason); written last
+    <out>/processed/shard-IIIII.jsonl        one line per item processed (appended after its outcome)
 
 A clip folder is built under a hidden temporary name and renamed into place; its outcome file
 is written after that, so an outcome always describes committed outputs, and a clip without
@@ -57,6 +58,22 @@ def finished(out: Path, key: str, print_: str) -> dict | None:
 
 def write_outcome(out: Path, key: str, outcome: dict) -> None:
     write_json(outcome_path(out, key), outcome)
+
+
+def log_processed(out: Path, shard: int, record: dict) -> None:
+    """Append one line per processed item to the shard's log: how often each item ran, across attempts."""
+    path = out / "processed" / f"shard-{shard:05d}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(json.dumps(record, sort_keys=True) + "\n")
+        log.flush()
+        os.fsync(log.fileno())
+
+
+def read_processed(out: Path) -> list[dict]:
+    """Every line of every shard's processed log."""
+    return [json.loads(line) for path in sorted((out / "processed").glob("shard-*.jsonl"))
+            for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def commit_clip(out: Path, key: str, crops: dict[int, bytes], arrays: dict[str, np.ndarray]) -> None:

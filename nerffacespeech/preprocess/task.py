@@ -52,14 +52,15 @@ def run_shard(ctx) -> None:
         if ctx.stop is not None and ctx.stop.requested:
             _write_report(out, ctx, clips, print_)
             raise StopForRequeue(finished_now)
-        _process_one(clip, cfg, tools, out, print_)
+        status = _process_one(clip, cfg, tools, out, print_)
+        outputs.log_processed(out, ctx.shard_index, {"key": clip.key, "status": status,
+                                                     "shard": ctx.shard_index, "attempt": ctx.attempt})
         finished_now += 1
-        print(f"[preprocess] shard {ctx.shard_index}: {clip.key} "
-              f"{outputs.read_outcome(out, clip.key)['status']}", flush=True)
+        print(f"[preprocess] shard {ctx.shard_index}: {clip.key} {status}", flush=True)
     _write_report(out, ctx, clips, print_)
 
 
-def _process_one(clip, cfg, tools, out: Path, print_: str) -> None:
+def _process_one(clip, cfg, tools, out: Path, print_: str) -> str:
     from .clip import process_clip
 
     outputs.remove_partials(out, clip.key)
@@ -78,6 +79,7 @@ def _process_one(clip, cfg, tools, out: Path, print_: str) -> None:
                       face_model=tools.model_name)
     record["seconds"] = round(time.time() - started, 3)
     outputs.write_outcome(out, clip.key, record)
+    return record["status"]
 
 
 class _Tools:

@@ -1,14 +1,16 @@
 """Map an official state dict onto one of our models: a rule table, shape checks, a full report.
 
 A rule is a regular expression over the official name (matched whole) and the target name it
-becomes (a `re` template), or None to drop the tensor on purpose. The first matching rule wins.
+becomes (a `re` template), or None to drop the tensor on purpose, and optionally a transform of
+the tensor (a layout change: a 1x1 kernel squeezed, input channels reordered) applied before the
+shape check. The first matching rule wins.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -20,6 +22,7 @@ class Rule:
     pattern: str
     target: str | None      # None: dropped on purpose (e.g. not part of our model)
     why: str = ""
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None   # official layout -> ours
 
 
 IDENTITY = (Rule(r"(.+)", r"\1", "our names are the official names"),)
@@ -62,18 +65,20 @@ class MappingReport:
 def map_state_dict(official: Mapping[str, torch.Tensor], target_shapes: Mapping[str, Sequence[int]],
                    rules: Sequence[Rule]) -> MappingReport:
     """Rename `official` by `rules` and keep what fits `target_shapes` (name -> shape of our model)."""
-    compiled = [(re.compile(rule.pattern), rule.target) for rule in rules]
+    compiled = [(re.compile(rule.pattern), rule) for rule in rules]
     report = MappingReport()
     for name, tensor in official.items():
-        match = next(((rx, target) for rx, target in compiled if rx.fullmatch(name)), None)
+        match = next(((rx, rule) for rx, rule in compiled if rx.fullmatch(name)), None)
         if match is None:
             report.unmapped.append(name)
             continue
-        rx, template = match
-        if template is None:
+        rx, rule = match
+        if rule.target is None:
             report.dropped.append(name)
             continue
-        target = rx.fullmatch(name).expand(template)
+        target = rx.fullmatch(name).expand(rule.target)
+        if rule.transform is not None:
+            tensor = rule.transform(tensor)
         if target in report.source_of:
             raise MappingError(f"rules map both {report.source_of[target]} and {name} onto {target}")
         if target not in target_shapes:

@@ -124,20 +124,28 @@ def pin(results: list[Result], root: Path) -> list[str]:
     return pinned
 
 
-def verify_for_stage(stage_name: str, root: str | os.PathLike | None = None) -> list[tuple[str, str]]:
+def verify_for_stage(stage_name: str, root: str | os.PathLike | None = None,
+                     fields: dict[str, str] | None = None) -> list[tuple[str, str]]:
     """[(field, message)] for every file `stage_name` needs that is not good; [] when all are.
 
-    Torch-free and fast for pinned, unchanged files: meant for the launcher's validation.
+    `fields` maps the entries a stage's config actually needs to the config field each problem
+    is reported under (the stage's other entries are optional for that config); by default every
+    entry the manifest lists for the stage, under `pretrained.<name>`. Each message names the
+    file and how to get it. Torch-free and fast for pinned, unchanged files: meant for the
+    launcher's validation (through the task checks of `nerffacespeech.configs`).
     """
     try:
         manifest = load()
         root = Path(root) if root is not None else default_root(manifest.path)
-        results = verify(manifest, root, [e.name for e in manifest.for_stage(stage_name)])
+        entries = [e for e in manifest.for_stage(stage_name) if fields is None or e.name in fields]
+        results = verify(manifest, root, [e.name for e in entries]) if entries else []
     except ValueError as exc:
         return [("pretrained", str(exc))]
-    return [(f"pretrained.{r.entry.name}",
-             f"{r.path}: {r.status.value}: {r.detail}; see docs/PRETRAINED.md "
-             f"or run `python -m nerffacespeech.pretrained fetch {r.entry.name}`")
+    return [((fields or {}).get(r.entry.name, f"pretrained.{r.entry.name}"),
+             f"{r.path}: {r.status.value}: {r.detail}; get it with "
+             + (f"`python -m nerffacespeech.pretrained fetch {r.entry.name}`" if r.entry.sources
+                else " ".join(r.entry.manual.split()))
+             + " (docs/PRETRAINED.md)")
             for r in results if not r.good]
 
 
