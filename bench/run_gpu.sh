@@ -38,7 +38,7 @@ run_one() {
         generate)   bench generate 120 python3 bench/generate_bench.py --device cuda --out "$OUT/generate-gpu.json" ;;
         preprocess) bench preprocess 90 python3 bench/preprocess_bench.py --device cuda --out "$OUT/preprocess-gpu.json" ;;
         checkpoint) bench checkpoint 120 python3 bench/checkpoint_bench.py --output "$OUT/checkpoint-gpu.json" ;;
-        launcher)   bench launcher 60 python3 bench/launcher_bench.py --device cuda --output "$OUT/launcher-gpu.json" ;;
+        launcher)   bench launcher 120 python3 bench/launcher_bench.py --device cuda --repeats 2 --output "$OUT/launcher-gpu.json" ;;
         *) echo "unknown benchmark $1 (stylenerf audio2nerf generate preprocess checkpoint launcher)"; return 2 ;;
     esac
 }

@@ -90,6 +90,15 @@ def make_optimizer(params, spec: EngineSpec, device: torch.device) -> torch.opti
     return torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, eps=spec.eps, **kwargs)
 
 
+def _match_norm_buffers(module: nn.Module) -> None:
+    """Give BatchNorm running statistics their weights' dtype: DeepSpeed 0.19 casts parameters to
+    bf16/fp16 but keeps buffers fp32, and batch_norm refuses the mix (older releases cast both)."""
+    for norm in module.modules():
+        if isinstance(norm, nn.modules.batchnorm._NormBase) and norm.weight is not None and norm.track_running_stats:
+            norm.running_mean.data = norm.running_mean.to(norm.weight.dtype)
+            norm.running_var.data = norm.running_var.to(norm.weight.dtype)
+
+
 def _meta_replica(factory: Callable[[], nn.Module], like: nn.Module) -> nn.Module:
     """A hook-free copy of `like`'s architecture on the meta device (weights come per call)."""
     with torch.device("meta"):
@@ -118,6 +127,7 @@ class Trainable:
                 model=module, optimizer=optimizer, config=deepspeed_config(spec, env.world_size),
                 dist_init_required=False)
             self.module = self.engine.module
+            _match_norm_buffers(self.module)
         else:
             self.module = module
             self.optimizer = make_optimizer(module.parameters(), spec, env.device)
