@@ -1,6 +1,6 @@
 """Preprocessing throughput: alignment and audio features (items/s per core), 3DMM fitting (frames/s).
 
-    python bench/preprocess_bench.py [--out bench/results/preprocess.json] [--device cpu|cuda]
+    python bench/preprocess_bench.py [--out FILE.json] [--device cpu|cuda]
                                      [--parts alignment,audio,fit3dmm,reference,photometric]
 
 Runs on the bundled sample data and a synthetic BFM09-layout model, so it needs no downloads.
@@ -14,14 +14,13 @@ adds the rendered skin-masked photometric loss (L-BFGS, default steps).
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from launcher.atomic import write_json
+import report as bench_report
 from nerffacespeech.configs.preprocess import FitConfig
 from nerffacespeech.preprocess import bfm, fit3dmm, template
 
@@ -112,7 +111,7 @@ def row(name: str, r: dict) -> tuple[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "preprocess.json")
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/preprocess-<accelerator>.json")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--clips", type=int, default=4)
@@ -123,8 +122,7 @@ def main() -> None:
     parts = args.parts.split(",")
     torch.set_num_threads(1)
     model = bfm.from_arrays(template.build("random", grid=40, seed=0), args.device)
-    results = {"host": platform.node(), "torch": torch.__version__, "device": args.device,
-               "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None, "threads": 1}
+    results = {"device": args.device, "threads": 1}
     rows = []
     if "alignment" in parts:
         results["alignment"] = r = bench_alignment()
@@ -146,8 +144,8 @@ def main() -> None:
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}", flush=True)
-    write_json(args.out, results)
-    print(f"wrote {args.out}")
+    bench_report.write("preprocess", {**bench_report.metadata({k: str(v) for k, v in vars(args).items()}), **results},
+                       args.out)
 
 
 if __name__ == "__main__":
