@@ -129,14 +129,36 @@ class EqualConv2d(nn.Module):
         return clamp_fp16(F.leaky_relu(x, 0.2) if self.activation else x)
 
 
-def blur(x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
-    """A [1, 2, 1] x [1, 2, 1] low-pass (times `gain`), depthwise, zero-padded to the same size:
-    removes pixel-shuffle checkerboards."""
+def _blur_conv(x: torch.Tensor, gain: float) -> torch.Tensor:
     channels = x.shape[1]
     taps = torch.ones(3, dtype=x.dtype, device=x.device)      # [1, 2, 1], made on the device
     taps[1] = 2.0
     kernel = (taps[:, None] * taps[None, :] * (gain / 16.0)).expand(channels, 1, 3, 3)
     return F.conv2d(x, kernel, padding=1, groups=channels)
+
+
+class _Blur(torch.autograd.Function):
+    """The blur with itself as its backward (the kernel is symmetric, so the filter is self-adjoint).
+
+    Autograd's own double backward of a depthwise convolution runs one convolution per channel
+    (hundreds per upsampler block in the path-length pass); this one is a single convolution at
+    every order of differentiation.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, gain: float) -> torch.Tensor:
+        ctx.gain = gain
+        return _blur_conv(x, gain)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _Blur.apply(grad, ctx.gain), None
+
+
+def blur(x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
+    """A [1, 2, 1] x [1, 2, 1] low-pass (times `gain`), depthwise, zero-padded to the same size:
+    removes pixel-shuffle checkerboards."""
+    return _Blur.apply(x, gain)
 
 
 def downsample2(x: torch.Tensor) -> torch.Tensor:
