@@ -98,7 +98,7 @@ def _training(config: dict):
         "zero_stage": config["zero_stage"], "precision": config["precision"],
         "batch_per_gpu": config["batch"], "batch_total": config["batch"], "curriculum_kimg": None,
         "compile": config["compile"], "activation_checkpointing": config["checkpointing"],
-        "metric_images": config["metric_images"], "workers": 0})
+        "metric_images": config["metric_images"], "workers": 0, "model": config.get("model", {})})
     if problems:
         raise ValueError(problems)
     env = distributed.init(config["device"])
