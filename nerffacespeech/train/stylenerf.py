@@ -78,6 +78,8 @@ class StyleNeRFTraining:
             raise ValueError("; ".join(f"{f}: {m}" for f, m in problems))
         self.model_cfg = cfg.model_config
         self.accumulation = cfg.accumulation(env.world_size)
+        if env.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True       # fixed shapes per resolution: pick the fastest kernels once
         torch.manual_seed(cfg.seed)                          # identical initial weights on every rank
         generator, discriminator = Generator(self.model_cfg), Discriminator(self.model_cfg)
         self.sizes = {"G": count_parameters(generator), "D": count_parameters(discriminator)}
