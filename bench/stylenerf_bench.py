@@ -7,11 +7,12 @@ utilisation, per preset x engine x ZeRO stage x precision (x torch.compile).
 Every configuration runs in its own process (one GPU, world size 1) on synthetic images, from
 step 0 at full resolution, at the batch sizes the original was measured at (12.3 img/s at 256 px
 batch 4, 23.6 at batch 8, 5.4 at 1024 px batch 4, one H100). Rows run in priority order (ZeRO-2
-for every preset and batch, then ZeRO-0, DDP, ZeRO-1, ZeRO-3) until the budget is spent. A run is: the first steps, `--warmup` more, `--steps` timed steps
-(a multiple of 16 keeps the lazy R1/path-length mix exact), then a snapshot (image grid of 16
-fixed seeds) and a small SWD evaluation; peak memory covers all of it. Model FLOPs are counted
-once per preset with torch.utils.flop_counter over one 16-step regularisation cycle; the
-utilisation divides them by the bf16 matrix-product rate measured on the same device. Prints a
+for every preset and batch, then ZeRO-0, DDP, ZeRO-1, ZeRO-3) until the budget is spent. A run
+is: the first steps, `--warmup` more, `--steps` timed steps (a multiple of 16 keeps the lazy
+R1/path-length mix exact), then a snapshot (image grid of 16 fixed seeds) and a small SWD
+evaluation; peak memory covers all of it. Model FLOPs are counted once per preset (at its first
+batch size, scaled per image for the others) with torch.utils.flop_counter's formulas, weighted
+as in a 16-step regularisation cycle; the utilisation divides them by the bf16 matrix-product rate measured on the same device. Prints a
 table and writes JSON (default bench/results/stylenerf.json). A global `--budget` in seconds
 stops starting configurations that would not finish in time.
 """
@@ -152,7 +153,7 @@ def run_flops(config: dict) -> dict:
             training.step(batches, run)
         counts.append(counter.total)
     plain = sum(counts[1:4]) / 3
-    return {"flops_per_step": (counts[0] + 3 * counts[4] + (CYCLE - 4) * plain) / CYCLE}
+    return {"flops_per_step": (counts[0] + 3 * counts[4] + (CYCLE - 4) * plain) / CYCLE, "batch": config["batch"]}
 
 
 def run_config(config: dict) -> dict:
@@ -333,13 +334,15 @@ def main() -> None:
         if remaining() < 30:
             report["results"].append({"config": config, "error": "skipped: benchmark budget spent"})
             continue
-        key = f"{config['preset']}/{config['batch']}"
+        key = config["preset"]
         if not args.no_flops and key not in flops:
             flops[key] = _spawn("flops", {**config, "port": port, "compile": False}, min(240, remaining()))
             port += 1
             print(f"{key}: flops {flops[key]}", flush=True)
         result = {"config": config, **_spawn("config", {**config, "port": port}, min(300, remaining()))}
         counted = flops.get(key, {}).get("flops_per_step")
+        if counted:              # counted at the first batch size run; every layer's work is per image
+            counted *= config["batch"] / flops[key]["batch"]
         rate = report["matmul"].get("matmul_bf16_tflops")
         if "error" not in result and counted and rate:
             result["flops_per_step"] = counted
