@@ -11,7 +11,9 @@ extra ways of calling it that a GAN needs.
   sum(p * g) to the loss so the engine reduces, partitions and scales them like any other.
 
 Both run a hook-free replica of the module (built on the meta device, so it owns no memory)
-through `torch.func.functional_call`; under ZeRO-3 the weights are gathered for the call.
+through `torch.func.functional_call`; under ZeRO-3 the weights are gathered for the call. Each
+mode has its own replica, so the frozen one may be compiled (`frozen_replica`) while the
+double-backward one stays eager.
 This is what makes R1 and path-length regularisation work at every ZeRO stage (the naive
 double backward through a DeepSpeed engine fails at all of them; docs/STYLENERF.md).
 """
@@ -136,6 +138,7 @@ class Trainable:
             if spec.precision == "fp16":
                 self.scaler = torch.amp.GradScaler(env.device.type)
         self.replica = _meta_replica(factory, self.module)
+        self.frozen_replica = _meta_replica(factory, self.module)
         self._micro = 0
         self._pending: list[torch.Tensor] | None = None        # DDP: injected gradients for the next step
 
@@ -175,7 +178,7 @@ class Trainable:
 
         def run(*args, **kwargs):
             with self._autocast():
-                return functional_call(self.replica, weights, args, kwargs, strict=True)
+                return functional_call(self.frozen_replica, weights, args, kwargs, strict=True)
 
         yield run
 
