@@ -39,11 +39,14 @@ PREPROCESS = [TORCH, "numpy>=1.24", "scipy>=1.10", "librosa>=0.10", "soundfile>=
               "imageio>=2.31", "imageio-ffmpeg>=0.5",
               # dlib's 68-point landmarker, offline: the model ships in face-recognition-models.
               "dlib-bin>=20.0.1", "face-recognition-models>=0.3.0"]
+# Generation reuses preprocessing's audio, ffmpeg and face alignment, and loads safetensors.
+GENERATE = PREPROCESS + ["safetensors>=0.4", "tqdm>=4.60"]
 DEV = ["pytest>=8", "pytest-timeout>=2.2", "psutil>=5.9"]
 
 setup(extras_require={
     "train": TRAIN,
     "preprocess": PREPROCESS,
+    "generate": GENERATE,
     "dev": DEV,
-    "all": sorted(set(TRAIN + PREPROCESS + DEV)),
+    "all": sorted(set(TRAIN + GENERATE + DEV)),
 })

@@ -17,11 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,11 +29,12 @@ from pathlib import Path
 import psutil
 import torch
 
+import report as report_meta
+
 from launcher.runtime import checkpoint, distributed, toy
 from launcher.runtime.context import CheckpointPolicy
 
-REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
+REPO = report_meta.REPO
 
 
 # ---------------------------------------------------------------- one process
@@ -234,41 +232,6 @@ def bench_signal_and_restart(cfg: toy.ToyConfig, ranks: int, device: str, root: 
 # ---------------------------------------------------------------- report
 
 
-def git_commit() -> str:
-    """HEAD (+dirty when launcher/ or bench/ differ), or BENCH_GIT_COMMIT where there is no git."""
-    result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    if result.returncode != 0:
-        return os.environ.get("BENCH_GIT_COMMIT", "unknown")
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "launcher", "bench"], capture_output=True,
-                           text=True, cwd=REPO).stdout.strip()
-    return result.stdout.strip() + ("+dirty" if dirty else "")
-
-
-def machine() -> dict:
-    info = {"host": socket.gethostname(), "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2 ** 30, 1),
-            "python": platform.python_version()}
-    try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                           if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_count"] = torch.cuda.device_count()
-    return info
-
-
-def versions() -> dict:
-    found = {"torch": torch.__version__}
-    for name in ("deepspeed", "safetensors"):
-        try:
-            found[name] = __import__(name).__version__
-        except ImportError:
-            found[name] = None
-    return found
-
-
 def print_table(results: dict) -> None:
     io, stall, agree, job = results["save_load"], results["stall"], results["agree"], results["job"]
     rows = [
@@ -329,18 +292,13 @@ def main(argv: list[str] | None = None) -> int:
         results["job"] = bench_signal_and_restart(job_cfg, ranks, job_device, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    report = {"git_commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(),
-              "load_average_before_after": [load_before, os.getloadavg()],   # shared machines are noisy
-              "versions": versions(), "device": str(env.device), "workdir_filesystem": str(args.workdir or
-                                                                                        tempfile.gettempdir()),
-              "config": {"width": args.width, "depth": args.depth, "batch_size": args.batch_size,
-                         "repeats": args.repeats, "threads": threads}, "results": results}
+    report = {**report_meta.metadata({"width": args.width, "depth": args.depth, "batch_size": args.batch_size,
+                                      "repeats": args.repeats, "threads": threads}),
+              "load_average_before": load_before,       # shared machines are noisy
+              "device": str(env.device), "workdir_filesystem": str(args.workdir or tempfile.gettempdir()),
+              "results": results}
     print_table(results)
-    accelerator = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(0).lower()) if gpus else "cpu"
-    output = args.output or RESULTS / f"checkpoint-{socket.gethostname()}-{accelerator}{'-quick' if args.quick else ''}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {output}")
+    report_meta.write("checkpoint" + ("-quick" if args.quick else ""), report, args.output)
     return 0
 
 

@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ["--set", "stages.preprocess.config.data_dir=data/sample",
           "--set", "stages.merge.config.data_dir=data/sample"]
 READY = {"demo.yaml": [], "debug_1gpu.yaml": [], "stylenerf_8gpu.yaml": [],
-         "stylenerf_4x8gpu.yaml": [], "preprocess_cpu.yaml": SAMPLE}
+         "stylenerf_4x8gpu.yaml": [], "preprocess_cpu.yaml": SAMPLE,
+         "audio2nerf_8gpu.yaml": [], "pipeline.yaml": SAMPLE}
 
 
 @pytest.mark.parametrize("spec", sorted(READY))

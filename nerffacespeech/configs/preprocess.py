@@ -12,6 +12,7 @@ from typing import Any
 
 LANDMARKERS = ("auto", "fan", "dlib")
 IMAGE_FORMATS = ("png", "jpg")
+SYNTHETIC_BFM = "synthetic"
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,8 @@ class FitConfig:
     """3DMM fitting (Deep3DFaceRecon's 257 BFM09 coefficients per frame)."""
 
     enabled: bool = True
-    bfm_path: str | None = None          # default: <pretrained_dir>/BFM09_model_info.mat
+    bfm_path: str | None = None          # default: <pretrained_dir>/BFM09_model_info.mat; "synthetic": the
+                                         # built-in small model with expression bases (template.build("random"))
     rigid_steps: int = 100               # L-BFGS iterations, rotation + translation, anchor frames
     nonrigid_steps: int = 150            # L-BFGS iterations, all coefficients, anchor frames
     warm_steps: int = 60                 # per batch of frames, started from the previous frame
@@ -54,6 +56,11 @@ class PreprocessConfig:
             return Path(self.pretrained_dir)
         return Path(os.environ.get("NFS_PRETRAINED_ROOT", "pretrained_networks"))
 
+    @property
+    def synthetic_face_model(self) -> bool:
+        """The built-in synthetic morphable model (CI, demo: real BFM09 cannot be downloaded)."""
+        return self.fit3dmm.bfm_path == SYNTHETIC_BFM
+
     def bfm_file(self) -> Path:
         return Path(self.fit3dmm.bfm_path) if self.fit3dmm.bfm_path else \
             self.pretrained_root() / "BFM09_model_info.mat"
@@ -66,7 +73,8 @@ class PreprocessConfig:
                 "silence_dbfs": self.silence_dbfs, "max_av_mismatch_frames": self.max_av_mismatch_frames,
                 "max_bad_frame_fraction": self.max_bad_frame_fraction,
                 "fit3dmm": {f.name: getattr(self.fit3dmm, f.name) for f in fields(FitConfig)
-                            if f.name != "bfm_path"}}
+                            if f.name != "bfm_path"},
+                **({"face_model": SYNTHETIC_BFM} if self.synthetic_face_model else {})}
 
     @classmethod
     def parse(cls, config: dict) -> tuple["PreprocessConfig | None", list[tuple[str, str]]]:
@@ -98,8 +106,10 @@ def check(config: dict, resources: dict) -> list[tuple[str, str]]:
         if missing:
             return [("landmarker", f"fan needs {', '.join(missing)} under {root} "
                                    "(python -m nerffacespeech.pretrained fetch), or use auto/dlib")]
-    if cfg.fit3dmm.enabled and cfg.fit3dmm.bfm_path and not Path(cfg.fit3dmm.bfm_path).is_file():
-        return [("fit3dmm.bfm_path", f"{cfg.fit3dmm.bfm_path!r} does not exist")]
+    if cfg.fit3dmm.enabled and cfg.fit3dmm.bfm_path and not cfg.synthetic_face_model \
+            and not Path(cfg.fit3dmm.bfm_path).is_file():
+        return [("fit3dmm.bfm_path", f"{cfg.fit3dmm.bfm_path!r} does not exist "
+                                     f"(or {SYNTHETIC_BFM!r} for the built-in synthetic model)")]
     return []
 
 

@@ -108,7 +108,9 @@ class _Tools:
 
             path = self.cfg.bfm_file()
             fit_cfg = self.cfg.fit3dmm
-            if path.is_file():
+            if self.cfg.synthetic_face_model:
+                model, self.model_name = bfm.from_arrays(template.build("random")), "synthetic"
+            elif path.is_file():
                 model, self.model_name = bfm.load_bfm(path), "bfm09"
             else:                  # no BFM: pose-only fitting with the built-in generic head
                 model, self.model_name = bfm.from_arrays(template.build("zero")), "template"

@@ -79,11 +79,12 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor | None = None, ws: torch.Tensor | None = None, *, stage: int | None = None,
                 fade: float = 1.0, angles: torch.Tensor | None = None, mix_z: torch.Tensor | None = None,
                 mix_cutoff: int | None = None, truncation: float = 1.0, nerf_path_pixels: int = 0,
-                randomize: bool | None = None) -> GeneratorOutput:
+                randomize: bool | None = None, point_warp=None) -> GeneratorOutput:
         """Images for latents `z` (or styles `ws`) at progressive `stage` (default: full resolution).
 
         `angles` (B, 2) yaw/pitch default to draws from the camera prior; `randomize` (default:
-        training mode) jitters the ray samples.
+        training mode) jitters the ray samples; `point_warp` maps foreground sample points
+        (B, P, 3) to where the field is queried (audio2nerf's ray deformation).
         """
         if ws is None:
             ws = self.styles(z, mix_z, mix_cutoff, truncation)
@@ -102,7 +103,7 @@ class Generator(nn.Module):
             rows, cols = torch.randint(0, out_res, (2, batch, nerf_path_pixels), device=device)
             uv = torch.cat([uv, camera.pixel_uv(rows, cols, out_res)], 1)
         origins, directions = camera.rays(uv, *camera.camera_frames(angles, self.prior.radius), self.prior.fov_degrees)
-        feats = self._render(origins, directions, ws_fg, ws_bg, randomize)            # (B, N, C) fp32
+        feats = self._render(origins, directions, ws_fg, ws_bg, randomize, point_warp)  # (B, N, C) fp32
         nerf_rgb = self.nerf_rgb(feats.to(ws.dtype)).float()                         # (B, N, 3)
 
         grid = res * res
@@ -118,8 +119,10 @@ class Generator(nn.Module):
             nerf_path_loss = (picked - nerf_rgb[:, grid:]).square().mean()
         return GeneratorOutput(img=img, ws=ws, nerf_path_loss=nerf_path_loss)
 
-    def _render(self, origins, directions, ws_fg, ws_bg, randomize: bool) -> torch.Tensor:
+    def _render(self, origins, directions, ws_fg, ws_bg, randomize: bool, point_warp=None) -> torch.Tensor:
         def fg(points):
+            if point_warp is not None:
+                points = point_warp(points)
             if self.activation_checkpointing and torch.is_grad_enabled():
                 return checkpoint(self.foreground, points, ws_fg, use_reentrant=False)
             return self.foreground(points, ws_fg)

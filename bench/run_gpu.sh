@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Every GPU benchmark in one call of the GPU machine (about 9 minutes in all), results to $OUT.
+#
+#   bash bench/run_gpu.sh                          # all of them
+#   bash bench/run_gpu.sh audio2nerf generate      # a subset, in this order
+#
+# The machine has torch but not every package we use: wheels for the missing ones travel in
+# .whl/ (see docs/PERFORMANCE.md) and are installed into /tmp/site first. BENCH_GIT_COMMIT names the
+# commit measured (the copy sent to the machine has no .git). Each benchmark has its own time
+# limit so one slow part cannot eat the others' time.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+else
+    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+bench() {   # name, seconds, command...
+    local name=$1 limit=$2; shift 2
+    echo "=== $name (limit ${limit}s)"
+    local start=$SECONDS
+    timeout --signal=TERM --kill-after=15 "$limit" "$@"
+    echo "=== $name: exit $? after $((SECONDS - start))s"
+}
+
+run_one() {
+    case $1 in
+        stylenerf)  bench stylenerf 260 python3 bench/stylenerf_bench.py --device cuda --budget 240 \
+                        --out "$OUT/stylenerf-gpu.json" ;;
+        audio2nerf) bench audio2nerf 200 python3 bench/audio2nerf_bench.py --device cuda --train-minutes "${A2N_TRAIN_MINUTES:-2}" \
+                        ${A2N_PROCESSED:+--processed "$A2N_PROCESSED"} --output "$OUT/audio2nerf-gpu.json" ;;
+        generate)   bench generate 120 python3 bench/generate_bench.py --device cuda --out "$OUT/generate-gpu.json" ;;
+        preprocess) bench preprocess 90 python3 bench/preprocess_bench.py --device cuda --out "$OUT/preprocess-gpu.json" ;;
+        checkpoint) bench checkpoint 120 python3 bench/checkpoint_bench.py --output "$OUT/checkpoint-gpu.json" ;;
+        launcher)   bench launcher 60 python3 bench/launcher_bench.py --device cuda --output "$OUT/launcher-gpu.json" ;;
+        *) echo "unknown benchmark $1 (stylenerf audio2nerf generate preprocess checkpoint launcher)"; return 2 ;;
+    esac
+}
+
+for name in "${@:-stylenerf audio2nerf generate preprocess checkpoint launcher}"; do
+    for one in $name; do run_one "$one"; done
+done

@@ -1,0 +1,164 @@
+"""The `audio2nerf.train` stage's config: typed fields and torch-free validation.
+
+`check(config, resources)` runs in the launcher before submitting (problems come back as
+`(field path, message)` and the launcher prints them at the spec's file:line); `TrainConfig.parse`
+runs in the job. Model numbers default to the seed guide (audio_dim 256, nerf_dim 512, lr 1e-4).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .stylenerf import ENGINES, PRECISIONS, PRESETS, support_problems
+
+RANDOM_GENERATOR = "random"
+DEFAULT_GENERATOR_STAGE = "stylenerf"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The trained networks' sizes (recorded in every checkpoint, read back by the talking head)."""
+
+    audio_dim: int = 256            # audio features per video frame
+    nerf_dim: int = 512             # the generator's W space (must equal its w_dim)
+    encoder_width: float = 1.0      # channel multiplier of the conv encoder (1: SadTalker's shapes)
+    lipaint_layers: int = 4
+    deform_sigma: float = 0.01      # falloff of the ray deformation, generator world units (face ~0.13 wide)
+    deform_vertices: int = 4096     # most mobile 3DMM vertices the sample points are matched to
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str | None = None                 # processed dataset; null: <run_dir>/data/processed (the merge stage's)
+    generator: str | None = None            # StyleNeRF checkpoint dir / `latest` / G safetensors / "random";
+                                            # null: <run_dir>/stages/stylenerf/checkpoints/latest
+    generator_preset: str = "tiny"          # architecture for "random" or a bare safetensors file
+    audio_dim: int = 256
+    nerf_dim: int = 512
+    encoder_width: float = 1.0
+    lipaint_layers: int = 4
+    deform_sigma: float = 0.01
+    deform_vertices: int = 4096
+    sadtalker: str | None = None            # SadTalker_V0.0.2_256.safetensors: init the audio encoder from audio2exp
+    engine: str = "deepspeed"
+    zero_stage: int = 2
+    precision: str = "auto"
+    batch_per_gpu: int = 16                 # sequences per process and micro-batch
+    batch_total: int | None = None          # per optimizer step; the rest is gradient accumulation
+    seq_len: int = 5                        # consecutive frames per sequence (temporal loss)
+    render_batch: int = 4                   # frames per micro-batch rendered for LipaintNet (0: off)
+    lr: float = 1e-4
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    latent_lr_mult: float = 100.0           # per-clip latents learn this much faster (equalized-lr style)
+    max_steps: int = 2000
+    holdout: float = 0.2                    # last fraction of every clip is held out for evaluation
+    exp_weight: float = 1.0
+    lip_weight: float = 0.1                 # lip landmark distance in px at 224
+    smooth_weight: float = 0.5              # L1 of frame-to-frame expression differences
+    photo_weight: float = 1.0               # LipaintNet: L1 of rendered vs real frames
+    mouth_weight: float = 4.0               # pixel weight inside the mouth box
+    log_every: int = 10
+    eval_every: int = 50
+    seed: int = 0
+    threads: int | None = None
+
+    @property
+    def model(self) -> ModelConfig:
+        return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig)})
+
+    def resolved(self, world_size: int) -> "TrainConfig":
+        from dataclasses import replace
+
+        return replace(self, batch_total=self.batch_total or self.batch_per_gpu * world_size)
+
+    def accumulation(self, world_size: int) -> int:
+        r = self.resolved(world_size)
+        return r.batch_total // (r.batch_per_gpu * world_size)
+
+    @classmethod
+    def parse(cls, config: Any) -> tuple["TrainConfig | None", list[tuple[str, str]]]:
+        """The typed config and every problem found (None when there are any)."""
+        problems = _type_problems(config)
+        if problems:
+            return None, problems
+        values = dict(config)
+        if "betas" in values:
+            values["betas"] = tuple(values["betas"])
+        cfg = cls(**values)
+        problems = _value_problems(cfg)
+        return (None if problems else cfg), problems
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,), "str | None": (str, type(None)), "int": (int,), "int | None": (int, type(None)),
+    "float": (int, float), "tuple": (list, tuple),
+}
+
+
+def _type_problems(config: Any) -> list[tuple[str, str]]:
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        return [("", "must be a mapping")]
+    known = {f.name: f for f in fields(TrainConfig)}
+    problems = [(key, f"unknown key; known: {', '.join(sorted(known))}") for key in config if key not in known]
+    for name, value in config.items():
+        if name in known:
+            kinds = _TYPES[str(known[name].type)]
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                problems.append((name, f"must be {known[name].type}, got {type(value).__name__} {value!r}"))
+    return problems
+
+
+def _value_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    if cfg.generator_preset not in PRESETS:
+        out.append(("generator_preset", f"must be one of {', '.join(PRESETS)}, got {cfg.generator_preset!r}"))
+    if cfg.engine not in ENGINES:
+        out.append(("engine", f"must be one of {', '.join(ENGINES)}, got {cfg.engine!r}"))
+    if cfg.zero_stage not in (0, 1, 2, 3):
+        out.append(("zero_stage", f"must be 0, 1, 2 or 3, got {cfg.zero_stage}"))
+    if cfg.precision not in PRECISIONS:
+        out.append(("precision", f"must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}"))
+    for name in ("audio_dim", "nerf_dim", "lipaint_layers", "deform_vertices", "batch_per_gpu", "max_steps",
+                 "log_every", "eval_every"):
+        if getattr(cfg, name) < 1:
+            out.append((name, "must be at least 1"))
+    if cfg.seq_len < 2:
+        out.append(("seq_len", "must be at least 2 (the temporal loss needs neighbours)"))
+    if cfg.batch_total is not None and cfg.batch_total < 1:
+        out.append(("batch_total", "must be at least 1"))
+    if cfg.threads is not None and cfg.threads < 1:
+        out.append(("threads", "must be at least 1"))
+    if not 0 < cfg.render_batch <= cfg.batch_per_gpu and cfg.render_batch != 0:
+        out.append(("render_batch", f"must be between 0 and batch_per_gpu {cfg.batch_per_gpu}"))
+    if not 0 < cfg.holdout < 1:
+        out.append(("holdout", "must be a fraction in (0, 1)"))
+    for name in ("encoder_width", "deform_sigma", "lr", "eps", "latent_lr_mult"):
+        if getattr(cfg, name) <= 0:
+            out.append((name, "must be positive"))
+    for name in ("exp_weight", "lip_weight", "smooth_weight", "photo_weight", "mouth_weight"):
+        if getattr(cfg, name) < 0:
+            out.append((name, "must be at least 0"))
+    if len(cfg.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in cfg.betas):
+        out.append(("betas", f"must be two numbers in [0, 1), got {list(cfg.betas)}"))
+    return out
+
+
+def check(config: dict, resources: dict) -> list[tuple[str, str]]:
+    """What the launcher runs before submitting: types, ranges, engine/precision support, batch split."""
+    cfg, problems = TrainConfig.parse(config)
+    if cfg is None:
+        return problems
+    world = int(resources.get("world_size") or 1)
+    device = str(resources.get("device") or "auto")
+    out = support_problems(cfg.engine, cfg.zero_stage, cfg.precision, device)
+    r = cfg.resolved(world)
+    if r.batch_total % (r.batch_per_gpu * world):
+        out.append(("batch_total", f"{r.batch_total} is not a multiple of batch_per_gpu {r.batch_per_gpu} x "
+                                   f"{world} processes"))
+    return out
+
+
+__all__ = ["ModelConfig", "TrainConfig", "check", "RANDOM_GENERATOR", "DEFAULT_GENERATOR_STAGE"]

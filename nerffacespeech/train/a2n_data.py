@@ -1,0 +1,126 @@
+"""The processed dataset (stage 1's clips) as audio2nerf reads it: per clip the mel windows, fitted
+expressions, camera angles, aligned frames at the generator's resolution, mouth boxes and blink
+ratios, all in memory; the last `holdout` fraction of every clip is held out for evaluation.
+
+Training batches are a pure function of (seed, step, rank, micro-batch), so a resumed run draws
+exactly the sequences an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nerffacespeech.preprocess.audio import frame_window
+
+MOUTH_PAD = 0.25               # mouth box margin, fraction of its size
+
+
+@dataclass
+class Clip:
+    key: str
+    mel: torch.Tensor          # (K, 80, 16) windows
+    exp: torch.Tensor          # (K, 64) fitted expressions
+    angles: torch.Tensor       # (K, 2) generator yaw, pitch
+    frames: torch.Tensor       # (K, 3, r, r) in [-1, 1]
+    mouth: torch.Tensor        # (K, 1, r, r) 1 inside the mouth box
+    blink: torch.Tensor        # (K,) eye aspect ratio
+    n_train: int
+
+    @property
+    def ref(self) -> torch.Tensor:
+        """The reference expression: the clip's first frame (the 'source image')."""
+        return self.exp[0]
+
+
+class TalkingData:
+    def __init__(self, root: Path, resolution: int, holdout: float):
+        root = Path(root)
+        manifest = json.loads((root / "manifest.json").read_text())
+        keys = [c["key"] for c in manifest["clips"] if c["status"] == "done"]
+        if not keys:
+            raise ValueError(f"{root}: no processed clips")
+        models = {json.loads((root / "outcomes" / f"{k}.json").read_text()).get("face_model") for k in keys}
+        if len(models) != 1:
+            raise ValueError(f"{root}: clips fitted with different face models {sorted(map(str, models))}")
+        self.face_model = models.pop()
+        self.clips = [_load_clip(root / "clips" / k, k, resolution, holdout) for k in keys]
+
+    def train_batch(self, generator: torch.Generator, n: int, seq_len: int) -> dict[str, torch.Tensor]:
+        """n sequences of seq_len consecutive training frames, clips drawn uniformly."""
+        clip_ids = torch.randint(len(self.clips), (n,), generator=generator).tolist()
+        items = []
+        for c in clip_ids:
+            clip = self.clips[c]
+            start = int(torch.randint(max(clip.n_train - seq_len + 1, 1), (1,), generator=generator))
+            items.append((c, start))
+        return self._gather(items, seq_len)
+
+    def _gather(self, items: list[tuple[int, int]], seq_len: int) -> dict[str, torch.Tensor]:
+        out: dict[str, list] = {k: [] for k in ("mel", "exp", "blink", "ref", "clip", "angles", "frame", "mouth")}
+        mid = seq_len // 2
+        for c, start in items:
+            clip, s = self.clips[c], slice(start, start + seq_len)
+            out["mel"].append(clip.mel[s])
+            out["exp"].append(clip.exp[s])
+            out["blink"].append(clip.blink[s])
+            out["ref"].append(clip.ref)
+            out["clip"].append(torch.tensor(c))
+            out["angles"].append(clip.angles[start + mid])
+            out["frame"].append(clip.frames[start + mid])
+            out["mouth"].append(clip.mouth[start + mid])
+        return {k: torch.stack(v) for k, v in out.items()}
+
+
+def batch_generator(seed: int, step: int, rank: int, micro: int) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 4096 + rank) * 64 + micro)
+
+
+def _load_clip(folder: Path, key: str, resolution: int, holdout: float) -> Clip:
+    from PIL import Image
+
+    z = np.load(folder / "clip.npz")
+    k = len(z["frame_index"])
+    n_train = max(2, int(math.floor(k * (1 - holdout))))
+    mel = np.stack([frame_window(z["mel"], int(s)).T for s in z["mel_starts"]]).astype(np.float32)
+    poses = z["poses"].astype(np.float32)
+    angles = np.stack([poses[:, 0] - math.pi / 2, math.pi / 2 - poses[:, 1]], 1)
+    with zipfile.ZipFile(folder / "frames.zip") as zf:
+        names = {int(n.split(".")[0]): n for n in zf.namelist()}
+        images = [np.asarray(Image.open(io.BytesIO(zf.read(names[int(f)]))).convert("RGB")) for f in z["frame_index"]]
+    frames = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    crop = frames.shape[-1]
+    frames = F.interpolate(frames, size=(resolution, resolution), mode="area") if crop != resolution else frames
+    landmarks = torch.from_numpy(z["landmarks_aligned"].astype(np.float32)) * (resolution / crop)
+    return Clip(key=key, mel=torch.from_numpy(mel), exp=torch.from_numpy(z["coeffs"][:, 80:144].astype(np.float32)),
+                angles=torch.from_numpy(angles), frames=frames, mouth=_mouth_boxes(landmarks, resolution),
+                blink=_eye_ratio(landmarks), n_train=n_train)
+
+
+def _mouth_boxes(landmarks: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(K, 1, r, r) masks of the lips' bounding boxes, padded by MOUTH_PAD."""
+    lips = landmarks[:, 48:68]
+    lo, hi = lips.amin(1), lips.amax(1)
+    pad = (hi - lo) * MOUTH_PAD
+    lo, hi = lo - pad, hi + pad
+    grid = torch.arange(resolution, dtype=torch.float32) + 0.5
+    inside_x = (grid[None] >= lo[:, :1]) & (grid[None] <= hi[:, :1])          # (K, r) columns
+    inside_y = (grid[None] >= lo[:, 1:]) & (grid[None] <= hi[:, 1:])          # (K, r) rows
+    return (inside_y[:, :, None] & inside_x[:, None, :]).float()[:, None]
+
+
+def _eye_ratio(landmarks: torch.Tensor) -> torch.Tensor:
+    """(K,) eye aspect ratio averaged over both eyes (SadTalker's blink input is a ratio like it)."""
+    ratios = []
+    for s in (36, 42):
+        p = landmarks[:, s:s + 6]
+        vertical = (p[:, 1] - p[:, 5]).norm(dim=-1) + (p[:, 2] - p[:, 4]).norm(dim=-1)
+        ratios.append(vertical / (2 * (p[:, 0] - p[:, 3]).norm(dim=-1)).clamp_min(1e-6))
+    return torch.stack(ratios).mean(0)

@@ -1,0 +1,220 @@
+"""The `audio2nerf.train` task: the audio encoder + expression head and LipaintNet, trained through
+the frozen StyleNeRF generator under the same engine as StyleNeRF (DeepSpeed ZeRO 0-3 or DDP).
+
+Every `eval_every` steps (and at step 0) the held-out tail of every clip is evaluated: expression
+L1, lip-landmark error (px at 224), a lip-sync proxy (correlation of the predicted mouth opening
+with the audio energy envelope) and the photometric error of rendered frames; a grid of real vs
+rendered held-out frames goes to samples/ and TensorBoard. Checkpoints, stop requests and resume
+come from launcher.runtime; the data draw is a pure function of the step, so resume is bitwise.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from launcher.atomic import write_bytes, write_json
+from launcher.runtime import checkpoint, distributed
+from launcher.runtime.context import TaskContext
+from launcher.runtime.metrics import MetricsWriter
+from launcher.runtime.preemption import StopForRequeue, StopRequest
+from nerffacespeech.configs.audio2nerf import DEFAULT_GENERATOR_STAGE, TrainConfig
+from nerffacespeech.configs.stylenerf import support_problems
+from nerffacespeech.models.audio2nerf import generator_source
+from nerffacespeech.models.audio2nerf.deform import RayDeformation
+from nerffacespeech.models.audio2nerf.face import load_face_basis
+from nerffacespeech.models.audio2nerf.network import Audio2NeRF, parameter_counts
+from nerffacespeech.models.audio2nerf.talking_head import EXPORT, PROGRESS
+
+from .a2n_data import TalkingData, batch_generator
+from .a2n_evaluate import evaluate
+from .a2n_objective import Objective, Renderer, Weights
+from .engine import EngineSpec, Trainable, resolve_precision
+
+FINAL_RECORD = "final.json"
+
+
+def paths(cfg: TrainConfig, ctx: TaskContext) -> tuple[Path, str]:
+    """The processed data folder and the generator spec, defaulting to this run's earlier stages."""
+    data = Path(cfg.data) if cfg.data else ctx.run_dir / "data" / "processed"
+    generator = cfg.generator or str(ctx.run_dir / "stages" / DEFAULT_GENERATOR_STAGE / "checkpoints")
+    return data, generator
+
+
+def pretrained_root() -> Path:
+    import os
+
+    return Path(os.environ.get("NFS_PRETRAINED_ROOT", "pretrained_networks")).resolve()
+
+
+class Audio2NeRFTraining:
+    """Data, frozen renderer, the objective under its engine, and the exported networks."""
+
+    def __init__(self, cfg: TrainConfig, env: distributed.DistEnv, data_dir: Path, generator_spec: str):
+        self.cfg, self.env = cfg, env
+        self.precision = resolve_precision(cfg.precision, env.device)
+        problems = support_problems(cfg.engine, cfg.zero_stage, self.precision, env.device.type)
+        if problems:
+            raise ValueError("; ".join(f"{f}: {m}" for f, m in problems))
+        self.source = generator_source.describe(generator_spec, cfg.generator_preset, cfg.seed)
+        generator = generator_source.build(self.source, env.device)
+        if generator.cfg.w_dim != cfg.nerf_dim:
+            raise ValueError(f"nerf_dim {cfg.nerf_dim} must equal the generator's w_dim {generator.cfg.w_dim} "
+                             f"(preset {self.source['preset']})")
+        self.data = TalkingData(data_dir, generator.cfg.resolution, cfg.holdout)
+        face = load_face_basis(self.data.face_model, pretrained_root())
+        self.renderer = Renderer(generator, RayDeformation(face, cfg.deform_sigma, cfg.deform_vertices).to(env.device),
+                                 face.to(env.device))
+        self.accumulation = cfg.accumulation(env.world_size)
+        self.weights = Weights(cfg.exp_weight, cfg.lip_weight, cfg.smooth_weight, cfg.photo_weight,
+                               cfg.mouth_weight, cfg.render_batch)
+        n_clips, w_dim = len(self.data.clips), generator.cfg.w_dim
+        factory = lambda: Objective(cfg.model, n_clips, w_dim, cfg.latent_lr_mult)
+        torch.manual_seed(cfg.seed)                          # identical initial weights on every rank
+        objective = factory()
+        objective.w_init.copy_(generator.w_avg)
+        if cfg.sadtalker:
+            from nerffacespeech.pretrained.sadtalker import init_audio_encoder
+
+            report = init_audio_encoder(objective.net.audio_encoder, cfg.sadtalker, target_prefix="blocks.")
+            if env.is_main:
+                print(f"audio encoder from SadTalker audio2exp: {len(report.mapped)} tensors", flush=True)
+        self.sizes = parameter_counts(objective.net)
+        self.export = Audio2NeRF(cfg.model).to(env.device).eval().requires_grad_(False)
+        spec = EngineSpec(cfg.engine, cfg.zero_stage if cfg.engine == "deepspeed" else 0, self.precision, cfg.lr,
+                          tuple(cfg.betas), cfg.eps, cfg.batch_per_gpu, self.accumulation,
+                          find_unused_parameters=cfg.render_batch == 0)
+        self.objective = Trainable("A2N", objective, factory, spec, env)
+        self.sync_export()
+
+    def step(self, step: int) -> dict[str, torch.Tensor]:
+        """One optimizer step over `accumulation` micro-batches; returns the mean losses."""
+        sums: dict[str, torch.Tensor] = {}
+        for micro in range(self.accumulation):
+            batch = self.data.train_batch(batch_generator(self.cfg.seed, step, self.env.rank, micro),
+                                          self.cfg.batch_per_gpu, self.cfg.seq_len)
+            batch = {k: v.to(self.env.device) for k, v in batch.items()}
+            loss, logs = self.objective(batch, self.renderer, self.weights)
+            self.objective.backward(loss)
+            for k, v in {"loss": loss, **logs}.items():
+                sums[k] = sums.get(k, 0) + v.detach().float() / self.accumulation
+        self.objective.step()
+        return sums
+
+    def sync_export(self) -> None:
+        """Copy the trained networks (gathered under ZeRO-3) into the plain exported module."""
+        with self.objective.gathered() as tensors:
+            state = {k[len("net."):]: v.detach().float() for k, v in tensors.items() if k.startswith("net.")}
+            self.export.load_state_dict(state, strict=True)
+            self.latents = (tensors["w_init"].float() + self.cfg.latent_lr_mult * tensors["latents"].float()).clone()
+
+    def checkpoint_state(self, progress: dict) -> dict:
+        return {**self.objective.checkpoint_state(), EXPORT: checkpoint.ModuleState(self.export),
+                "rng": checkpoint.RNGState(), PROGRESS: progress}
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        with self.objective.gathered() as tensors:
+            for name in sorted(tensors):
+                h.update(name.encode())
+                h.update(tensors[name].detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
+def main(ctx: TaskContext) -> None:
+    """Train `max_steps` steps, evaluating on held-out clip tails; stop cleanly on request."""
+    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
+    cfg, problems = TrainConfig.parse(ctx.config)
+    if cfg is None:
+        raise ValueError("invalid audio2nerf.train config: " + "; ".join(f"{f}: {m}" for f, m in problems))
+    env = distributed.init(ctx.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    cfg = cfg.resolved(env.world_size)
+    stop = ctx.stop if ctx.stop is not None else StopRequest()
+    data_dir, generator_spec = paths(cfg, ctx)
+    training = Audio2NeRFTraining(cfg, env, data_dir, generator_spec)
+    torch.manual_seed(cfg.seed * 1000 + env.rank + 1)
+    progress = {"step": 0, "evals": [], "model": asdict(cfg.model), "generator": training.source,
+                "face_model": training.data.face_model, "pretrained_root": str(pretrained_root())}
+    state = training.checkpoint_state(progress)
+    ckpt = checkpoint.CheckpointManager(ctx.checkpoint_dir, env, ctx.checkpoint)
+    ckpt.restore_latest(state)
+    metrics = MetricsWriter(ctx, env)
+    board = None
+    if env.is_main:
+        print(f"audio2nerf.train: {training.sizes['total'] / 1e6:.2f}M parameters {training.sizes}, generator "
+              f"{training.source['kind']} ({training.source['preset']}), {len(training.data.clips)} clips, "
+              f"engine {cfg.engine} (ZeRO {cfg.zero_stage if cfg.engine == 'deepspeed' else '-'}), "
+              f"{training.precision}, {env.world_size} x {cfg.batch_per_gpu} x {training.accumulation} sequences "
+              f"of {cfg.seq_len}, from step {progress['step']} to {cfg.max_steps}", flush=True)
+    try:
+        if progress["step"] == 0:
+            board = _evaluate(ctx, env, training, progress, metrics, board)
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        while progress["step"] < cfg.max_steps:
+            logs = training.step(progress["step"])
+            progress["step"] += 1
+            step = progress["step"]
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0) + v
+            count += 1
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                scalars = {k: float(v) / count for k, v in sums.items()}
+                if env.device.type == "cuda":
+                    scalars["peak_memory_gib"] = torch.cuda.max_memory_allocated(env.device) / 2 ** 30
+                metrics.log(step, items=count * cfg.batch_total, **scalars)
+                if env.is_main:
+                    print(f"step {step:<6d} " + " ".join(f"{k} {v:.4f}" for k, v in scalars.items()), flush=True)
+                sums, count = {}, 0
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                training.sync_export()
+                board = _evaluate(ctx, env, training, progress, metrics, board)
+            stopping = stop.agree(env)
+            if stopping or ckpt.due(step) or step == cfg.max_steps:
+                training.sync_export()
+                ckpt.save(step, state, blocking=True if stopping else None)
+            if stopping:
+                raise StopForRequeue(step)
+        ckpt.wait()
+        digest = training.digest()
+        if env.is_main:
+            write_json(ctx.stage_dir / FINAL_RECORD, {"step": progress["step"], "digest": digest,
+                                                      "evals": progress["evals"]})
+        distributed.barrier(env)
+    finally:
+        metrics.close()
+        if board is not None:
+            board.close()
+
+
+def _evaluate(ctx, env, training: Audio2NeRFTraining, progress: dict, metrics: MetricsWriter, board):
+    """Held-out metrics (all ranks compute the same; rank 0 writes) and a grid of rendered frames."""
+    devices = [env.device] if env.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        results, grid = evaluate(training.export, training.latents, training.data, training.renderer)
+    step = progress["step"]
+    progress["evals"].append({"step": step, **results})
+    metrics.log(step, **{f"heldout/{k}": v for k, v in results.items()})
+    if env.is_main:
+        print(f"eval step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in results.items()), flush=True)
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+        write_bytes(ctx.samples_dir / f"heldout-{step:06d}.png", buffer.getvalue())
+        if board is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            board = SummaryWriter(log_dir=str(ctx.tensorboard_dir / "images"))
+        board.add_image("heldout_real_vs_rendered", grid, step)
+        board.flush()
+    return board
+
+
+__all__ = ["main", "Audio2NeRFTraining"]
