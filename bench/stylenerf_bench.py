@@ -10,9 +10,10 @@ batch 4, 23.6 at batch 8, 5.4 at 1024 px batch 4, one H100). Rows run in priorit
 for every preset and batch, then ZeRO-0, DDP, ZeRO-1, ZeRO-3) until the budget is spent. A run
 is: the first steps, `--warmup` more, `--steps` timed steps (a multiple of 16 keeps the lazy
 R1/path-length mix exact), then a snapshot (image grid of 16 fixed seeds) and a small SWD
-evaluation; peak memory covers all of it. Model FLOPs are counted once per preset (at its first
-batch size, scaled per image for the others) with torch.utils.flop_counter's formulas, weighted
-as in a 16-step regularisation cycle; the utilisation divides them by the bf16 matrix-product rate measured on the same device. Prints a
+evaluation; peak memory covers all of it. Model FLOPs are counted once per preset, in its first
+eager row after the timed steps (scaled per image for other batch sizes), with
+torch.utils.flop_counter's formulas weighted as in a 16-step regularisation cycle; the
+utilisation divides them by the bf16 matrix-product rate measured on the same device. Prints a
 table and writes JSON (default bench/results/stylenerf.json). A global `--budget` in seconds
 stops starting configurations that would not finish in time.
 """
@@ -141,19 +142,18 @@ def _flop_counter():
     return Counter()
 
 
-def run_flops(config: dict) -> dict:
-    """Model FLOPs per training step, averaged over one regularisation cycle (eager): steps 0-4
-    are counted (0: R1 + path length, 4: path length, 1-3: plain) and weighted as in the cycle."""
-    training, run, env = _training({**config, "compile": False})
-    batches = _batches(training, env)
+def count_flops(training, batches, run) -> float:
+    """Model FLOPs per training step, averaged over one regularisation cycle: from the next cycle
+    start, 5 steps are counted (R1 + path length, 3 plain, path length) and weighted as in the cycle."""
+    while run.progress["step"] % CYCLE:
+        training.step(batches, run)
     counts = []
     for _ in range(5):
         counter = _flop_counter()
         with counter:
             training.step(batches, run)
         counts.append(counter.total)
-    plain = sum(counts[1:4]) / 3
-    return {"flops_per_step": (counts[0] + 3 * counts[4] + (CYCLE - 4) * plain) / CYCLE, "batch": config["batch"]}
+    return (counts[0] + 3 * counts[4] + (CYCLE - 4) * sum(counts[1:4]) / 3) / CYCLE
 
 
 def run_config(config: dict) -> dict:
@@ -179,6 +179,7 @@ def run_config(config: dict) -> dict:
         training.step(batches, run)
     _sync(env.device)
     seconds = time.perf_counter() - timed
+    flops = count_flops(training, batches, run) if config.get("count_flops") else None
     snapshot = time.perf_counter()
     grid_z = torch.randn(16, training.model_cfg.z_dim, device=env.device)
     training.sample(grid_z)
@@ -191,6 +192,8 @@ def run_config(config: dict) -> dict:
            "step_ms": 1000 * seconds / config["steps"], "first_step_s": first_step_s,
            "snapshot_s": time.perf_counter() - snapshot, "setup_s": first - start, "swd_untrained": swd,
            "params_g": training.sizes["G"], "params_d": training.sizes["D"], "precision": training.precision}
+    if flops is not None:
+        out["counted_flops_per_step"] = flops
     if env.device.type == "cuda":
         out["peak_allocated_gib"] = torch.cuda.max_memory_allocated(env.device) / 2 ** 30
         out["peak_reserved_gib"] = torch.cuda.max_memory_reserved(env.device) / 2 ** 30
@@ -207,7 +210,7 @@ def child_main(kind: str, config: dict) -> None:
         import torch
 
         torch.set_num_threads(config["threads"])
-    result = {"matmul": matmul_rate, "flops": run_flops, "config": run_config}[kind](
+    result = {"matmul": matmul_rate, "config": run_config}[kind](
         config["device"] if kind == "matmul" else config)
     print(RESULT + json.dumps(result), flush=True)
 
@@ -335,11 +338,11 @@ def main() -> None:
             report["results"].append({"config": config, "error": "skipped: benchmark budget spent"})
             continue
         key = config["preset"]
-        if not args.no_flops and key not in flops:
-            flops[key] = _spawn("flops", {**config, "port": port, "compile": False}, min(240, remaining()))
-            port += 1
-            print(f"{key}: flops {flops[key]}", flush=True)
-        result = {"config": config, **_spawn("config", {**config, "port": port}, min(300, remaining()))}
+        count = not args.no_flops and not config["compile"] and key not in flops
+        result = {"config": config, **_spawn("config", {**config, "port": port, "count_flops": count},
+                                             min(300, remaining()))}
+        if "counted_flops_per_step" in result:
+            flops[key] = {"flops_per_step": result.pop("counted_flops_per_step"), "batch": config["batch"]}
         counted = flops.get(key, {}).get("flops_per_step")
         if counted:              # counted at the first batch size run; every layer's work is per image
             counted *= config["batch"] / flops[key]["batch"]
