@@ -284,6 +284,14 @@ def _table(results: list[dict]) -> str:
 ORIGINAL_IMAGES_PER_S = {("paper256", 4): 12.3, ("paper256", 8): 23.6, ("paper1024", 4): 5.4}
 
 
+def _commit() -> str | None:
+    """The benchmarked commit: $BENCH_COMMIT (for a copied tree), else the checkout's HEAD."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", nargs=2, metavar=("KIND", "CONFIG"), help=argparse.SUPPRESS)
@@ -322,10 +330,15 @@ def main() -> None:
 
     report: dict = {"started": time.time(), "host": platform.node(), "python": platform.python_version(),
                     "argv": sys.argv[1:], "results": []}
+    report["commit"] = _commit()
     try:
         import torch
 
         report["torch"] = torch.__version__
+        report["cuda"] = torch.version.cuda
+        import deepspeed
+
+        report["deepspeed"] = deepspeed.__version__
     except ImportError:
         pass
     port = 29600
