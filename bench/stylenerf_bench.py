@@ -1,15 +1,18 @@
 """StyleNeRF training throughput: images/s, sec/kimg, whole-run peak memory and model FLOP
 utilisation, per preset x engine x ZeRO stage x precision (x torch.compile).
 
-    python bench/stylenerf_bench.py                          # CUDA: paper256 + paper1024, batch 4
-    python bench/stylenerf_bench.py --presets tiny --steps 4 --warmup 2 --device cpu   # a CPU check
+    python bench/stylenerf_bench.py --zero 0,2 --budget 240  # CUDA: the suite's rows in ~4 minutes
+    python bench/stylenerf_bench.py --presets tiny --batch 4 --steps 4 --warmup 2 --device cpu   # a CPU check
 
 Every configuration runs in its own process (one GPU, world size 1) on synthetic images, from
-step 0 at full resolution (as the original's reference numbers: 12.3 img/s at 256 px and 5.4 at
-1024 px, batch 4, one H100). A run is: the first steps, `--warmup` more, `--steps` timed steps
-(a multiple of 16 keeps the lazy R1/path-length mix exact), then a snapshot (image grid of 16
-fixed seeds) and a small SWD evaluation; peak memory covers all of it. Model FLOPs are counted
-once per preset with torch.utils.flop_counter over one 16-step regularisation cycle; the
+step 0 at full resolution, at the batch sizes the original was measured at (12.3 img/s at 256 px
+batch 4, 23.6 at batch 8, 5.4 at 1024 px batch 4, one H100). Rows run in priority order (ZeRO-2
+for every preset and batch, then ZeRO-0, DDP, ZeRO-1, ZeRO-3) until the budget is spent. A run
+is: the first steps, `--warmup` more, `--steps` timed steps (a multiple of 16 keeps the lazy
+R1/path-length mix exact), then a snapshot (image grid of 16 fixed seeds) and a small SWD
+evaluation; peak memory covers all of it. Model FLOPs are counted once per preset, in its first
+eager row after the timed steps (scaled per image for other batch sizes), with
+torch.utils.flop_counter's formulas weighted as in a 16-step regularisation cycle; the
 utilisation divides them by the bf16 matrix-product rate measured on the same device. Prints a
 table and writes JSON (default bench/results/stylenerf.json). A global `--budget` in seconds
 stops starting configurations that would not finish in time.
@@ -92,13 +95,12 @@ def _training(config: dict):
     from nerffacespeech.configs.stylenerf import TrainConfig
     from nerffacespeech.train.stylenerf import RunState, StyleNeRFTraining
 
-    torch.backends.cudnn.benchmark = True
     parsed, problems = TrainConfig.parse({
         "data": "synthetic", "preset": config["preset"], "engine": config["engine"],
         "zero_stage": config["zero_stage"], "precision": config["precision"],
         "batch_per_gpu": config["batch"], "batch_total": config["batch"], "curriculum_kimg": None,
         "compile": config["compile"], "activation_checkpointing": config["checkpointing"],
-        "metric_images": config["metric_images"], "workers": 0})
+        "metric_images": config["metric_images"], "workers": 0, "model": config.get("model", {})})
     if problems:
         raise ValueError(problems)
     env = distributed.init(config["device"])
@@ -140,16 +142,18 @@ def _flop_counter():
     return Counter()
 
 
-def run_flops(config: dict) -> dict:
-    """Model FLOPs per training step, averaged over one regularisation cycle (eager)."""
-    training, run, env = _training({**config, "compile": False})
-    batches = _batches(training, env)
-    training.step(batches, run)                  # lazy initialisation outside the count
-    counter = _flop_counter()
-    with counter:
-        for _ in range(CYCLE):
+def count_flops(training, batches, run) -> float:
+    """Model FLOPs per training step, averaged over one regularisation cycle: from the next cycle
+    start, 5 steps are counted (R1 + path length, 3 plain, path length) and weighted as in the cycle."""
+    while run.progress["step"] % CYCLE:
+        training.step(batches, run)
+    counts = []
+    for _ in range(5):
+        counter = _flop_counter()
+        with counter:
             training.step(batches, run)
-    return {"flops_per_step": counter.total / CYCLE}
+        counts.append(counter.total)
+    return (counts[0] + 3 * counts[4] + (CYCLE - 4) * sum(counts[1:4]) / 3) / CYCLE
 
 
 def run_config(config: dict) -> dict:
@@ -175,6 +179,7 @@ def run_config(config: dict) -> dict:
         training.step(batches, run)
     _sync(env.device)
     seconds = time.perf_counter() - timed
+    flops = count_flops(training, batches, run) if config.get("count_flops") else None
     snapshot = time.perf_counter()
     grid_z = torch.randn(16, training.model_cfg.z_dim, device=env.device)
     training.sample(grid_z)
@@ -187,6 +192,8 @@ def run_config(config: dict) -> dict:
            "step_ms": 1000 * seconds / config["steps"], "first_step_s": first_step_s,
            "snapshot_s": time.perf_counter() - snapshot, "setup_s": first - start, "swd_untrained": swd,
            "params_g": training.sizes["G"], "params_d": training.sizes["D"], "precision": training.precision}
+    if flops is not None:
+        out["counted_flops_per_step"] = flops
     if env.device.type == "cuda":
         out["peak_allocated_gib"] = torch.cuda.max_memory_allocated(env.device) / 2 ** 30
         out["peak_reserved_gib"] = torch.cuda.max_memory_reserved(env.device) / 2 ** 30
@@ -203,7 +210,7 @@ def child_main(kind: str, config: dict) -> None:
         import torch
 
         torch.set_num_threads(config["threads"])
-    result = {"matmul": matmul_rate, "flops": run_flops, "config": run_config}[kind](
+    result = {"matmul": matmul_rate, "config": run_config}[kind](
         config["device"] if kind == "matmul" else config)
     print(RESULT + json.dumps(result), flush=True)
 
@@ -228,20 +235,30 @@ def _configs(args) -> list[dict]:
     """Configurations in priority order: ZeRO-2 first for every preset, then the other stages, DDP, compile."""
     out = []
     variants = [(e, z) for e in args.engines for z in (args.zero if e == "deepspeed" else [0])]
-    variants.sort(key=lambda v: (v[0] != "deepspeed", v[1] != 2, v[1]))
+    priority = [("deepspeed", 2), ("deepspeed", 0), ("ddp", 0), ("deepspeed", 1), ("deepspeed", 3)]
+    variants.sort(key=lambda v: priority.index(v) if v in priority else len(priority))
     for compiled in args.compile:
         for engine, zero in variants:
             for precision in args.precisions:
                 for preset in args.presets:
-                    out.append({"preset": preset, "engine": engine, "zero_stage": zero, "precision": precision,
-                                "batch": args.batch, "compile": compiled, "checkpointing": args.checkpointing,
-                                "steps": args.steps, "warmup": args.warmup, "metric_images": args.metric_images,
-                                "device": args.device, "threads": args.threads})
+                    for batch in _batch_sizes(args.batch, preset):
+                        out.append({"preset": preset, "engine": engine, "zero_stage": zero, "precision": precision,
+                                    "batch": batch, "compile": compiled, "checkpointing": args.checkpointing,
+                                    "steps": args.steps, "warmup": args.warmup,
+                                    "metric_images": args.metric_images, "device": args.device,
+                                    "threads": args.threads})
     return out
 
 
+def _batch_sizes(spec: str, preset: str) -> list[int]:
+    """`auto`: the batch sizes the original was measured at for `preset` (else 4); or a list like 4,8."""
+    if spec == "auto":
+        return sorted(b for p, b in ORIGINAL_IMAGES_PER_S if p == preset) or [4]
+    return [int(b) for b in spec.split(",")]
+
+
 def _table(results: list[dict]) -> str:
-    head = (f"{'preset':<10} {'engine':<10} {'zero':>4} {'prec':<5} {'comp':<5} {'img/s':>8} {'s/kimg':>8} "
+    head = (f"{'preset':<10} {'batch':>5} {'engine':<10} {'zero':>4} {'prec':<5} {'comp':<5} {'img/s':>8} {'s/kimg':>8} "
             f"{'step ms':>8} {'peak GiB':>9} {'MFU %':>6}  note")
     lines = [head, "-" * len(head)]
     for r in results:
@@ -258,13 +275,21 @@ def _table(results: list[dict]) -> str:
                 note = f"{verdict} 3x original ({r['target_images_per_s']:.1f} img/s)"
             if c["preset"] == "paper1024" and "peak_allocated_gib" in r:
                 note += "; peak " + ("<= 16 GiB" if r["peak_allocated_gib"] <= 16 else "ABOVE 16 GiB")
-        lines.append(f"{c['preset']:<10} {c['engine']:<10} {c['zero_stage']:>4} {c['precision']:<5} "
+        lines.append(f"{c['preset']:<10} {c['batch']:>5} {c['engine']:<10} {c['zero_stage']:>4} {c['precision']:<5} "
                      f"{str(c['compile']):<5} {nums}  {note}")
     return "\n".join(lines)
 
 
-# the original StyleNeRF on one H100 (FACTS.md), batch 4: ours must reach 3x its images/s
-ORIGINAL_IMAGES_PER_S = {("paper256", 4): 12.3, ("paper1024", 4): 5.4}
+# the original StyleNeRF on one H100 (FACTS.md): ours must reach 3x its images/s
+ORIGINAL_IMAGES_PER_S = {("paper256", 4): 12.3, ("paper256", 8): 23.6, ("paper1024", 4): 5.4}
+
+
+def _commit() -> str | None:
+    """The benchmarked commit: $BENCH_COMMIT (for a copied tree), else the checkout's HEAD."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
 
 
 def main() -> None:
@@ -276,7 +301,7 @@ def main() -> None:
     parser.add_argument("--precisions", default="bf16")
     parser.add_argument("--compile", default="off", choices=["off", "on", "both"])
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing in G")
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", default="auto", help="per-GPU batch sizes, e.g. 4,8; auto: the original's")
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--metric-images", type=int, default=64)
@@ -305,10 +330,15 @@ def main() -> None:
 
     report: dict = {"started": time.time(), "host": platform.node(), "python": platform.python_version(),
                     "argv": sys.argv[1:], "results": []}
+    report["commit"] = _commit()
     try:
         import torch
 
         report["torch"] = torch.__version__
+        report["cuda"] = torch.version.cuda
+        import deepspeed
+
+        report["deepspeed"] = deepspeed.__version__
     except ImportError:
         pass
     port = 29600
@@ -321,12 +351,14 @@ def main() -> None:
             report["results"].append({"config": config, "error": "skipped: benchmark budget spent"})
             continue
         key = config["preset"]
-        if not args.no_flops and key not in flops:
-            flops[key] = _spawn("flops", {**config, "port": port, "compile": False}, min(240, remaining()))
-            port += 1
-            print(f"{key}: flops {flops[key]}", flush=True)
-        result = {"config": config, **_spawn("config", {**config, "port": port}, min(300, remaining()))}
+        count = not args.no_flops and not config["compile"] and key not in flops
+        result = {"config": config, **_spawn("config", {**config, "port": port, "count_flops": count},
+                                             min(300, remaining()))}
+        if "counted_flops_per_step" in result:
+            flops[key] = {"flops_per_step": result.pop("counted_flops_per_step"), "batch": config["batch"]}
         counted = flops.get(key, {}).get("flops_per_step")
+        if counted:              # counted at the first batch size run; every layer's work is per image
+            counted *= config["batch"] / flops[key]["batch"]
         rate = report["matmul"].get("matmul_bf16_tflops")
         if "error" not in result and counted and rate:
             result["flops_per_step"] = counted

@@ -11,7 +11,9 @@ extra ways of calling it that a GAN needs.
   sum(p * g) to the loss so the engine reduces, partitions and scales them like any other.
 
 Both run a hook-free replica of the module (built on the meta device, so it owns no memory)
-through `torch.func.functional_call`; under ZeRO-3 the weights are gathered for the call.
+through `torch.func.functional_call`; under ZeRO-3 the weights are gathered for the call. Each
+mode has its own replica, so the frozen one may be compiled (`frozen_replica`) while the
+double-backward one stays eager.
 This is what makes R1 and path-length regularisation work at every ZeRO stage (the naive
 double backward through a DeepSpeed engine fails at all of them; docs/STYLENERF.md).
 """
@@ -65,7 +67,9 @@ class EngineSpec:
 
 def deepspeed_config(spec: EngineSpec, world_size: int) -> dict:
     """The DeepSpeed config for `spec`. Gradient clipping is off explicitly: DeepSpeed 0.19
-    defaults to clipping at 1.0, which StyleGAN-family training does not do."""
+    defaults to clipping at 1.0, which StyleGAN-family training does not do. Without clipping
+    the gradient norm is unused, and bf16 needs no overflow check (DDP and the original skip
+    no step either): both cost ~20 small kernels per weight tensor per step, so they are off."""
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": spec.micro_batch,
         "gradient_accumulation_steps": spec.accumulation,
@@ -73,12 +77,16 @@ def deepspeed_config(spec: EngineSpec, world_size: int) -> dict:
         "gradient_clipping": 0.0,
         "zero_optimization": {"stage": spec.zero_stage},
         "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": spec.precision == "bf16"},
+        "bf16": {"enabled": spec.precision == "bf16", "check_grad_overflow": False},
         "fp16": {"enabled": spec.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16,
                  "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
         "steps_per_print": 10 ** 12,
         "wall_clock_breakdown": False,
     }
+    if spec.zero_stage in (1, 2):
+        # contiguous gradients copy each gradient into a bucket from a Python hook (~10 small
+        # kernels per weight tensor); these networks' gradients are small enough to stay apart
+        config["zero_optimization"].update(compute_grad_norm=False, contiguous_gradients=False)
     if spec.zero_stage == 3:
         config["zero_optimization"]["stage3_param_persistence_threshold"] = spec.zero3_persistence_threshold
     return config
@@ -140,6 +148,7 @@ class Trainable:
             if spec.precision == "fp16":
                 self.scaler = torch.amp.GradScaler(env.device.type)
         self.replica = _meta_replica(factory, self.module)
+        self.frozen_replica = _meta_replica(factory, self.module)
         self._micro = 0
         self._pending: list[torch.Tensor] | None = None        # DDP: injected gradients for the next step
 
@@ -179,7 +188,7 @@ class Trainable:
 
         def run(*args, **kwargs):
             with self._autocast():
-                return functional_call(self.replica, weights, args, kwargs, strict=True)
+                return functional_call(self.frozen_replica, weights, args, kwargs, strict=True)
 
         yield run
 

@@ -78,6 +78,8 @@ class StyleNeRFTraining:
             raise ValueError("; ".join(f"{f}: {m}" for f, m in problems))
         self.model_cfg = cfg.model_config
         self.accumulation = cfg.accumulation(env.world_size)
+        if env.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True       # fixed shapes per resolution: pick the fastest kernels once
         torch.manual_seed(cfg.seed)                          # identical initial weights on every rank
         generator, discriminator = Generator(self.model_cfg), Discriminator(self.model_cfg)
         self.sizes = {"G": count_parameters(generator), "D": count_parameters(discriminator)}
@@ -101,6 +103,8 @@ class StyleNeRFTraining:
         # D's half-resolution entry outside a fade-in
         self.g = Trainable("G", generator, lambda: Generator(self.model_cfg), spec(cfg.lr_g, self.progressive), env)
         self.d = Trainable("D", discriminator, lambda: Discriminator(self.model_cfg), spec(cfg.lr_d, True), env)
+        if cfg.compile:          # the frozen calls too (first-order only); the regularisers' replicas stay eager
+            _compile_blocks(self.g.frozen_replica, self.d.frozen_replica)
         self.num_ws = generator.num_ws
         self.ema_beta = 0.5 ** (cfg.batch_total / max(cfg.ema_kimg * 1000, 1e-8))
         self.pl_mean = torch.zeros((), device=env.device)       # running mean path length (kept on device)

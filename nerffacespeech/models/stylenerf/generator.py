@@ -67,17 +67,14 @@ class Generator(nn.Module):
         of module calls whatever its random draw (ZeRO-3 gathers weights per module call).
         """
         dtype = self.mapping.layers[0].weight.dtype
-        w = self.mapping(z.to(dtype))
+        w = self.mapping((z if mix_z is None else torch.cat([z, mix_z])).to(dtype))    # both latents, one call
         if truncation != 1.0:
             w = self.w_avg.to(w.dtype).lerp(w, truncation)
-        ws = w[:, None].repeat(1, self.num_ws, 1)
-        if mix_z is not None:
-            w2 = self.mapping(mix_z.to(dtype))
-            if truncation != 1.0:
-                w2 = self.w_avg.to(w2.dtype).lerp(w2, truncation)
-            cutoff = self.num_ws if mix_cutoff is None else mix_cutoff
-            ws = torch.cat([ws[:, :cutoff], w2[:, None].expand(-1, self.num_ws - cutoff, -1)], 1)
-        return ws
+        if mix_z is None:
+            return w[:, None].repeat(1, self.num_ws, 1)
+        w, w2 = w.split(z.shape[0])
+        cutoff = self.num_ws if mix_cutoff is None else mix_cutoff
+        return torch.cat([w[:, None].expand(-1, cutoff, -1), w2[:, None].expand(-1, self.num_ws - cutoff, -1)], 1)
 
     def forward(self, z: torch.Tensor | None = None, ws: torch.Tensor | None = None, *, stage: int | None = None,
                 fade: float = 1.0, angles: torch.Tensor | None = None, mix_z: torch.Tensor | None = None,

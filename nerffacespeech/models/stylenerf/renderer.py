@@ -33,9 +33,14 @@ def stratified(batch_shape: tuple[int, ...], n: int, randomize: bool, device: to
 
 
 def composite_weights(sigma: torch.Tensor, deltas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Alpha-compositing weights (…, S) and the transmittance left after the last sample (…)."""
-    alpha = 1 - torch.exp(-sigma * deltas)
-    survive = torch.cumprod(torch.cat([torch.ones_like(alpha[..., :1]), 1 - alpha + 1e-10], -1), -1)
+    """Alpha-compositing weights (…, S) and the transmittance left after the last sample (…).
+
+    Transmittance is exp(-cumsum(sigma * delta)), not a cumprod of (1 - alpha): cumprod's backward
+    waits for the GPU (it checks the input for zeros) and its double backward is quadratic.
+    """
+    optical = sigma * deltas
+    alpha = 1 - torch.exp(-optical)
+    survive = torch.exp(-torch.cat([torch.zeros_like(optical[..., :1]), optical.cumsum(-1)], -1))
     return alpha * survive[..., :-1], survive[..., -1]
 
 
