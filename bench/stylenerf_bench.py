@@ -14,7 +14,7 @@ evaluation; peak memory covers all of it. Model FLOPs are counted once per prese
 eager row after the timed steps (scaled per image for other batch sizes), with
 torch.utils.flop_counter's formulas weighted as in a 16-step regularisation cycle; the
 utilisation divides them by the bf16 matrix-product rate measured on the same device. Prints a
-table and writes JSON (default bench/results/stylenerf.json). A global `--budget` in seconds
+table and writes JSON (default bench/results/stylenerf-<accelerator>.json). A global `--budget` in seconds
 stops starting configurations that would not finish in time.
 """
 from __future__ import annotations
@@ -22,13 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import report as bench_report
+
+ROOT = bench_report.REPO
 RESULT = "RESULT "
 CYCLE = 16          # R1 every 16 steps, path length every 4: a 16-step cycle has the exact mix
 
@@ -284,14 +285,6 @@ def _table(results: list[dict]) -> str:
 ORIGINAL_IMAGES_PER_S = {("paper256", 4): 12.3, ("paper256", 8): 23.6, ("paper1024", 4): 5.4}
 
 
-def _commit() -> str | None:
-    """The benchmarked commit: $BENCH_COMMIT (for a copied tree), else the checkout's HEAD."""
-    if os.environ.get("BENCH_COMMIT"):
-        return os.environ["BENCH_COMMIT"]
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return (proc.stdout.strip() or None) if proc.returncode == 0 else None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", nargs=2, metavar=("KIND", "CONFIG"), help=argparse.SUPPRESS)
@@ -309,7 +302,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per child (0: torch's default)")
     parser.add_argument("--budget", type=float, default=540.0, help="seconds for the whole benchmark")
     parser.add_argument("--no-flops", action="store_true")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "stylenerf.json"))
+    parser.add_argument("--out", default=None, help="default: bench/results/stylenerf-<accelerator>.json")
     args = parser.parse_args()
     if args.child:
         child_main(args.child[0], json.loads(args.child[1]))
@@ -328,19 +321,9 @@ def main() -> None:
     def remaining() -> float:
         return deadline - time.perf_counter()
 
-    report: dict = {"started": time.time(), "host": platform.node(), "python": platform.python_version(),
-                    "argv": sys.argv[1:], "results": []}
-    report["commit"] = _commit()
-    try:
-        import torch
+    import torch   # noqa: F401  (metadata names the GPU)
 
-        report["torch"] = torch.__version__
-        report["cuda"] = torch.version.cuda
-        import deepspeed
-
-        report["deepspeed"] = deepspeed.__version__
-    except ImportError:
-        pass
+    report: dict = {**bench_report.metadata({k: v for k, v in vars(args).items() if k != "child"}), "results": []}
     port = 29600
     report["matmul"] = _spawn("matmul", {"device": args.device, "port": port}, min(120, remaining()))
     print(f"bf16 matmul: {report['matmul']}", flush=True)
@@ -374,10 +357,7 @@ def main() -> None:
     table = _table(report["results"])
     print("\n" + table, flush=True)
     report["table"] = table
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"\nwrote {out}", flush=True)
+    bench_report.write("stylenerf", report, Path(args.out) if args.out else None)
 
 
 if __name__ == "__main__":
