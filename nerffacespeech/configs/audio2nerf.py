@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .stylenerf import ENGINES, PRECISIONS, PRESETS, support_problems
+from .stylenerf import ENGINES, PRECISIONS, PRESETS, training_problems
+from .typed import field_problems
 
 RANDOM_GENERATOR = "random"
 DEFAULT_GENERATOR_STAGE = "stylenerf"
@@ -79,7 +80,7 @@ class TrainConfig:
     @classmethod
     def parse(cls, config: Any) -> tuple["TrainConfig | None", list[tuple[str, str]]]:
         """The typed config and every problem found (None when there are any)."""
-        problems = _type_problems(config)
+        problems = field_problems({} if config is None else config, cls)
         if problems:
             return None, problems
         values = dict(config)
@@ -88,27 +89,6 @@ class TrainConfig:
         cfg = cls(**values)
         problems = _value_problems(cfg)
         return (None if problems else cfg), problems
-
-
-_TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,), "str | None": (str, type(None)), "int": (int,), "int | None": (int, type(None)),
-    "float": (int, float), "tuple": (list, tuple),
-}
-
-
-def _type_problems(config: Any) -> list[tuple[str, str]]:
-    if config is None:
-        config = {}
-    if not isinstance(config, dict):
-        return [("", "must be a mapping")]
-    known = {f.name: f for f in fields(TrainConfig)}
-    problems = [(key, f"unknown key; known: {', '.join(sorted(known))}") for key in config if key not in known]
-    for name, value in config.items():
-        if name in known:
-            kinds = _TYPES[str(known[name].type)]
-            if isinstance(value, bool) or not isinstance(value, kinds):
-                problems.append((name, f"must be {known[name].type}, got {type(value).__name__} {value!r}"))
-    return problems
 
 
 def _value_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
@@ -151,14 +131,7 @@ def check(config: dict, resources: dict) -> list[tuple[str, str]]:
     cfg, problems = TrainConfig.parse(config)
     if cfg is None:
         return problems
-    world = int(resources.get("world_size") or 1)
-    device = str(resources.get("device") or "auto")
-    out = support_problems(cfg.engine, cfg.zero_stage, cfg.precision, device)
-    r = cfg.resolved(world)
-    if r.batch_total % (r.batch_per_gpu * world):
-        out.append(("batch_total", f"{r.batch_total} is not a multiple of batch_per_gpu {r.batch_per_gpu} x "
-                                   f"{world} processes"))
-    return out
+    return training_problems(cfg, resources)[1]
 
 
 __all__ = ["ModelConfig", "TrainConfig", "check", "RANDOM_GENERATOR", "DEFAULT_GENERATOR_STAGE"]

@@ -6,8 +6,10 @@ checked here (they may only exist once earlier stages ran) but when the task sta
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
+
+from .typed import Problem, field_problems
 
 CAMERAS = ("fixed", "gentle", "poses")
 DEVICES = ("auto", "cpu", "cuda")
@@ -60,24 +62,10 @@ class GenerateConfig:
         return (None if problems else cfg), problems
 
 
-_TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,), "str | None": (str, type(None)), "int": (int,), "float": (int, float),
-    "tuple": (list, tuple),
-}
-
-
-def _type_problems(config: Any) -> list[tuple[str, str]]:
+def _type_problems(config: Any) -> list[Problem]:
+    problems = field_problems(config, GenerateConfig, {"audio": "the speech file to animate"})
     if not isinstance(config, dict):
-        return [("", "must be a mapping")]
-    known = {f.name: f for f in fields(GenerateConfig)}
-    problems = [(key, f"unknown key; known: {', '.join(sorted(known))}") for key in config if key not in known]
-    if "audio" not in config:
-        problems.append(("audio", "is required: the speech file to animate"))
-    for name, value in config.items():
-        if name in known:
-            kinds = _TYPES[str(known[name].type)]
-            if isinstance(value, bool) or not isinstance(value, kinds):
-                problems.append((name, f"must be {known[name].type}, got {type(value).__name__} {value!r}"))
+        return problems
     seeds = config.get("seeds")
     if isinstance(seeds, (list, tuple)) and not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
                                                     for s in seeds):

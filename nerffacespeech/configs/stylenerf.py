@@ -7,8 +7,10 @@ in numbers; `model:` overrides any of them (the tests shrink `tiny` further that
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from .typed import Problem, field_problems
 
 ENGINES = ("deepspeed", "ddp")
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -186,34 +188,10 @@ class TrainConfig:
         return (None if problems else cfg), problems
 
 
-_TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,), "str | None": (str, type(None)), "int": (int,), "int | None": (int, type(None)),
-    "float": (int, float), "float | None": (int, float, type(None)), "bool": (bool,),
-    "dict": (dict,), "tuple": (list, tuple), "tuple | None": (list, tuple, type(None)),
-}
-
-
-def _type_problems(config: Any) -> list[tuple[str, str]]:
-    if not isinstance(config, dict):
-        return [("", "must be a mapping")]
-    known = {f.name: f for f in fields(TrainConfig)}
-    problems = [(key, f"unknown key; known: {', '.join(sorted(known))}") for key in config if key not in known]
-    if "data" not in config:
-        problems.append(("data", "is required: a folder or zip of aligned face images"))
-    for name, value in config.items():
-        if name not in known:
-            continue
-        kinds = _TYPES[str(known[name].type)]
-        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-            problems.append((name, f"must be {known[name].type}, got {type(value).__name__} {value!r}"))
-    model = config.get("model")
-    if isinstance(model, dict):
-        model_fields = {f.name: f for f in fields(ModelConfig)}
-        for key, value in model.items():
-            if key not in model_fields:
-                problems.append((f"model.{key}", f"unknown key; known: {', '.join(sorted(model_fields))}"))
-            elif isinstance(value, bool) or not isinstance(value, _TYPES[str(model_fields[key].type)]):
-                problems.append((f"model.{key}", f"must be {model_fields[key].type}, got {value!r}"))
+def _type_problems(config: Any) -> list[Problem]:
+    problems = field_problems(config, TrainConfig, {"data": "a folder or zip of aligned face images"})
+    if isinstance(config, dict) and isinstance(config.get("model"), dict):
+        problems += field_problems(config["model"], ModelConfig, prefix="model.")
     return problems
 
 
@@ -276,6 +254,19 @@ def support_problems(engine: str, zero_stage: int, precision: str, device: str) 
     return out
 
 
+def training_problems(cfg: Any, resources: dict) -> tuple[Any, list[Problem]]:
+    """A training config resolved for the stage's processes, and the problems of its engine and
+    precision on the stage's device and of its batch split (shared by the training tasks)."""
+    world = int(resources.get("world_size") or 1)
+    device = str(resources.get("device") or "auto")
+    out = support_problems(cfg.engine, cfg.zero_stage, cfg.precision, device)
+    r = cfg.resolved(world)
+    if r.batch_total % (r.batch_per_gpu * world):
+        out.append(("batch_total", f"{r.batch_total} is not a multiple of batch_per_gpu {r.batch_per_gpu} x "
+                                   f"{world} processes"))
+    return r, out
+
+
 def check(config: dict, resources: dict) -> list[tuple[str, str]]:
     """What the launcher runs before submitting: types, ranges, presets, batch split, ZeRO/precision,
     and the files it would read: FID's Inception weights (only when a `fid` metric is on) and
@@ -286,13 +277,7 @@ def check(config: dict, resources: dict) -> list[tuple[str, str]]:
     problems = _file_problems(cfg)
     if problems:
         return problems
-    world = int(resources.get("world_size") or 1)
-    device = str(resources.get("device") or "auto")
-    out = support_problems(cfg.engine, cfg.zero_stage, cfg.precision, device)
-    r = cfg.resolved(world)
-    if r.batch_total % (r.batch_per_gpu * world):
-        out.append(("batch_total", f"{r.batch_total} is not a multiple of batch_per_gpu {r.batch_per_gpu} x "
-                                   f"{world} processes"))
+    r, out = training_problems(cfg, resources)
     group = min(r.model_config.mbstd_group, r.batch_per_gpu)
     if r.batch_per_gpu % group:
         out.append(("batch_per_gpu", f"must be a multiple of the minibatch-std group {group}"))

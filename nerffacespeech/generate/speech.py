@@ -22,11 +22,7 @@ FPS = 25
 
 def load_audio(path: Path, max_seconds: float, silence_dbfs: float) -> np.ndarray:
     """float32 mono speech at 16 kHz; BadInput if missing, undecodable, silent or too long."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput("audio_missing", f"{path} does not exist")
-    if path.stat().st_size == 0:
-        raise BadInput("audio_empty", f"{path.name} is an empty file")
+    path = features.existing_audio(path)
     try:
         audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
         speech = features.to_16k(audio.mean(axis=1), rate)

@@ -31,14 +31,20 @@ WINDOW = 16                          # mel frames per video frame
 FRAME_OFFSET = 2                     # a window starts two video frames before its frame
 
 
-def load_speech(path: Path, accepted_rates: tuple[int, ...] = (16_000, 22_050),
-                silence_dbfs: float = -50.0) -> np.ndarray:
-    """Read a mono WAV, check it and return float32 at 16 kHz; raises BadInput with the reason."""
+def existing_audio(path: str | Path) -> Path:
+    """`path` as a Path; BadInput when the file is missing or empty."""
     path = Path(path)
     if not path.is_file():
         raise BadInput("audio_missing", f"{path} does not exist")
     if path.stat().st_size == 0:
         raise BadInput("audio_empty", f"{path.name} is an empty file")
+    return path
+
+
+def load_speech(path: Path, accepted_rates: tuple[int, ...] = (16_000, 22_050),
+                silence_dbfs: float = -50.0) -> np.ndarray:
+    """Read a mono WAV, check it and return float32 at 16 kHz; raises BadInput with the reason."""
+    path = existing_audio(path)
     try:
         audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from launcher.atomic import write_bytes, write_json
 from launcher.runtime import checkpoint, distributed
 from launcher.runtime.context import TaskContext
 from launcher.runtime.metrics import MetricsWriter
-from launcher.runtime.preemption import StopForRequeue, StopRequest
+from launcher.runtime.preemption import StopForRequeue
 from nerffacespeech.configs.audio2nerf import DEFAULT_GENERATOR_STAGE, TrainConfig
 from nerffacespeech.configs.stylenerf import support_problems
 from nerffacespeech.models.audio2nerf import generator_source
@@ -30,6 +29,7 @@ from nerffacespeech.models.audio2nerf.face import load_face_basis
 from nerffacespeech.models.audio2nerf.network import Audio2NeRF, parameter_counts
 from nerffacespeech.models.audio2nerf.talking_head import EXPORT, PROGRESS
 
+from . import startup
 from .a2n_data import TalkingData, batch_generator
 from .a2n_evaluate import evaluate
 from .a2n_objective import Objective, Renderer, Weights
@@ -127,15 +127,7 @@ class Audio2NeRFTraining:
 
 def main(ctx: TaskContext) -> None:
     """Train `max_steps` steps, evaluating on held-out clip tails; stop cleanly on request."""
-    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
-    cfg, problems = TrainConfig.parse(ctx.config)
-    if cfg is None:
-        raise ValueError("invalid audio2nerf.train config: " + "; ".join(f"{f}: {m}" for f, m in problems))
-    env = distributed.init(ctx.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    cfg = cfg.resolved(env.world_size)
-    stop = ctx.stop if ctx.stop is not None else StopRequest()
+    cfg, env, stop = startup.start(ctx, TrainConfig, "audio2nerf.train")
     data_dir, generator_spec = paths(cfg, ctx)
     training = Audio2NeRFTraining(cfg, env, data_dir, generator_spec)
     torch.manual_seed(cfg.seed * 1000 + env.rank + 1)

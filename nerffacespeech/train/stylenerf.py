@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import math
 import random
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,14 +25,14 @@ from launcher.atomic import write_bytes, write_json
 from launcher.runtime import checkpoint, distributed
 from launcher.runtime.context import TaskContext
 from launcher.runtime.metrics import MetricsWriter
-from launcher.runtime.preemption import StopForRequeue, StopRequest
+from launcher.runtime.preemption import StopForRequeue
 from nerffacespeech.configs.stylenerf import TrainConfig, support_problems
 from nerffacespeech.metrics.evaluate import MetricSuite
 from nerffacespeech.models.stylenerf import Discriminator, Generator, count_parameters
 from nerffacespeech.models.stylenerf.layers import resize_images
 
 from . import images as image_data
-from . import losses
+from . import losses, startup
 from .engine import EngineSpec, Trainable, resolve_precision
 
 FINAL_RECORD = "final.json"
@@ -412,16 +410,7 @@ def _duration(seconds: float) -> str:
 
 def main(ctx: TaskContext) -> None:
     """Train until `kimg` (or `max_steps`), checkpointing per ctx.checkpoint; stop cleanly on request."""
-    # DeepSpeed 0.19 calls collectives torch 2.13 renamed; one warning per call would flood the logs
-    warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
-    parsed, problems = TrainConfig.parse(ctx.config)
-    if parsed is None:
-        raise ValueError("invalid stylenerf.train config: " + "; ".join(f"{f}: {m}" for f, m in problems))
-    env = distributed.init(ctx.device)
-    if parsed.threads:
-        torch.set_num_threads(parsed.threads)
-    cfg = parsed.resolved(env.world_size)
-    stop = ctx.stop if ctx.stop is not None else StopRequest()
+    cfg, env, stop = startup.start(ctx, TrainConfig, "stylenerf.train")
     if any(m.startswith("fid") for m in cfg.metrics) and not Path(cfg.inception_path()).is_file():
         raise FileNotFoundError(f"FID needs the Inception weights {cfg.inception_path()} (python -m "
                                 "nerffacespeech.pretrained fetch, or set inception_weights); nothing is downloaded")
