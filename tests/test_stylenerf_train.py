@@ -71,6 +71,16 @@ def test_tiny_trains_under_the_launcher_with_two_processes(tmp_path, engine, zer
 
 
 @pytest.mark.slow
+def test_tiny_trains_with_torch_compile(tmp_path):
+    """`compile: true` compiles the NeRF, upsampler and discriminator blocks (static shapes, one
+    cache entry per block and batch size) and trains through the regularised steps."""
+    run = submit(tmp_path, "compiled", {"engine": "deepspeed", "zero_stage": 2, "precision": "fp32", "compile": True,
+                                        "max_steps": 5, "tick_kimg": 0.08})
+    assert final(run)["step"] == 5
+    assert all(m["loss_d"] > 0 for m in metric_lines(run) if "loss_d" in m)
+
+
+@pytest.mark.slow
 def test_swd_against_the_training_faces_drops_within_minutes(tmp_path):
     started = time.time()
     run = submit(tmp_path, "swd", {"engine": "deepspeed", "zero_stage": 2, "precision": "bf16", "max_steps": 500,

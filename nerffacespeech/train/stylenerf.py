@@ -259,13 +259,17 @@ def _mean_over_ranks(value: torch.Tensor, env: distributed.DistEnv) -> torch.Ten
 
 
 def _compile_blocks(generator: Generator, discriminator: Discriminator) -> None:
-    """torch.compile the hot blocks in place (names and checkpoints unchanged)."""
-    generator.foreground.compile()
-    generator.background.compile()
-    for block in generator.upsampler.blocks:
-        block.compile()
-    for block in discriminator.blocks.values():
-        block.compile()
+    """torch.compile the hot blocks in place (names and checkpoints unchanged). Static shapes: a
+    step sees only a few batch sizes, and inductor's dynamic-shape path fails on these blocks
+    (torch 2.13: "cannot determine truth value of Relational"). Blocks of one class share a code
+    object, so dynamo's per-code cache must hold every (block, batch size) pair: 8 is too few."""
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    blocks = [generator.foreground, generator.background, *generator.upsampler.blocks,
+              *discriminator.blocks.values()]
+    for block in blocks:
+        block.compile(dynamic=False)
 
 
 def _seed_rank(seed: int, rank: int) -> None:
