@@ -32,9 +32,9 @@ bench() {   # name, seconds, command...
 
 run_one() {
     case $1 in
-        stylenerf)  bench stylenerf 170 python3 bench/stylenerf_bench.py --device cuda --budget 150 --batch 4 \
+        stylenerf)  bench stylenerf 195 python3 bench/stylenerf_bench.py --device cuda --budget 180 --batch auto \
                         --out "$OUT/stylenerf-gpu.json" ;;
-        audio2nerf) bench audio2nerf 110 python3 bench/audio2nerf_bench.py --device cuda --train-minutes "${A2N_TRAIN_MINUTES:-1}" \
+        audio2nerf) bench audio2nerf 85 python3 bench/audio2nerf_bench.py --device cuda --train-minutes "${A2N_TRAIN_MINUTES:-0.75}" \
                         ${A2N_PROCESSED:+--processed "$A2N_PROCESSED"} --output "$OUT/audio2nerf-gpu.json" ;;
         generate)   bench generate 50 python3 bench/generate_bench.py --device cuda --out "$OUT/generate-gpu.json" ;;
         preprocess) bench preprocess 60 python3 bench/preprocess_bench.py --device cuda --parts fit3dmm,reference \

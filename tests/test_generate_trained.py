@@ -1,19 +1,22 @@
 """Generation from a trained tiny run: the launcher's `generate` stage, the CLI on a run folder, a
 generator of another preset refused, and the mouth-motion / speech-energy correlation measured.
 
-One run (module fixture, about 3 minutes here) under the launcher's local backend: preprocess the
-sample astronaut clip (synthetic morphable model), train audio2nerf 40 steps through the tiny
-random-initialised StyleNeRF, then the `generate` stage on the sample speech.
+One run (module fixture, under a minute here) under the launcher's local backend: preprocess the
+three sample clips (synthetic morphable model), train audio2nerf 100 steps through the tiny
+random-initialised StyleNeRF, then the `generate` stage on the astronaut's speech.
 """
 import json
 import shutil
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import save_file
 
 from nerffacespeech.configs.stylenerf import PRESETS
-from nerffacespeech.generate import lipsync, speech
+from nerffacespeech.generate import frames as frame_loop
+from nerffacespeech.generate import identity, lipsync, speech
+from nerffacespeech.preprocess.audio import log_mel
 from nerffacespeech.generate.__main__ import main
 from nerffacespeech.models.audio2nerf.talking_head import load_talking_head
 from nerffacespeech.models.stylenerf.generator import Generator
@@ -37,7 +40,7 @@ SPEC = """
         task: audio2nerf.train
         after: [merge]
         config: {{generator: random, generator_preset: tiny, audio_dim: 64, nerf_dim: 128, encoder_width: 0.25,
-                 lr: 0.001, batch_per_gpu: 8, render_batch: 2, max_steps: 40, eval_every: 40, precision: fp32,
+                 lr: 0.003, batch_per_gpu: 8, render_batch: 2, max_steps: 100, eval_every: 100, precision: fp32,
                  threads: 2, engine: ddp, zero_stage: 0}}
       generate:
         task: generate
@@ -50,7 +53,7 @@ SPEC = """
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("trained")
     for kind in ("images", "audio"):
-        shutil.copytree(ROOT / "data" / "sample" / kind / "astronaut", folder / "data" / kind / "astronaut")
+        shutil.copytree(ROOT / "data" / "sample" / kind, folder / "data" / kind)
     spec = write_spec(folder, SPEC.format(data=folder / "data", audio=SPEECH))
     return run_dir_from(launcher("submit", str(spec), cwd=folder, check=True, timeout=900).stdout)
 
@@ -91,12 +94,19 @@ def test_a_generator_of_another_preset_is_refused(run, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_mouth_motion_against_speech_energy_is_measured(run):
-    """Reports Pearson r of the mouth box's frame-to-frame change and the speech energy; the tiny
-    model after 40 steps barely moves its mouth, so only the measurement itself is asserted."""
+def test_the_rendered_mouth_moves_with_the_speech_energy(run):
+    """Pearson r of the mouth box's frame-to-frame change against the speech energy, on the frames
+    the generator renders for the clip (uint8, the encoder's input; measured 0.35). The decoded
+    MP4 is reported beside it: at 32 px H.264 skips most of these one-level changes."""
     head = load_talking_head(run / "stages" / "audio2nerf" / "checkpoints")
-    frames = _assert_clip(run / "stages" / "generate" / "samples" / "seed0000.mp4", 82)
+    audio = speech.load_audio(SPEECH, 120, -50)
+    n, ref = speech.frame_count(audio), head.neutral_expression()
+    exps = frame_loop.smooth(head.expressions(head.mel_windows(log_mel(audio), n), ref), 1.0)
+    ws = identity.seed_styles(head.generator, 0, 0.7)
+    rendered = np.concatenate(list(frame_loop.render_frames(head.render, ws, exps, ref, torch.zeros(n, 2), 16)))
     box = lipsync.mouth_box(head.face, head.resolution, head.generator.cfg.fov_degrees)
-    r = lipsync.correlation(frames, speech.load_audio(SPEECH, 120, -50), box)
-    print(f"mouth-motion / speech-energy correlation: r = {r:.3f} (box {box})")
-    assert -1 <= r <= 1 and np.isfinite(r)
+    r = lipsync.correlation(rendered, audio, box)
+    decoded = _assert_clip(run / "stages" / "generate" / "samples" / "seed0000.mp4", 82)
+    print(f"mouth motion vs speech energy: r = {r:.3f} rendered, {lipsync.correlation(decoded, audio, box):.3f} "
+          f"decoded MP4 (box {box})")
+    assert r > 0.2

@@ -59,6 +59,7 @@ class TrainConfig:
     smooth_weight: float = 0.5              # L1 of frame-to-frame expression differences
     photo_weight: float = 1.0               # LipaintNet: L1 of rendered vs real frames
     mouth_weight: float = 4.0               # pixel weight inside the mouth box
+    keep_weight: float = 1.0                # LipaintNet: L1 outside the mouth box to the rendering without it
     log_every: int = 10
     eval_every: int = 50
     seed: int = 0
@@ -118,7 +119,7 @@ def _value_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
     for name in ("encoder_width", "deform_sigma", "lr", "eps", "latent_lr_mult"):
         if getattr(cfg, name) <= 0:
             out.append((name, "must be positive"))
-    for name in ("exp_weight", "lip_weight", "smooth_weight", "photo_weight", "mouth_weight"):
+    for name in ("exp_weight", "lip_weight", "smooth_weight", "photo_weight", "mouth_weight", "keep_weight"):
         if getattr(cfg, name) < 0:
             out.append((name, "must be at least 0"))
     if len(cfg.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in cfg.betas):

@@ -9,7 +9,11 @@ LipaintNet (the middle frame of the first `render_batch` sequences): each clip h
 latent w_c (a GAN inversion of its identity learned jointly); the frozen generator renders
 LipaintNet(w_c, e_t) under the ray deformation e_ref -> e_t at the frame's camera, and the L1 to
 the real aligned frame, weighted `mouth_weight` inside the mouth box, is the loss. The video
-supervises the mouth; the generator and the deformation stay fixed.
+supervises the mouth; the generator and the deformation stay fixed. A second term keeps the rest
+of the face as it was: outside the mouth box, the L1 between that rendering and the one of w_c
+itself (same deformation, no LipaintNet), weighted `keep_weight`. Without it LipaintNet also
+absorbs what a frame's expression happens to correlate with elsewhere in the image (head pose,
+lighting), and generated clips change everywhere as the mouth moves.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ class Weights:
     smooth: float
     photo: float
     mouth: float
+    keep: float
     render_batch: int
 
 
@@ -66,16 +71,25 @@ class Objective(nn.Module):
         loss = weights.exp * logs["exp_l1"] + weights.lip * logs["lip_px"] + weights.smooth * logs["temporal"]
         if weights.render_batch:
             r = weights.render_batch
-            img = self.render(batch["clip"][:r], fit[:r, s // 2], batch["ref"][:r], batch["angles"][:r], renderer)
-            mask = 1 + (weights.mouth - 1) * batch["mouth"][:r]
+            args = (batch["clip"][:r], fit[:r, s // 2], batch["ref"][:r], batch["angles"][:r], renderer)
+            img = self.render(*args)
+            mouth = batch["mouth"][:r]
+            mask = 1 + (weights.mouth - 1) * mouth
             logs["photo_l1"] = (mask * (img - batch["frame"][:r]).abs()).sum() / (mask.sum() * 3)
             loss = loss + weights.photo * logs["photo_l1"]
+            if weights.keep:
+                with torch.no_grad():
+                    unstyled = self.render(*args, lipaint=False)
+                rest = 1 - mouth
+                logs["keep_l1"] = (rest * (img - unstyled).abs()).sum() / (rest.sum() * 3).clamp_min(1)
+                loss = loss + weights.keep * logs["keep_l1"]
         return loss, logs
 
-    def render(self, clip, exp, ref, angles, renderer: Renderer) -> torch.Tensor:
-        """Frames of clips' latents through LipaintNet and the ray deformation (fp32 generator)."""
+    def render(self, clip, exp, ref, angles, renderer: Renderer, lipaint: bool = True) -> torch.Tensor:
+        """Frames of clips' latents through LipaintNet (unless `lipaint` is False) and the ray
+        deformation (fp32 generator)."""
         ws = self.clip_ws(clip, renderer.generator.num_ws).to(self.latents.dtype)
-        styled = self.net.lipaint(ws, exp, ref).float()
+        styled = (self.net.lipaint(ws, exp, ref) if lipaint else ws).float()
         out = renderer.generator(ws=styled, angles=angles, randomize=False,
                                  point_warp=renderer.deformation.warp(exp, ref))
         return out.img

@@ -71,7 +71,7 @@ class Audio2NeRFTraining:
                                  face.to(env.device))
         self.accumulation = cfg.accumulation(env.world_size)
         self.weights = Weights(cfg.exp_weight, cfg.lip_weight, cfg.smooth_weight, cfg.photo_weight,
-                               cfg.mouth_weight, cfg.render_batch)
+                               cfg.mouth_weight, cfg.keep_weight, cfg.render_batch)
         n_clips, w_dim = len(self.data.clips), generator.cfg.w_dim
         factory = lambda: Objective(cfg.model, n_clips, w_dim, cfg.latent_lr_mult)
         torch.manual_seed(cfg.seed)                          # identical initial weights on every rank
