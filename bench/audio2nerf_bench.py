@@ -68,7 +68,7 @@ def throughput(args, env) -> dict:
     spec = EngineSpec("deepspeed", 2, precision, cfg.lr, tuple(cfg.betas), cfg.eps, cfg.batch_per_gpu, 1)
     factory = lambda: Objective(cfg.model, 8, cfg.nerf_dim, cfg.latent_lr_mult)
     trainable = Trainable("A2N", factory(), factory, spec, env)
-    weights = Weights(1, 0.1, 0.5, 1, 4, cfg.render_batch)
+    weights = Weights.of(cfg)
     b, s, r, dev = cfg.batch_per_gpu, cfg.seq_len, generator.cfg.resolution, env.device
     g = torch.Generator(device="cpu").manual_seed(0)
     batch = {"mel": torch.randn(b, s, 80, 16, generator=g), "exp": torch.randn(b, s, 64, generator=g) * 0.3,

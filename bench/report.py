@@ -24,10 +24,13 @@ from launcher.atomic import write_json  # noqa: E402
 
 
 def git_commit() -> str:
-    """HEAD (+dirty when code differs), or BENCH_GIT_COMMIT where the tree has no .git (GPU copy)."""
+    """BENCH_GIT_COMMIT when set (the GPU machine's copy may hold a stale .git), else HEAD (+dirty
+    when code differs)."""
+    if os.environ.get("BENCH_GIT_COMMIT"):
+        return os.environ["BENCH_GIT_COMMIT"]
     result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO)
     if result.returncode != 0:
-        return os.environ.get("BENCH_GIT_COMMIT", "unknown")
+        return "unknown"
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "launcher", "nerffacespeech", "bench"],
                            capture_output=True, text=True, cwd=REPO).stdout.strip()
     return result.stdout.strip() + ("+dirty" if dirty else "")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU benchmark in one call of the GPU machine (at most 9 minutes: the limits below add up
-# to 530 s), results to $OUT.
+# to 535 s), results to $OUT.
 #
 #   bash bench/run_gpu.sh                          # all of them
 #   bash bench/run_gpu.sh audio2nerf generate      # a subset, in this order
@@ -32,14 +32,14 @@ bench() {   # name, seconds, command...
 
 run_one() {
     case $1 in
-        stylenerf)  bench stylenerf 195 python3 bench/stylenerf_bench.py --device cuda --budget 180 --batch auto \
+        stylenerf)  bench stylenerf 225 python3 bench/stylenerf_bench.py --device cuda --budget 210 --batch auto \
                         --out "$OUT/stylenerf-gpu.json" ;;
-        audio2nerf) bench audio2nerf 85 python3 bench/audio2nerf_bench.py --device cuda --train-minutes "${A2N_TRAIN_MINUTES:-0.75}" \
+        audio2nerf) bench audio2nerf 80 python3 bench/audio2nerf_bench.py --device cuda --train-minutes "${A2N_TRAIN_MINUTES:-0.6}" \
                         ${A2N_PROCESSED:+--processed "$A2N_PROCESSED"} --output "$OUT/audio2nerf-gpu.json" ;;
-        generate)   bench generate 50 python3 bench/generate_bench.py --device cuda --out "$OUT/generate-gpu.json" ;;
-        preprocess) bench preprocess 60 python3 bench/preprocess_bench.py --device cuda --parts fit3dmm,reference \
+        generate)   bench generate 30 python3 bench/generate_bench.py --device cuda --out "$OUT/generate-gpu.json" ;;
+        preprocess) bench preprocess 40 python3 bench/preprocess_bench.py --device cuda --parts fit3dmm,reference \
                         --clips 8 --frames 250 --out "$OUT/preprocess-gpu.json" ;;
-        checkpoint) bench checkpoint 70 python3 bench/checkpoint_bench.py --repeats 1 --output "$OUT/checkpoint-gpu.json" ;;
+        checkpoint) bench checkpoint 90 python3 bench/checkpoint_bench.py --repeats 1 --output "$OUT/checkpoint-gpu.json" ;;
         launcher)   bench launcher 70 python3 bench/launcher_bench.py --device cuda --repeats 1 --output "$OUT/launcher-gpu.json" ;;
         *) echo "unknown benchmark $1 (stylenerf audio2nerf generate preprocess checkpoint launcher)"; return 2 ;;
     esac

@@ -47,6 +47,12 @@ class Weights:
     keep: float
     render_batch: int
 
+    @classmethod
+    def of(cls, cfg) -> "Weights":
+        """The loss weights of a TrainConfig."""
+        return cls(cfg.exp_weight, cfg.lip_weight, cfg.smooth_weight, cfg.photo_weight, cfg.mouth_weight,
+                   cfg.keep_weight, cfg.render_batch)
+
 
 class Objective(nn.Module):
     def __init__(self, cfg: ModelConfig, n_clips: int, w_dim: int, latent_lr_mult: float):

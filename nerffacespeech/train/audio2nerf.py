@@ -70,8 +70,7 @@ class Audio2NeRFTraining:
         self.renderer = Renderer(generator, RayDeformation(face, cfg.deform_sigma, cfg.deform_vertices).to(env.device),
                                  face.to(env.device))
         self.accumulation = cfg.accumulation(env.world_size)
-        self.weights = Weights(cfg.exp_weight, cfg.lip_weight, cfg.smooth_weight, cfg.photo_weight,
-                               cfg.mouth_weight, cfg.keep_weight, cfg.render_batch)
+        self.weights = Weights.of(cfg)
         n_clips, w_dim = len(self.data.clips), generator.cfg.w_dim
         factory = lambda: Objective(cfg.model, n_clips, w_dim, cfg.latent_lr_mult)
         torch.manual_seed(cfg.seed)                          # identical initial weights on every rank
