@@ -96,10 +96,11 @@ def torchrun_first_step(device: str, ranks: int, root: Path) -> float:
     script = root / "plain.py"
     script.write_text(PLAIN_SCRIPT)
     start = time.time()
-    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                          "--standalone", str(script), device], capture_output=True, text=True, check=True,
-                         cwd=report.REPO).stdout
-    return float(next(line.split()[1] for line in out.splitlines() if line.startswith("FIRST_STEP"))) - start
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+                             "--standalone", str(script), device], capture_output=True, text=True, cwd=report.REPO)
+    if result.returncode != 0:
+        raise RuntimeError(f"plain torchrun exited {result.returncode}: {result.stderr[-2000:]}")
+    return float(next(line.split()[1] for line in result.stdout.splitlines() if line.startswith("FIRST_STEP"))) - start
 
 
 def main(argv: list[str] | None = None) -> int:
