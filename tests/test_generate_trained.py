@@ -3,20 +3,17 @@ generator of another preset refused, and the mouth-motion / speech-energy correl
 
 One run (module fixture, under a minute here) under the launcher's local backend: preprocess the
 three sample clips (synthetic morphable model), train audio2nerf 100 steps through the tiny
-random-initialised StyleNeRF, then the `generate` stage on the astronaut's speech.
+random-initialised StyleNeRF, then the `generate` stage on the astronaut's speech (lossless
+H.264, `crf: 0`, so the 32 px clip keeps the mouth's one-level changes; see the last test).
 """
 import json
 import shutil
 
-import numpy as np
 import pytest
-import torch
 from safetensors.torch import save_file
 
 from nerffacespeech.configs.stylenerf import PRESETS
-from nerffacespeech.generate import frames as frame_loop
-from nerffacespeech.generate import identity, lipsync, speech
-from nerffacespeech.preprocess.audio import log_mel
+from nerffacespeech.generate import lipsync, speech
 from nerffacespeech.generate.__main__ import main
 from nerffacespeech.models.audio2nerf.talking_head import load_talking_head
 from nerffacespeech.models.stylenerf.generator import Generator
@@ -45,7 +42,7 @@ SPEC = """
       generate:
         task: generate
         after: [audio2nerf]
-        config: {{audio: {audio}, seeds: [0], batch_size: 16}}
+        config: {{audio: {audio}, seeds: [0], batch_size: 16, crf: 0}}
 """
 
 
@@ -94,19 +91,13 @@ def test_a_generator_of_another_preset_is_refused(run, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_the_rendered_mouth_moves_with_the_speech_energy(run):
-    """Pearson r of the mouth box's frame-to-frame change against the speech energy, on the frames
-    the generator renders for the clip (uint8, the encoder's input; measured 0.35). The decoded
-    MP4 is reported beside it: at 32 px H.264 skips most of these one-level changes."""
+def test_the_generated_mouth_moves_with_the_speech_energy(run):
+    """Pearson r of the mouth box's frame-to-frame change in the decoded MP4 against the speech
+    energy (measured 0.39). At the default CRF 18 a 32 px clip loses these changes (r = -0.09):
+    H.264 skips blocks that change by a level or two; the rendered frames themselves give 0.35."""
     head = load_talking_head(run / "stages" / "audio2nerf" / "checkpoints")
-    audio = speech.load_audio(SPEECH, 120, -50)
-    n, ref = speech.frame_count(audio), head.neutral_expression()
-    exps = frame_loop.smooth(head.expressions(head.mel_windows(log_mel(audio), n), ref), 1.0)
-    ws = identity.seed_styles(head.generator, 0, 0.7)
-    rendered = np.concatenate(list(frame_loop.render_frames(head.render, ws, exps, ref, torch.zeros(n, 2), 16)))
+    frames = _assert_clip(run / "stages" / "generate" / "samples" / "seed0000.mp4", 82)
     box = lipsync.mouth_box(head.face, head.resolution, head.generator.cfg.fov_degrees)
-    r = lipsync.correlation(rendered, audio, box)
-    decoded = _assert_clip(run / "stages" / "generate" / "samples" / "seed0000.mp4", 82)
-    print(f"mouth motion vs speech energy: r = {r:.3f} rendered, {lipsync.correlation(decoded, audio, box):.3f} "
-          f"decoded MP4 (box {box})")
+    r = lipsync.correlation(frames, speech.load_audio(SPEECH, 120, -50), box)
+    print(f"mouth motion vs speech energy in the generated clip: r = {r:.3f} (box {box})")
     assert r > 0.2
