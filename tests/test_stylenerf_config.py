@@ -40,6 +40,18 @@ def test_fp16_is_refused_on_cpu_with_the_reason_and_accepted_on_gpus():
     assert check({"data": "d", "engine": "deepspeed", "precision": "fp16", "preset": "paper256"}, GPU_8) == []
 
 
+def test_compile_defaults_to_auto_which_compiles_on_gpus_only():
+    config = TrainConfig(data="d")
+    assert config.compile == "auto" and config.compiles("cuda") and not config.compiles("cpu")
+    assert TrainConfig(data="d", compile=True).compiles("cpu") and not TrainConfig(data="d", compile=False).compiles("cuda")
+
+
+def test_compile_accepts_booleans_and_auto_only():
+    assert check({"data": "d", "compile": True}, CPU_2) == [] and check({"data": "d", "compile": "auto"}, CPU_2) == []
+    problems = check({"data": "d", "compile": "yes"}, CPU_2)
+    assert problems == [("compile", "must be true, false or auto, got 'yes'")]
+
+
 def test_ddp_has_no_zero_stages():
     problems = check({"data": "d", "engine": "ddp", "zero_stage": 2}, CPU_2)
     assert fields_of(problems) == ["zero_stage"] and "ddp" in problems[0][1]

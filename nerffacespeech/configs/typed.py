@@ -12,7 +12,7 @@ Problem = tuple[str, str]           # (field path, message)
 
 TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,), "str | None": (str, type(None)), "int": (int,), "int | None": (int, type(None)),
-    "float": (int, float), "float | None": (int, float, type(None)), "bool": (bool,),
+    "float": (int, float), "float | None": (int, float, type(None)), "bool": (bool,), "bool | str": (bool, str),
     "dict": (dict,), "tuple": (list, tuple), "tuple | None": (list, tuple, type(None)),
 }
 

@@ -95,13 +95,14 @@ class StyleNeRFTraining:
                               tuple(cfg.betas), cfg.eps, cfg.batch_per_gpu, self.accumulation,
                               find_unused_parameters=unused_parameters)
 
-        if cfg.compile:
+        compiled = cfg.compiles(env.device.type)
+        if compiled:
             _compile_blocks(generator, discriminator)
         # DDP must be told about weights a step may not use: G's upper blocks while growing,
         # D's half-resolution entry outside a fade-in
         self.g = Trainable("G", generator, lambda: Generator(self.model_cfg), spec(cfg.lr_g, self.progressive), env)
         self.d = Trainable("D", discriminator, lambda: Discriminator(self.model_cfg), spec(cfg.lr_d, True), env)
-        if cfg.compile:          # the frozen calls too (first-order only); the regularisers' replicas stay eager
+        if compiled:             # the frozen calls too (first-order only); the regularisers' replicas stay eager
             _compile_blocks(self.g.frozen_replica, self.d.frozen_replica)
         self.num_ws = generator.num_ws
         self.ema_beta = 0.5 ** (cfg.batch_total / max(cfg.ema_kimg * 1000, 1e-8))
