@@ -15,6 +15,17 @@ def write_spec(folder: Path, text: str, name: str = "spec.yaml") -> Path:
     return path
 
 
+def training_spec(name: str, task: str, config: dict, every_steps: int = 1000, restarts: int = 0,
+                  env: dict | None = None) -> str:
+    """A one-stage spec (JSON, which is YAML): `task` as stage `train` on 2 CPU processes under
+    the local backend, checkpointing every `every_steps`, restarted up to `restarts` times."""
+    spec = {"name": name, "run_root": "runs", "local": {"device": "cpu", "max_restarts": restarts},
+            **({"env": env} if env else {}),
+            "stages": {"train": {"task": task, "resources": {"tasks_per_node": 2},
+                                 "checkpoint": {"every_steps": every_steps, "keep_last": 2}, "config": config}}}
+    return json.dumps(spec, indent=2)
+
+
 def launcher(*args: str, cwd: Path, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "launcher", *args], cwd=cwd,
                             capture_output=True, text=True, timeout=timeout)

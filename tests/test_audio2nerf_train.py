@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.launcher_helpers import launcher, run_dir_from, wait_until, write_spec
+from tests.launcher_helpers import launcher, run_dir_from, training_spec, wait_until, write_spec
 from tests.test_stylenerf_train import workers_of
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
@@ -34,18 +34,8 @@ def processed(tmp_path_factory) -> Path:
 
 
 def submit(folder: Path, name: str, config: dict, *extra: str, restarts: int = 0) -> Path:
-    spec = write_spec(folder, f"""
-        name: {name}
-        run_root: runs
-        local: {{device: cpu, max_restarts: {restarts}}}
-        env: {{OMP_NUM_THREADS: "1"}}
-        stages:
-          train:
-            task: audio2nerf.train
-            resources: {{tasks_per_node: 2}}
-            checkpoint: {{every_steps: 1000, keep_last: 2}}
-            config: {json.dumps(config)}
-    """, f"{name}.yaml")
+    spec = write_spec(folder, training_spec(name, "audio2nerf.train", config, restarts=restarts,
+                                            env={"OMP_NUM_THREADS": "1"}), f"{name}.yaml")
     return run_dir_from(launcher("submit", str(spec), *extra, cwd=folder, check=True, timeout=900).stdout)
 
 

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from launcher.runtime.checkpoint import committed_steps, step_dirname, verify
-from tests.launcher_helpers import launcher, run_dir_from, wait_until, write_spec
+from tests.launcher_helpers import launcher, run_dir_from, training_spec, wait_until, write_spec
 
 STEPS = 40
 SEED = 20261124
@@ -28,17 +28,7 @@ VARIANTS = {"ddp": {"engine": "ddp"},
 
 
 def spec_for(name: str, config: dict) -> str:
-    return f"""
-        name: {name}
-        run_root: runs
-        local: {{device: cpu, max_restarts: 10}}
-        stages:
-          train:
-            task: launcher.runtime.toy:main
-            resources: {{tasks_per_node: 2}}
-            checkpoint: {{every_steps: 5, keep_last: 2}}
-            config: {json.dumps({"steps": STEPS, **config})}
-    """
+    return training_spec(name, "launcher.runtime.toy:main", {"steps": STEPS, **config}, every_steps=5, restarts=10)
 
 
 class Run:

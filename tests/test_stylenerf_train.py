@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from launcher.runtime.checkpoint import committed_steps, step_dirname, verify
-from tests.launcher_helpers import launcher, run_dir_from, wait_until, write_spec
+from tests.launcher_helpers import launcher, run_dir_from, training_spec, wait_until, write_spec
 
 FACES = Path(__file__).resolve().parents[1] / "data" / "sample" / "faces" / "lfw"
 SUPPORTED = [("deepspeed", zero, precision) for zero in (0, 1, 2, 3) for precision in ("bf16", "fp32")] + \
@@ -22,18 +22,7 @@ SUPPORTED = [("deepspeed", zero, precision) for zero in (0, 1, 2, 3) for precisi
 
 def spec_for(name: str, config: dict, every_steps: int = 1000, restarts: int = 0) -> str:
     config = {"data": str(FACES), "preset": "tiny", "workers": 1, "threads": 1, "metric_images": 32, **config}
-    return f"""
-        name: {name}
-        run_root: runs
-        local: {{device: cpu, max_restarts: {restarts}}}
-        env: {{OMP_NUM_THREADS: "1"}}
-        stages:
-          train:
-            task: stylenerf.train
-            resources: {{tasks_per_node: 2}}
-            checkpoint: {{every_steps: {every_steps}, keep_last: 2}}
-            config: {json.dumps(config)}
-    """
+    return training_spec(name, "stylenerf.train", config, every_steps, restarts, env={"OMP_NUM_THREADS": "1"})
 
 
 def submit(tmp_path: Path, name: str, config: dict, *extra: str, **spec) -> Path:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .stylenerf import ENGINES, PRECISIONS, PRESETS, training_problems
+from . import typed
 from .typed import field_problems
 
 RANDOM_GENERATOR = "random"
@@ -81,15 +82,7 @@ class TrainConfig:
     @classmethod
     def parse(cls, config: Any) -> tuple["TrainConfig | None", list[tuple[str, str]]]:
         """The typed config and every problem found (None when there are any)."""
-        problems = field_problems({} if config is None else config, cls)
-        if problems:
-            return None, problems
-        values = dict(config)
-        if "betas" in values:
-            values["betas"] = tuple(values["betas"])
-        cfg = cls(**values)
-        problems = _value_problems(cfg)
-        return (None if problems else cfg), problems
+        return typed.parse(cls, {} if config is None else config, lambda c: field_problems(c, cls), _value_problems)
 
 
 def _value_problems(cfg: TrainConfig) -> list[tuple[str, str]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import typed
 from .typed import Problem, field_problems
 
 CAMERAS = ("fixed", "gentle", "poses")
@@ -51,15 +52,7 @@ class GenerateConfig:
     @classmethod
     def parse(cls, config: Any) -> tuple["GenerateConfig | None", list[tuple[str, str]]]:
         """The typed config and every problem found (None when there are any)."""
-        problems = _type_problems(config)
-        if problems:
-            return None, problems
-        values = dict(config)
-        if "seeds" in values:
-            values["seeds"] = tuple(values["seeds"])
-        cfg = cls(**values)
-        problems = _value_problems(cfg)
-        return (None if problems else cfg), problems
+        return typed.parse(cls, config, _type_problems, _value_problems)
 
 
 def _type_problems(config: Any) -> list[Problem]:

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import typed
 from .typed import Problem, field_problems
 
 ENGINES = ("deepspeed", "ddp")
@@ -179,18 +180,7 @@ class TrainConfig:
     @classmethod
     def parse(cls, config: Any) -> tuple["TrainConfig | None", list[tuple[str, str]]]:
         """The typed config and every problem found (the config is None when there are any)."""
-        problems = _type_problems(config)
-        if problems:
-            return None, problems
-        values = dict(config)
-        for name in ("betas", "metrics"):
-            if name in values:
-                values[name] = tuple(values[name])
-        if values.get("curriculum_kimg"):
-            values["curriculum_kimg"] = tuple(values["curriculum_kimg"])
-        cfg = cls(**values)
-        problems = _value_problems(cfg)
-        return (None if problems else cfg), problems
+        return typed.parse(cls, config, _type_problems, _value_problems)
 
 
 def _type_problems(config: Any) -> list[Problem]:

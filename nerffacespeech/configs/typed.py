@@ -6,9 +6,10 @@ match the field's annotation; each task's config module then checks its own valu
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 Problem = tuple[str, str]           # (field path, message)
+Config = TypeVar("Config")
 
 TYPES: dict[str, tuple[type, ...]] = {
     "str": (str,), "str | None": (str, type(None)), "int": (int,), "int | None": (int, type(None)),
@@ -34,3 +35,16 @@ def field_problems(config: Any, cls: type, required: dict[str, str] | None = Non
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             problems.append((prefix + name, f"must be {known[name].type}, got {type(value).__name__} {value!r}"))
     return problems
+
+
+def parse(cls: type[Config], config: Any, type_problems: Callable[[Any], list[Problem]],
+          value_problems: Callable[[Config], list[Problem]]) -> tuple[Config | None, list[Problem]]:
+    """The typed config and every problem found (None when there are any): types first, then
+    the values of the built dataclass, whose tuple fields take YAML's lists as tuples."""
+    problems = type_problems(config)
+    if problems:
+        return None, problems
+    tuples = {f.name for f in fields(cls) if str(f.type).startswith("tuple")}
+    cfg = cls(**{k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in config.items()})
+    problems = value_problems(cfg)
+    return (None if problems else cfg), problems
