@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .stylenerf import ENGINES, PRECISIONS, PRESETS, training_problems
 from . import typed
+from .stylenerf import ENGINES, PRECISIONS, PRESETS, training_problems
 from .typed import field_problems
 
 RANDOM_GENERATOR = "random"
