@@ -4,6 +4,8 @@
 #
 #   bash bench/run_gpu.sh                          # all of them
 #   bash bench/run_gpu.sh audio2nerf generate      # a subset, in this order
+#   bash bench/run_gpu.sh tests                    # the GPU-only tests (pytest -m gpu)
+#   PRESETS=paper256 bash bench/run_gpu.sh stylenerf-fast   # compiled + CUDA graphs: its own call
 #
 # The machine has torch but not every package we use: wheels for the missing ones travel in
 # .whl/ (see docs/PERFORMANCE.md) and are installed into /tmp/site first. BENCH_GIT_COMMIT names the
@@ -14,7 +16,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl $(ls .whl/runtime/*.whl 2>/dev/null) || exit 1
     export PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 else
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -32,8 +35,14 @@ bench() {   # name, seconds, command...
 
 run_one() {
     case $1 in
+        tests)      bench tests 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_stylenerf_cuda_graphs.py \
+                        tests/test_runtime_checkpoint.py ;;
         stylenerf)  bench stylenerf 225 python3 bench/stylenerf_bench.py --device cuda --budget 210 --batch auto \
                         --out "$OUT/stylenerf-gpu.json" ;;
+        stylenerf-fast)   # training's GPU defaults: compiled blocks, CUDA-graphed regularisers (~2 min compiling per row)
+                    bench stylenerf-fast 560 python3 bench/stylenerf_bench.py --device cuda --budget 540 --engines deepspeed \
+                        --zero 2 --compile on --graphs on --presets "${PRESETS:-paper256,paper1024}" --batch auto --no-flops \
+                        --out "$OUT/stylenerf-fast-gpu.json" ;;
         audio2nerf) bench audio2nerf 80 python3 bench/audio2nerf_bench.py --device cuda --train-minutes "${A2N_TRAIN_MINUTES:-0.6}" \
                         ${A2N_PROCESSED:+--processed "$A2N_PROCESSED"} --output "$OUT/audio2nerf-gpu.json" ;;
         generate)   bench generate 30 python3 bench/generate_bench.py --device cuda --out "$OUT/generate-gpu.json" ;;
@@ -41,7 +50,7 @@ run_one() {
                         --clips 8 --frames 250 --out "$OUT/preprocess-gpu.json" ;;
         checkpoint) bench checkpoint 90 python3 bench/checkpoint_bench.py --repeats 1 --output "$OUT/checkpoint-gpu.json" ;;
         launcher)   bench launcher 70 python3 bench/launcher_bench.py --device cuda --repeats 1 --output "$OUT/launcher-gpu.json" ;;
-        *) echo "unknown benchmark $1 (stylenerf audio2nerf generate preprocess checkpoint launcher)"; return 2 ;;
+        *) echo "unknown benchmark $1 (tests stylenerf stylenerf-fast audio2nerf generate preprocess checkpoint launcher)"; return 2 ;;
     esac
 }
 

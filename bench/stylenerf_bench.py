@@ -1,5 +1,5 @@
 """StyleNeRF training throughput: images/s, sec/kimg, whole-run peak memory and model FLOP
-utilisation, per preset x engine x ZeRO stage x precision (x torch.compile).
+utilisation, per preset x engine x ZeRO stage x precision (x torch.compile x CUDA graphs).
 
     python bench/stylenerf_bench.py --zero 0,2 --budget 240  # CUDA: the suite's rows in ~4 minutes
     python bench/stylenerf_bench.py --presets tiny --batch 4 --steps 4 --warmup 2 --device cpu   # a CPU check
@@ -100,7 +100,8 @@ def _training(config: dict):
         "data": "synthetic", "preset": config["preset"], "engine": config["engine"],
         "zero_stage": config["zero_stage"], "precision": config["precision"],
         "batch_per_gpu": config["batch"], "batch_total": config["batch"], "curriculum_kimg": None,
-        "compile": config["compile"], "activation_checkpointing": config["checkpointing"],
+        "compile": config["compile"], "cuda_graphs": config.get("graphs", False),
+        "activation_checkpointing": config["checkpointing"],
         "metric_images": config["metric_images"], "workers": 0, "model": config.get("model", {})})
     if problems:
         raise ValueError(problems)
@@ -238,13 +239,14 @@ def _configs(args) -> list[dict]:
     variants = [(e, z) for e in args.engines for z in (args.zero if e == "deepspeed" else [0])]
     priority = [("deepspeed", 2), ("deepspeed", 0), ("ddp", 0), ("deepspeed", 1), ("deepspeed", 3)]
     variants.sort(key=lambda v: priority.index(v) if v in priority else len(priority))
-    for compiled in args.compile:
+    for compiled, graphs in [(c, g) for g in args.graphs for c in args.compile]:
         for engine, zero in variants:
             for precision in args.precisions:
                 for preset in args.presets:
                     for batch in _batch_sizes(args.batch, preset):
                         out.append({"preset": preset, "engine": engine, "zero_stage": zero, "precision": precision,
-                                    "batch": batch, "compile": compiled, "checkpointing": args.checkpointing,
+                                    "batch": batch, "compile": compiled, "graphs": graphs,
+                                    "checkpointing": args.checkpointing,
                                     "steps": args.steps, "warmup": args.warmup,
                                     "metric_images": args.metric_images, "device": args.device,
                                     "threads": args.threads})
@@ -259,7 +261,8 @@ def _batch_sizes(spec: str, preset: str) -> list[int]:
 
 
 def _table(results: list[dict]) -> str:
-    head = (f"{'preset':<10} {'batch':>5} {'engine':<10} {'zero':>4} {'prec':<5} {'comp':<5} {'img/s':>8} {'s/kimg':>8} "
+    head = (f"{'preset':<10} {'batch':>5} {'engine':<10} {'zero':>4} {'prec':<5} {'comp':<5} {'graph':<5} {'img/s':>8} "
+            f"{'s/kimg':>8} "
             f"{'step ms':>8} {'peak GiB':>9} {'MFU %':>6}  note")
     lines = [head, "-" * len(head)]
     for r in results:
@@ -277,7 +280,7 @@ def _table(results: list[dict]) -> str:
             if c["preset"] == "paper1024" and "peak_allocated_gib" in r:
                 note += "; peak " + ("<= 16 GiB" if r["peak_allocated_gib"] <= 16 else "ABOVE 16 GiB")
         lines.append(f"{c['preset']:<10} {c['batch']:>5} {c['engine']:<10} {c['zero_stage']:>4} {c['precision']:<5} "
-                     f"{str(c['compile']):<5} {nums}  {note}")
+                     f"{str(c['compile']):<5} {str(c.get('graphs', False)):<5} {nums}  {note}")
     return "\n".join(lines)
 
 
@@ -293,6 +296,8 @@ def main() -> None:
     parser.add_argument("--zero", default="0,1,2,3")
     parser.add_argument("--precisions", default="bf16")
     parser.add_argument("--compile", default="off", choices=["off", "on", "both"])
+    parser.add_argument("--graphs", default="off", choices=["off", "on", "both"],
+                        help="CUDA graphs of the regularisers' passes (training's default on GPUs: on)")
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing in G")
     parser.add_argument("--batch", default="auto", help="per-GPU batch sizes, e.g. 4,8; auto: the original's")
     parser.add_argument("--steps", type=int, default=32)
@@ -312,6 +317,7 @@ def main() -> None:
     args.zero = [int(z) for z in args.zero.split(",")]
     args.precisions = args.precisions.split(",")
     args.compile = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    args.graphs = {"off": [False], "on": [True], "both": [False, True]}[args.graphs]
     if args.device == "auto":
         import torch
 
@@ -334,7 +340,7 @@ def main() -> None:
             report["results"].append({"config": config, "error": "skipped: benchmark budget spent"})
             continue
         key = config["preset"]
-        count = not args.no_flops and not config["compile"] and key not in flops
+        count = not args.no_flops and not config["compile"] and not config["graphs"] and key not in flops
         result = {"config": config, **_spawn("config", {**config, "port": port, "count_flops": count},
                                              min(300, remaining()))}
         if "counted_flops_per_step" in result:

@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--engine", default="deepspeed")
     parser.add_argument("--zero", type=int, default=2)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--graphs", action="store_true", help="CUDA graphs of the regularisers' passes")
     parser.add_argument("--profile-steps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=16, help="steps before the timed cycle")
     parser.add_argument("--device", default="cuda")
@@ -66,7 +67,8 @@ def main() -> None:
     from bench.stylenerf_bench import _batches, _sync, _training
 
     config = {"preset": args.preset, "engine": args.engine, "zero_stage": args.zero, "precision": "bf16",
-              "batch": args.batch, "compile": args.compile, "checkpointing": False, "metric_images": 16,
+              "batch": args.batch, "compile": args.compile, "graphs": args.graphs,
+              "checkpointing": False, "metric_images": 16,
               "device": args.device, "model": json.loads(args.model)}
     training, run, env = _training(config)
     batches = _batches(training, env)
@@ -98,7 +100,8 @@ def main() -> None:
     launches = sum(e.count for e in kernels) / args.profile_steps
     cpu_ops = sum(e.count for e in events if e.key.startswith("aten::")) / args.profile_steps
     summary = {"preset": args.preset, "batch": args.batch, "engine": args.engine, "zero": args.zero,
-               "compile": args.compile, "cycle_step_s": times, "cycle_images_per_s": 16 * args.batch / sum(times),
+               "compile": args.compile, "graphs": args.graphs, "cycle_step_s": times,
+               "cycle_images_per_s": 16 * args.batch / sum(times),
                "plain_step_wall_ms": 1000 * wall, "plain_step_gpu_busy_ms": gpu_us / 1000,
                "kernels_per_step": launches, "aten_ops_per_step": cpu_ops,
                "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if env.device.type == "cuda" else None}

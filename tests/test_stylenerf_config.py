@@ -46,6 +46,15 @@ def test_compile_defaults_to_auto_which_compiles_on_gpus_only():
     assert TrainConfig(data="d", compile=True).compiles("cpu") and not TrainConfig(data="d", compile=False).compiles("cuda")
 
 
+def test_cuda_graphs_default_on_and_apply_to_gpus_only():
+    assert TrainConfig(data="d").captures_graphs("cuda") and not TrainConfig(data="d").captures_graphs("cpu")
+    assert not TrainConfig(data="d", cuda_graphs=False).captures_graphs("cuda")
+
+
+def test_cuda_graphs_must_be_a_boolean():
+    assert [f for f, _ in check({"data": "d", "cuda_graphs": "auto"}, CPU_2)] == ["cuda_graphs"]
+
+
 def test_compile_accepts_booleans_and_auto_only():
     assert check({"data": "d", "compile": True}, CPU_2) == [] and check({"data": "d", "compile": "auto"}, CPU_2) == []
     problems = check({"data": "d", "compile": "yes"}, CPU_2)

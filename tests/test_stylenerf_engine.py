@@ -143,8 +143,8 @@ def _worker(out_path: str) -> None:
         before = {n: p.detach().double().clone() for n, p in module.named_parameters()}
         net = Trainable("D", module, lambda: Discriminator(cfg), spec(kind, stage, 2, 2), env)
         real, fake = images(env.rank, 1), images(env.rank, 2)
-        with net.differentiable_copy() as (run, leaves):
-            injected = net.weight_grads(GAMMA * losses.r1_penalty(run, real[:2]), leaves)
+        injected, _ = net.regulariser_grads(lambda run, x: (GAMMA * losses.r1_penalty(run, x["real"]), {}),
+                                            {"real": real[:2]})
         for k in (0, 2):
             logits = net(torch.cat([fake[k:k + 2], real[k:k + 2]]))
             net.backward(losses.discriminator_loss(*logits.split(2)), injected if k == 0 else None)
@@ -159,13 +159,12 @@ def _worker(out_path: str) -> None:
             module = fresh(cls)
             before = {n: p.detach().double().clone() for n, p in module.named_parameters()}
             net = Trainable(which, module, lambda cls=cls: cls(cfg), spec(kind, stage), env)
-            with net.differentiable_copy() as (run, leaves):
-                if which == "r1":
-                    penalty = losses.r1_penalty(run, images(env.rank, 1))
-                    injected = net.weight_grads(GAMMA * penalty, leaves)
-                else:
-                    _, penalty = pl_objective(run, env.rank)
-                    injected = net.weight_grads(PL_WEIGHT * penalty, leaves)
+            if which == "r1":
+                injected, _ = net.regulariser_grads(lambda run, x: (GAMMA * losses.r1_penalty(run, x["real"]), {}),
+                                                    {"real": images(env.rank, 1)})
+            else:
+                injected, _ = net.regulariser_grads(lambda run, x: (PL_WEIGHT * pl_objective(run, env.rank)[1], {}),
+                                                    {})
             if which == "r1":
                 logits = net(torch.cat([images(env.rank, 2), images(env.rank, 1)]))
                 loss = losses.discriminator_loss(*logits.split(4))

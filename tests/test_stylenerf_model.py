@@ -58,6 +58,12 @@ def test_style_mixing_switches_to_the_second_latent_at_the_cutoff(networks):
     torch.testing.assert_close(g.styles(z, z2, mix_cutoff=None), g.styles(z))
 
 
+def test_the_mixing_cutoff_may_be_a_tensor_so_a_cuda_graph_can_take_it_as_input(networks):
+    g, _ = networks
+    z, z2 = torch.randn(2, TINY.z_dim), torch.randn(2, TINY.z_dim)
+    assert torch.equal(g.styles(z, z2, mix_cutoff=torch.tensor(5)), g.styles(z, z2, mix_cutoff=5))
+
+
 def test_rendering_constant_features_gives_them_back_whatever_the_density():
     """Foreground and background weights of every ray add up to one."""
     sampling = RaySampling(0.88, 1.12, coarse=6, fine=5, background=3, bg_start=0.5)

@@ -4,12 +4,13 @@ extra ways of calling it that a GAN needs.
 - `frozen()`: run the network with its current weights detached, outside the engine: the
   generator's step runs the discriminator this way (and vice versa), so no gradient and no
   engine hook ever touches the other network.
-- `differentiable_copy()`: run it on fresh leaf copies of its weights, so a regulariser that
-  needs a double backward (R1: the gradient of D(x) with respect to x; path length: of G(w)
-  with respect to w) is differentiated with plain autograd, never inside the engine's hooks.
-  The resulting weight gradients go back through `backward(loss, injected=...)`, which adds a
-  zero whose gradient with respect to each weight p is its g (`_InjectedGrads`), so the engine
-  reduces, partitions and scales them like any other.
+- `regulariser_grads()`: run a regulariser that needs a double backward (R1: the gradient of
+  D(x) with respect to x; path length: of G(w) with respect to w) on leaf copies of the
+  weights, differentiated with plain autograd, never inside the engine's hooks; on GPUs the
+  pass replays from a CUDA graph (`graphs.CapturedGradients`). The resulting weight gradients
+  go back through `backward(loss, injected=...)`, which adds a zero whose gradient with respect
+  to each weight p is its g (`_InjectedGrads`), so the engine reduces, partitions and scales
+  them like any other.
 
 Both run a hook-free replica of the module (built on the meta device, so it owns no memory)
 through `torch.func.functional_call`; under ZeRO-3 the weights are gathered for the call. Each
@@ -21,6 +22,7 @@ double backward through a DeepSpeed engine fails at all of them; docs/STYLENERF.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -31,7 +33,12 @@ from torch.func import functional_call
 from launcher.runtime import checkpoint
 from launcher.runtime.distributed import DistEnv
 
+from .graphs import CapturedGradients
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+# (network function, inputs) -> (the penalty whose weight gradients are wanted, outputs to keep)
+Regulariser = Callable[[Callable, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -54,6 +61,7 @@ class EngineSpec:
     micro_batch: int            # per process
     accumulation: int = 1
     find_unused_parameters: bool = False    # DDP: progressive growing leaves blocks unused
+    cuda_graphs: bool = False               # replay the regularisers' passes from CUDA graphs
     zero3_persistence_threshold: int = 100_000  # ZeRO-3 keeps tensors smaller than this whole (DeepSpeed's default)
 
     @property
@@ -167,16 +175,19 @@ class Trainable:
                 self.scaler = torch.amp.GradScaler(env.device.type)
         self.replica = _meta_replica(factory, self.module)
         self.frozen_replica = _meta_replica(factory, self.module)
+        self._param_names = [n for n, _ in self.module.named_parameters()]
+        self._captured: tuple[Any, CapturedGradients] | None = None     # (graph key, regulariser graph)
         self._micro = 0
         self._pending: list[torch.Tensor] | None = None        # DDP: injected gradients for the next step
 
     # ------------------------------------------------------------------ calling the network
 
-    def _autocast(self, dtype: torch.dtype | None = None):
-        """DDP trains fp32 weights under autocast; DeepSpeed's weights are already in their dtype."""
+    def _autocast(self, dtype: torch.dtype | None = None, cache: bool = True):
+        """DDP trains fp32 weights under autocast; DeepSpeed's weights are already in their dtype.
+        (CUDA graph capture needs `cache` off.)"""
         dtype = dtype or self.spec.dtype
         if self.spec.kind == "ddp" and dtype != torch.float32:
-            return torch.autocast(self.env.device.type, dtype=dtype)
+            return torch.autocast(self.env.device.type, dtype=dtype, cache_enabled=cache)
         return contextlib.nullcontext()
 
     def __call__(self, *args, **kwargs):
@@ -210,32 +221,54 @@ class Trainable:
 
         yield run
 
-    @contextlib.contextmanager
-    def differentiable_copy(self) -> Iterator[tuple[Callable, list[torch.Tensor]]]:
-        """A function on fresh leaf copies of the weights (in the regulariser dtype) and those leaves."""
-        dtype = self.spec.reg_dtype
-        weight_dtype = torch.float32 if self.spec.kind == "ddp" else dtype     # DDP: fp32 weights, autocast
-        with self.gathered() as tensors:
-            names = [n for n, _ in self.module.named_parameters()]
-            weights = {k: v.detach().to(weight_dtype if v.is_floating_point() else v.dtype, copy=True)
-                       for k, v in tensors.items()}
-        leaves = [weights[n].requires_grad_() for n in names]
+    def regulariser_grads(self, regulariser: Regulariser, inputs: dict[str, torch.Tensor],
+                          graph_key: Any = None) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Weight gradients (zeros where unused) of the penalty `regulariser(network, inputs)`
+        returns, and its other outputs (detached), for `backward(..., injected=)`.
 
-        def run(*args, **kwargs):
-            with self._autocast(dtype):
+        With a `graph_key` and CUDA graphs on, the pass replays from a graph captured for that
+        key (one at a time: a new key replaces it); the key must name everything the pass
+        fixes besides the tensors in `inputs` (resolution, batch, fade). Results stay valid
+        until the next call.
+        """
+        with self.gathered() as tensors:
+            current = {k: v.detach() for k, v in tensors.items()}
+            if graph_key is None or not self.spec.cuda_graphs:
+                return self._regulariser_pass(regulariser, self._leaf_copies(current), inputs)
+            if self._captured is None or self._captured[0] != graph_key:
+                self._captured = None                       # its memory pool goes before the next is made
+                pass_ = functools.partial(self._regulariser_pass, regulariser)
+                try:
+                    self._captured = (graph_key, CapturedGradients(pass_, self._leaf_copies(current), inputs))
+                except RuntimeError as error:
+                    raise RuntimeError(f"{self.name}: capturing the regulariser's pass in a CUDA graph failed "
+                                       f"({error}); `cuda_graphs: false` runs it eagerly") from error
+            return self._captured[1](current, inputs)
+
+    def _leaf_copies(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Copies of the weights (leaves that require grad) and buffers, in the regulariser dtype."""
+        weight_dtype = torch.float32 if self.spec.kind == "ddp" else self.spec.reg_dtype   # DDP: fp32, autocast
+        copies = {k: v.to(weight_dtype if v.is_floating_point() else v.dtype, copy=True) for k, v in tensors.items()}
+        for name in self._param_names:
+            copies[name].requires_grad_()
+        return copies
+
+    def _regulariser_pass(self, regulariser: Regulariser, weights: dict[str, torch.Tensor],
+                          inputs: dict[str, torch.Tensor]) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        def network(*args, **kwargs):
+            with self._autocast(self.spec.reg_dtype, cache=False):
                 return functional_call(self.replica, weights, args, kwargs, strict=True)
 
-        yield run, leaves
-
-    def weight_grads(self, penalty: torch.Tensor, leaves: list[torch.Tensor]) -> list[torch.Tensor]:
-        """d penalty / d weights for leaves of `differentiable_copy` (zeros where unused)."""
-        return list(torch.autograd.grad(penalty, leaves, allow_unused=True, materialize_grads=True))
+        penalty, outputs = regulariser(network, inputs)
+        grads = torch.autograd.grad(penalty, [weights[n] for n in self._param_names], allow_unused=True,
+                                    materialize_grads=True)
+        return list(grads), {k: v.detach() for k, v in outputs.items()}
 
     # ------------------------------------------------------------------ training
 
     def backward(self, loss: torch.Tensor, injected: list[torch.Tensor] | None = None) -> None:
         """Backward of one micro-batch's mean loss, plus whole-step weight gradients `injected`
-        (from `weight_grads`) on the first micro-batch of a step."""
+        (from `regulariser_grads`) on the first micro-batch of a step."""
         accumulation = self.spec.accumulation
         last = self._micro == accumulation - 1
         inject = injected is not None and self._micro == 0

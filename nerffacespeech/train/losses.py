@@ -1,7 +1,7 @@
 """The StyleGAN2/StyleNeRF objectives as plain functions: non-saturating logistic loss, R1,
 path-length regularisation, and the style-mixing draw.
 
-The regularisers take a network *function* (from `Trainable.differentiable_copy`) rather than
+The regularisers take a network *function* (from `Trainable.regulariser_grads`) rather than
 a module, so their double backward never runs inside a data-parallel engine.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A step, top to bottom: the generator phase (non-saturating loss through a frozen view of D,
 the NeRF-path loss, and every `pl_every` steps the path-length penalty's weight gradients
-injected), then the discriminator phase (logistic loss on generated and real images, and every
+injected; on GPUs that pass replays from a CUDA graph), then the discriminator phase (logistic loss on generated and real images, and every
 `r1_every` steps R1's weight gradients injected), then the EMA of G. Every tick: a progress line
 and a metrics line; every `snapshot_ticks`: an image grid of fixed seeds and the metrics.
 Checkpoints, stop requests and resume come from `launcher.runtime`; a resumed run continues
@@ -33,7 +33,7 @@ from nerffacespeech.models.stylenerf.layers import resize_images
 
 from . import images as image_data
 from . import losses, startup
-from .engine import EngineSpec, Trainable, resolve_precision
+from .engine import EngineSpec, Regulariser, Trainable, resolve_precision
 
 FINAL_RECORD = "final.json"
 W_AVG_BETA = 0.995
@@ -93,7 +93,8 @@ class StyleNeRFTraining:
         def spec(lr: float, unused_parameters: bool) -> EngineSpec:
             return EngineSpec(cfg.engine, cfg.zero_stage if cfg.engine == "deepspeed" else 0, self.precision, lr,
                               tuple(cfg.betas), cfg.eps, cfg.batch_per_gpu, self.accumulation,
-                              find_unused_parameters=unused_parameters)
+                              find_unused_parameters=unused_parameters,
+                              cuda_graphs=cfg.captures_graphs(env.device.type))
 
         compiled = cfg.compiles(env.device.type)
         if compiled:
@@ -118,20 +119,25 @@ class StyleNeRFTraining:
         cutoff = losses.style_mixing_cutoff(self.num_ws, self.cfg.style_mixing)
         return {"mix_z": self.latents(self.cfg.batch_per_gpu), "mix_cutoff": cutoff}
 
+    def path_length_inputs(self) -> dict[str, torch.Tensor]:
+        """Tensors of one path-length pass: latents of the shrunk batch, the style-mixing cutoff (a
+        device tensor: a CUDA graph takes it as input) and the running mean path length."""
+        shrink = max(1, self.cfg.batch_per_gpu // self.cfg.pl_batch_shrink)
+        mix = self.mixing()
+        cutoff = self.num_ws if mix["mix_cutoff"] is None else mix["mix_cutoff"]
+        return {"mix_z": mix["mix_z"][:shrink], "z": self.latents(shrink), "pl_mean": self.pl_mean,
+                "mix_cutoff": torch.full((), cutoff, dtype=torch.long, device=self.env.device)}
+
     def generator_phase(self, stage: int, fade: float, regularize: bool) -> dict:
         cfg, batch = self.cfg, self.cfg.batch_per_gpu
         logs: dict[str, torch.Tensor] = {}
         injected = None
         if regularize:
-            shrink = max(1, batch // cfg.pl_batch_shrink)
-            with self.g.differentiable_copy() as (g_fn, leaves):
-                mix = self.mixing()
-                lengths = losses.path_lengths(lambda: g_fn(self.latents(shrink), mix_z=mix["mix_z"][:shrink],
-                                                           mix_cutoff=mix["mix_cutoff"], stage=stage, fade=fade))
-                penalty, pl_mean = losses.path_length_penalty(lengths, self.pl_mean, cfg.pl_decay)
-                injected = self.g.weight_grads(penalty * cfg.pl_weight * cfg.pl_every, leaves)
-            self.pl_mean = _mean_over_ranks(pl_mean.detach(), self.env)
-            logs["pl_penalty"] = penalty.detach()
+            inputs = self.path_length_inputs()
+            injected, out = self.g.regulariser_grads(path_length_regulariser(cfg, stage, fade), inputs,
+                                                     regulariser_graph_key(stage, fade, inputs["z"].shape[0]))
+            self.pl_mean = _mean_over_ranks(out["pl_mean"].clone(), self.env)
+            logs["pl_penalty"] = out["penalty"].clone()
         w_sum = torch.zeros(self.model_cfg.w_dim, device=self.env.device)
         with self.d.frozen() as d_fn:
             for _ in range(self.accumulation):
@@ -154,10 +160,9 @@ class StyleNeRFTraining:
         logs: dict[str, torch.Tensor] = {}
         injected = None
         if regularize:
-            with self.d.differentiable_copy() as (d_fn, leaves):
-                penalty = losses.r1_penalty(d_fn, reals[0], fade=fade)
-                injected = self.d.weight_grads(penalty * (cfg.r1_gamma / 2) * cfg.r1_every, leaves)
-            logs["r1_penalty"] = penalty.detach()
+            injected, out = self.d.regulariser_grads(r1_regulariser(cfg, fade), {"real": reals[0]},
+                                                     regulariser_graph_key(stage, fade, reals[0].shape[0]))
+            logs["r1_penalty"] = out["penalty"].clone()
         with self.g.frozen() as g_fn:
             for real in reals:
                 with torch.no_grad():
@@ -249,6 +254,33 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
         h.update(name.encode())
         h.update(tensors[name].detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def path_length_regulariser(cfg: TrainConfig, stage: int, fade: float) -> Regulariser:
+    """The lazy path-length term (weighted for its interval) on inputs from `path_length_inputs`;
+    it also returns the unweighted penalty and the updated running mean."""
+    def path_length(g_fn, x: dict) -> tuple[torch.Tensor, dict]:
+        lengths = losses.path_lengths(lambda: g_fn(x["z"], mix_z=x["mix_z"], mix_cutoff=x["mix_cutoff"],
+                                                   stage=stage, fade=fade))
+        penalty, pl_mean = losses.path_length_penalty(lengths, x["pl_mean"], cfg.pl_decay)
+        return penalty * (cfg.pl_weight * cfg.pl_every), {"penalty": penalty, "pl_mean": pl_mean}
+
+    return path_length
+
+
+def r1_regulariser(cfg: TrainConfig, fade: float) -> Regulariser:
+    """The lazy R1 term (gamma / 2, weighted for its interval) at the real images `x["real"]`."""
+    def r1(d_fn, x: dict) -> tuple[torch.Tensor, dict]:
+        penalty = losses.r1_penalty(d_fn, x["real"], fade=fade)
+        return penalty * (cfg.r1_gamma / 2 * cfg.r1_every), {"penalty": penalty}
+
+    return r1
+
+
+def regulariser_graph_key(stage: int, fade: float, batch: int) -> tuple | None:
+    """What a regulariser's CUDA graph fixes besides its input tensors; None (run eagerly) while a
+    block fades in, where the fade changes every step."""
+    return (stage, batch) if fade == 1.0 else None
 
 
 def _mean_over_ranks(value: torch.Tensor, env: distributed.DistEnv) -> torch.Tensor:
@@ -478,4 +510,5 @@ def main(ctx: TaskContext) -> None:
         monitor.close()
 
 
-__all__ = ["main", "growth", "StyleNeRFTraining", "RunState"]
+__all__ = ["main", "growth", "StyleNeRFTraining", "RunState", "path_length_regulariser", "r1_regulariser",
+           "regulariser_graph_key"]

@@ -37,7 +37,7 @@ def minibatch_std(x: torch.Tensor, group: int) -> torch.Tensor:
     g = min(group, b)
     y = x.float().reshape(b // g, g, c, h, w)
     y = (y.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=[1, 2, 3])          # (B/G,)
-    y = y.repeat_interleave(g).reshape(b, 1, 1, 1).expand(b, 1, h, w)
+    y = y[:, None].expand(-1, g).reshape(b, 1, 1, 1).expand(b, 1, h, w)    # no host sync (CUDA graphs)
     return torch.cat([x, y.to(x.dtype)], 1)
 
 

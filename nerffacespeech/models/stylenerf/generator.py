@@ -59,12 +59,13 @@ class Generator(nn.Module):
         self.activation_checkpointing = enabled
         self.upsampler.activation_checkpointing = enabled
 
-    def styles(self, z: torch.Tensor, mix_z: torch.Tensor | None = None, mix_cutoff: int | None = None,
-               truncation: float = 1.0) -> torch.Tensor:
+    def styles(self, z: torch.Tensor, mix_z: torch.Tensor | None = None,
+               mix_cutoff: int | torch.Tensor | None = None, truncation: float = 1.0) -> torch.Tensor:
         """(B, num_ws, w_dim) styles; from index `mix_cutoff` on they come from `mix_z` (style mixing).
 
         `mix_z` is mapped even when `mix_cutoff` is None, so every rank runs the same sequence
-        of module calls whatever its random draw (ZeRO-3 gathers weights per module call).
+        of module calls whatever its random draw (ZeRO-3 gathers weights per module call). The
+        cutoff may be a 0-d device tensor, so that a captured CUDA graph takes it as an input.
         """
         dtype = self.mapping.layers[0].weight.dtype
         w = self.mapping((z if mix_z is None else torch.cat([z, mix_z])).to(dtype))    # both latents, one call
@@ -74,11 +75,12 @@ class Generator(nn.Module):
             return w[:, None].repeat(1, self.num_ws, 1)
         w, w2 = w.split(z.shape[0])
         cutoff = self.num_ws if mix_cutoff is None else mix_cutoff
-        return torch.cat([w[:, None].expand(-1, cutoff, -1), w2[:, None].expand(-1, self.num_ws - cutoff, -1)], 1)
+        first = torch.arange(self.num_ws, device=w.device) < cutoff                  # (num_ws,) from w
+        return torch.where(first[None, :, None], w[:, None], w2[:, None])
 
     def forward(self, z: torch.Tensor | None = None, ws: torch.Tensor | None = None, *, stage: int | None = None,
                 fade: float = 1.0, angles: torch.Tensor | None = None, mix_z: torch.Tensor | None = None,
-                mix_cutoff: int | None = None, truncation: float = 1.0, nerf_path_pixels: int = 0,
+                mix_cutoff: int | torch.Tensor | None = None, truncation: float = 1.0, nerf_path_pixels: int = 0,
                 randomize: bool | None = None, point_warp=None) -> GeneratorOutput:
         """Images for latents `z` (or styles `ws`) at progressive `stage` (default: full resolution).
 

@@ -130,8 +130,7 @@ class EqualConv2d(nn.Module):
 
 def _blur_conv(x: torch.Tensor, gain: float) -> torch.Tensor:
     channels = x.shape[1]
-    taps = torch.ones(3, dtype=x.dtype, device=x.device)      # [1, 2, 1], made on the device
-    taps[1] = 2.0
+    taps = 2 - (torch.arange(3, dtype=x.dtype, device=x.device) - 1).abs()     # [1, 2, 1], no host copy
     kernel = (taps[:, None] * taps[None, :] * (gain / 16.0)).expand(channels, 1, 3, 3)
     return F.conv2d(x, kernel, padding=1, groups=channels)
 

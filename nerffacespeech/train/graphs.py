@@ -1,0 +1,61 @@
+"""A lazy regulariser's weight gradients replayed from one CUDA graph.
+
+Path length (G) and R1 (D) differentiate twice, which torch.compile cannot do, so their passes
+run eagerly: thousands of small kernels launched one at a time from Python (a path-length step
+at 256 px took ~0.24 s on an H100, most of it launch overhead). A CUDA graph records the pass
+(forward, first backward with create_graph, second backward) once and replays it with a single
+launch.
+
+A replay repeats the recorded computation on fixed ("static") tensors, so every input, the
+weights included, is copied into them before each replay; shapes and Python-level choices
+(resolution, batch, fade) are fixed per graph, so callers keep one graph per such key. Random
+draws inside the pass (cameras, ray jitter, the path-length noise) come from the CUDA
+generator, which PyTorch advances at each replay by what the recorded kernels consume.
+Capturing runs the pass on a side stream first (cuBLAS and cuDNN pick their algorithms there)
+and does all of it under a forked RNG, so capturing draws no random numbers: a resumed run that
+captures at its first regularised step draws exactly what the uninterrupted run drew.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+Tensors = dict[str, torch.Tensor]
+Pass = Callable[[Tensors, Tensors], tuple[list[torch.Tensor], Tensors]]
+
+WARMUP_PASSES = 2       # eager passes before capture: algorithm selection, cuBLAS workspaces
+
+
+def _static_copy(tensors: Tensors) -> Tensors:
+    return {k: v.detach().clone().requires_grad_(v.requires_grad) for k, v in tensors.items()}
+
+
+class CapturedGradients:
+    """`regulariser(weights, inputs) -> (weight gradients, outputs)` as a CUDA graph.
+
+    The returned tensors are the graph's own: valid until the next call.
+    """
+
+    def __init__(self, regulariser: Pass, weights: Tensors, inputs: Tensors):
+        self.weights, self.inputs = _static_copy(weights), _static_copy(inputs)
+        device = next(iter(weights.values())).device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.random.fork_rng(devices=[device]):
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_PASSES):
+                    regulariser(self.weights, self.inputs)
+            torch.cuda.current_stream(device).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            # thread_local: the data loader's pin-memory thread keeps making CUDA calls meanwhile;
+            # the backward's kernels, launched from autograd's device thread, are still captured
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                self.outputs = regulariser(self.weights, self.inputs)
+
+    def __call__(self, weights: Tensors, inputs: Tensors) -> tuple[list[torch.Tensor], Tensors]:
+        with torch.no_grad():
+            torch._foreach_copy_(list(self.weights.values()), [weights[k] for k in self.weights])
+            torch._foreach_copy_(list(self.inputs.values()), [inputs[k] for k in self.inputs])
+        self.graph.replay()
+        return self.outputs

@@ -1,0 +1,92 @@
+"""On a GPU the lazy regularisers (path length, R1) replay from CUDA graphs (`cuda_graphs`, on by
+default). A replay computes what the eager pass computes from the same weights, inputs and
+random state, and advances the random generator exactly as the eager pass does, so a run that
+captures its graphs after resuming continues like the uninterrupted one.
+
+GPU only (CI has none): `bash bench/run_gpu.sh tests` runs this file on the GPU machine.
+"""
+import os
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+STEPS = 17          # path length at steps 0, 4, 8, 12, 16 (captured at 0, replayed after); R1 at 0 and 16
+
+
+def _training(cuda_graphs: bool):
+    """A tiny fp32 StyleNeRF training on the GPU (ZeRO-2) and real-image batches for it."""
+    from launcher.runtime import distributed
+    from nerffacespeech.configs.stylenerf import TrainConfig
+    from nerffacespeech.train.stylenerf import RunState, StyleNeRFTraining
+
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT="29631")
+    cfg, problems = TrainConfig.parse({"data": "synthetic", "preset": "tiny", "precision": "fp32", "batch_per_gpu": 4,
+                                       "curriculum_kimg": None, "compile": False, "cuda_graphs": cuda_graphs,
+                                       "workers": 0})
+    assert not problems
+    env = distributed.init("cuda")
+    torch.manual_seed(0)
+    training = StyleNeRFTraining(cfg.resolved(1), env)
+    res = training.model_cfg.resolution
+    reals = torch.rand(64, 4, 3, res, res, generator=torch.Generator().manual_seed(1)).mul(255).to(torch.uint8)
+    return training, RunState.fresh(), iter(reals.to(env.device))
+
+
+def _both_ways(trainable, regulariser, inputs, key):
+    """(replayed, eager) results of one pass from the same random state; also checks the state after."""
+    before = torch.cuda.get_rng_state()
+    grads, outputs = trainable.regulariser_grads(regulariser, inputs, key)
+    replayed = [g.clone() for g in grads], {k: v.clone() for k, v in outputs.items()}
+    after = torch.cuda.get_rng_state()
+    torch.cuda.set_rng_state(before)
+    eager = trainable.regulariser_grads(regulariser, inputs, None)
+    assert torch.equal(torch.cuda.get_rng_state(), after)
+    return replayed, eager
+
+
+def _assert_same(replayed, eager):
+    for got, expected in zip(replayed[0], eager[0]):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    for name in eager[1]:
+        torch.testing.assert_close(replayed[1][name], eager[1][name], rtol=1e-5, atol=1e-7)
+
+
+def test_a_replayed_path_length_pass_equals_the_eager_pass_as_the_weights_change():
+    from nerffacespeech.train.stylenerf import path_length_regulariser, regulariser_graph_key
+
+    training, run, batches = _training(cuda_graphs=True)
+    stage = training.g.module.stages
+    regulariser = path_length_regulariser(training.cfg, stage, 1.0)
+    for _ in range(3):                      # training steps between passes: new weights, new latents
+        inputs = training.path_length_inputs()
+        key = regulariser_graph_key(stage, 1.0, inputs["z"].shape[0])      # the training's own graph
+        _assert_same(*_both_ways(training.g, regulariser, inputs, key))
+        for _ in range(2):
+            training.step(batches, run)
+
+
+def test_a_replayed_r1_pass_equals_the_eager_pass_as_the_weights_change():
+    from nerffacespeech.train import images
+    from nerffacespeech.train.stylenerf import r1_regulariser, regulariser_graph_key
+
+    training, run, batches = _training(cuda_graphs=True)
+    key = regulariser_graph_key(training.g.module.stages, 1.0, 4)
+    for _ in range(3):
+        real = images.to_training(next(batches), training.env.device)
+        _assert_same(*_both_ways(training.d, r1_regulariser(training.cfg, 1.0), {"real": real}, key))
+        for _ in range(2):
+            training.step(batches, run)
+
+
+def test_training_with_graphs_captures_both_and_draws_the_eager_random_numbers():
+    states = {}
+    for cuda_graphs in (False, True):
+        training, run, batches = _training(cuda_graphs)
+        for _ in range(STEPS):
+            training.step(batches, run)
+        assert (training.g._captured is not None and training.d._captured is not None) == cuda_graphs
+        states[cuda_graphs] = torch.cuda.get_rng_state()
+    assert torch.equal(states[True], states[False])
