@@ -158,6 +158,15 @@ def count_flops(training, batches, run) -> float:
     return (counts[0] + 3 * counts[4] + (CYCLE - 4) * sum(counts[1:4]) / 3) / CYCLE
 
 
+def graph_pool_bytes(device) -> int:
+    """Memory held by CUDA graphs' private pools (reserved for their replays; no other allocation
+    can use it, unlike the caching allocator's ordinary free blocks)."""
+    import torch
+
+    return sum(seg["total_size"] for seg in torch.cuda.memory_snapshot()
+               if seg.get("device") == device.index and tuple(seg.get("segment_pool_id", (0, 0))) != (0, 0))
+
+
 def run_config(config: dict) -> dict:
     """Throughput and whole-run peak memory of one configuration."""
     import torch
@@ -199,6 +208,7 @@ def run_config(config: dict) -> dict:
     if env.device.type == "cuda":
         out["peak_allocated_gib"] = torch.cuda.max_memory_allocated(env.device) / 2 ** 30
         out["peak_reserved_gib"] = torch.cuda.max_memory_reserved(env.device) / 2 ** 30
+        out["graph_pool_gib"] = graph_pool_bytes(env.device) / 2 ** 30
         out["device_name"] = torch.cuda.get_device_name(env.device)
     return out
 

@@ -47,6 +47,8 @@ class CapturedGradients:
                 for _ in range(WARMUP_PASSES):
                     regulariser(self.weights, self.inputs)
             torch.cuda.current_stream(device).wait_stream(side)
+            side.synchronize()
+            torch.cuda.empty_cache()    # the side stream's cached blocks would stay reserved for it alone
             self.graph = torch.cuda.CUDAGraph()
             # thread_local: the data loader's pin-memory thread keeps making CUDA calls meanwhile;
             # the backward's kernels, launched from autograd's device thread, are still captured
