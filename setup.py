@@ -12,7 +12,7 @@ import sys
 from setuptools import setup
 
 PINNED_TORCH = "torch==2.13.0"
-MIN_TORCH = "torch>=2.1"
+MIN_TORCH = "torch>=2.4"
 
 
 def installed_torch_version():

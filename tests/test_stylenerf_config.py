@@ -46,13 +46,22 @@ def test_compile_defaults_to_auto_which_compiles_on_gpus_only():
     assert TrainConfig(data="d", compile=True).compiles("cpu") and not TrainConfig(data="d", compile=False).compiles("cuda")
 
 
-def test_cuda_graphs_default_on_and_apply_to_gpus_only():
-    assert TrainConfig(data="d").captures_graphs("cuda") and not TrainConfig(data="d").captures_graphs("cpu")
-    assert not TrainConfig(data="d", cuda_graphs=False).captures_graphs("cuda")
+def test_cuda_graphs_default_to_gpus_up_to_512_px_where_their_memory_pool_is_small():
+    assert TrainConfig(data="d", preset="paper256").captures_graphs("cuda")
+    assert TrainConfig(data="d", preset="paper512").captures_graphs("cuda")
+    assert not TrainConfig(data="d", preset="paper1024").captures_graphs("cuda")
+    assert not TrainConfig(data="d", preset="paper256").captures_graphs("cpu")
 
 
-def test_cuda_graphs_must_be_a_boolean():
-    assert [f for f, _ in check({"data": "d", "cuda_graphs": "auto"}, CPU_2)] == ["cuda_graphs"]
+def test_cuda_graphs_true_or_false_decide_on_gpus_at_any_size():
+    assert TrainConfig(data="d", preset="paper1024", cuda_graphs=True).captures_graphs("cuda")
+    assert not TrainConfig(data="d", preset="paper256", cuda_graphs=False).captures_graphs("cuda")
+    assert not TrainConfig(data="d", cuda_graphs=True).captures_graphs("cpu")
+
+
+def test_cuda_graphs_accepts_booleans_and_auto_only():
+    assert check({"data": "d", "cuda_graphs": "auto"}, CPU_2) == []
+    assert check({"data": "d", "cuda_graphs": "on"}, CPU_2) == [("cuda_graphs", "must be true, false or auto, got 'on'")]
 
 
 def test_compile_accepts_booleans_and_auto_only():

@@ -262,7 +262,8 @@ class Trainable:
         penalty, outputs = regulariser(network, inputs)
         grads = torch.autograd.grad(penalty, [weights[n] for n in self._param_names], allow_unused=True,
                                     materialize_grads=True)
-        return list(grads), {k: v.detach() for k, v in outputs.items()}
+        # detached: torch < 2.13 materialises unused weights' zeros with requires_grad set
+        return [g.detach() for g in grads], {k: v.detach() for k, v in outputs.items()}
 
     # ------------------------------------------------------------------ training
 

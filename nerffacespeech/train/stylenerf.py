@@ -103,7 +103,8 @@ class StyleNeRFTraining:
         # D's half-resolution entry outside a fade-in
         self.g = Trainable("G", generator, lambda: Generator(self.model_cfg), spec(cfg.lr_g, self.progressive), env)
         self.d = Trainable("D", discriminator, lambda: Discriminator(self.model_cfg), spec(cfg.lr_d, True), env)
-        if compiled:             # the frozen calls too (first-order only); the regularisers' replicas stay eager
+        if compiled and _compiled_blocks_follow_swapped_weights():
+            # the frozen calls too (first-order only); the regularisers' replicas stay eager
             _compile_blocks(self.g.frozen_replica, self.d.frozen_replica)
         self.num_ws = generator.num_ws
         self.ema_beta = 0.5 ** (cfg.batch_total / max(cfg.ema_kimg * 1000, 1e-8))
@@ -306,11 +307,18 @@ def _compile_blocks(generator: Generator, discriminator: Discriminator) -> None:
     object, so dynamo's per-code cache must hold every (block, batch size) pair: 8 is too few."""
     import torch._dynamo
 
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)  # 2.7+: recompile_limit
     blocks = [generator.foreground, generator.background, *generator.upsampler.blocks,
               *discriminator.blocks.values()]
     for block in blocks:
         block.compile(dynamic=False)
+
+
+def _compiled_blocks_follow_swapped_weights() -> bool:
+    """Whether a compiled block reads the weights `functional_call` swaps in at each call. Before
+    torch 2.5 dynamo did not inline module calls by default and kept the tensors it first saw
+    (pytorch/pytorch#97909): the frozen replicas would run on stale weights under ZeRO-3."""
+    return torch.torch_version.TorchVersion(torch.__version__) >= (2, 5)
 
 
 def _seed_rank(seed: int, rank: int) -> None:
