@@ -15,17 +15,17 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 STEPS = 17          # path length at steps 0, 4, 8, 12, 16 (captured at 0, replayed after); R1 at 0 and 16
 
 
-def _training(cuda_graphs: bool):
-    """A tiny fp32 StyleNeRF training on the GPU (ZeRO-2) and real-image batches for it."""
+def _training(cuda_graphs: bool, precision: str = "fp32"):
+    """A tiny StyleNeRF training on the GPU (ZeRO-2) and image batches for it."""
     from launcher.runtime import distributed
     from nerffacespeech.configs.stylenerf import TrainConfig
     from nerffacespeech.train.stylenerf import RunState, StyleNeRFTraining
 
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT="29631")
-    cfg, problems = TrainConfig.parse({"data": "synthetic", "preset": "tiny", "precision": "fp32", "batch_per_gpu": 4,
-                                       "curriculum_kimg": None, "compile": False, "cuda_graphs": cuda_graphs,
-                                       "workers": 0})
+    cfg, problems = TrainConfig.parse({"data": "synthetic", "preset": "tiny", "precision": precision,
+                                       "batch_per_gpu": 4, "curriculum_kimg": None, "compile": False,
+                                       "cuda_graphs": cuda_graphs, "workers": 0})
     assert not problems
     env = distributed.init("cuda")
     torch.manual_seed(0)
@@ -62,7 +62,7 @@ def test_a_replayed_path_length_pass_equals_the_eager_pass_as_the_weights_change
     regulariser = path_length_regulariser(training.cfg, stage, 1.0)
     for _ in range(3):                      # training steps between passes: new weights, new latents
         inputs = training.path_length_inputs()
-        key = regulariser_graph_key(stage, 1.0, inputs["z"].shape[0])      # the training's own graph
+        key = regulariser_graph_key(stage, stage, 1.0, inputs["z"].shape[0])      # the training's own graph
         _assert_same(*_both_ways(training.g, regulariser, inputs, key))
         for _ in range(2):
             training.step(batches, run)
@@ -73,7 +73,7 @@ def test_a_replayed_r1_pass_equals_the_eager_pass_as_the_weights_change():
     from nerffacespeech.train.stylenerf import r1_regulariser, regulariser_graph_key
 
     training, run, batches = _training(cuda_graphs=True)
-    key = regulariser_graph_key(training.g.module.stages, 1.0, 4)
+    key = regulariser_graph_key(training.g.module.stages, training.g.module.stages, 1.0, 4)
     for _ in range(3):
         real = images.to_training(next(batches), training.env.device)
         _assert_same(*_both_ways(training.d, r1_regulariser(training.cfg, 1.0), {"real": real}, key))
@@ -81,10 +81,11 @@ def test_a_replayed_r1_pass_equals_the_eager_pass_as_the_weights_change():
             training.step(batches, run)
 
 
-def test_training_with_graphs_captures_both_and_draws_the_eager_random_numbers():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_with_graphs_captures_both_and_draws_the_eager_random_numbers(precision):
     states = {}
     for cuda_graphs in (False, True):
-        training, run, batches = _training(cuda_graphs)
+        training, run, batches = _training(cuda_graphs, precision)
         for _ in range(STEPS):
             training.step(batches, run)
         assert (training.g._captured is not None and training.d._captured is not None) == cuda_graphs

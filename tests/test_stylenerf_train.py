@@ -44,6 +44,14 @@ def final(run: Path) -> dict:
     return json.loads((stage(run) / "final.json").read_text())
 
 
+def test_regulariser_graphs_are_kept_at_full_resolution_only():
+    from nerffacespeech.train.stylenerf import regulariser_graph_key
+
+    assert regulariser_graph_key(3, 3, 1.0, 2) == (3, 2)
+    assert regulariser_graph_key(3, 3, 0.5, 2) is None          # the last block fading in
+    assert regulariser_graph_key(1, 3, 1.0, 2) is None          # a growth boundary: eager, no one-off graph
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine,zero,precision", SUPPORTED,
                          ids=[f"{e}-zero{z}-{p}" for e, z, p in SUPPORTED])

@@ -133,7 +133,7 @@ class TrainConfig:
     init_from: str | None = None                # safetensors with G.*, D.*, G_ema.* to start from (fine-tuning)
     workers: int = 3
     compile: bool | str = "auto"                # torch.compile the NeRF, upsampler and D blocks; auto: on GPUs
-    cuda_graphs: bool | str = "auto"            # replay the R1/path-length passes from CUDA graphs; auto: GPUs, <= 512 px
+    cuda_graphs: bool | str = "auto"            # R1/path length replayed from CUDA graphs; auto: GPUs, <= 512 px
     activation_checkpointing: bool = False
     channels_last: bool = True                  # CUDA only
     threads: int | None = None                  # torch CPU threads per process

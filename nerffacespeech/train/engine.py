@@ -227,28 +227,34 @@ class Trainable:
         returns, and its other outputs (detached), for `backward(..., injected=)`.
 
         With a `graph_key` and CUDA graphs on, the pass replays from a graph captured for that
-        key (one at a time: a new key replaces it); the key must name everything the pass
-        fixes besides the tensors in `inputs` (resolution, batch, fade). Results stay valid
-        until the next call.
+        key and regulariser (one at a time: another key replaces it, no key frees it); the key
+        must name everything the pass fixes besides the tensors in `inputs` (resolution, batch,
+        fade). Results stay valid until the next call. Weights are copied inside the ZeRO-3
+        gather and the pass runs after it, so gathered weights and copies never coexist long.
         """
-        with self.gathered() as tensors:
-            current = {k: v.detach() for k, v in tensors.items()}
-            if graph_key is None or not self.spec.cuda_graphs:
-                return self._regulariser_pass(regulariser, self._leaf_copies(current), inputs)
-            if self._captured is None or self._captured[0] != graph_key:
-                self._captured = None                       # its memory pool goes before the next is made
-                pass_ = functools.partial(self._regulariser_pass, regulariser)
-                try:
-                    self._captured = (graph_key, CapturedGradients(pass_, self._leaf_copies(current), inputs))
-                except RuntimeError as error:
-                    raise RuntimeError(f"{self.name}: capturing the regulariser's pass in a CUDA graph failed "
-                                       f"({error}); `cuda_graphs: false` runs it eagerly") from error
-            return self._captured[1](current, inputs)
+        key = (regulariser.__name__, graph_key) if graph_key is not None and self.spec.cuda_graphs else None
+        if key is None or self._captured is None or self._captured[0] != key:
+            self._captured = None                       # its memory pool goes before anything else is made
+            with self.gathered() as tensors:
+                weights = self._leaf_copies(tensors)
+            if key is None:
+                return self._regulariser_pass(regulariser, weights, inputs)
+            try:
+                graph = CapturedGradients(functools.partial(self._regulariser_pass, regulariser), weights, inputs)
+            except RuntimeError as error:
+                raise RuntimeError(f"{self.name}: capturing the regulariser's pass in a CUDA graph failed "
+                                   f"({error}); `cuda_graphs: false` runs it eagerly") from error
+            self._captured = (key, graph)
+        else:
+            with self.gathered() as tensors:
+                self._captured[1].load_weights(tensors)
+        return self._captured[1](inputs)
 
     def _leaf_copies(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Copies of the weights (leaves that require grad) and buffers, in the regulariser dtype."""
         weight_dtype = torch.float32 if self.spec.kind == "ddp" else self.spec.reg_dtype   # DDP: fp32, autocast
-        copies = {k: v.to(weight_dtype if v.is_floating_point() else v.dtype, copy=True) for k, v in tensors.items()}
+        copies = {k: v.detach().to(weight_dtype if v.is_floating_point() else v.dtype, copy=True)
+                  for k, v in tensors.items()}
         for name in self._param_names:
             copies[name].requires_grad_()
         return copies

@@ -28,17 +28,18 @@ WARMUP_PASSES = 2       # eager passes before capture: algorithm selection, cuBL
 
 
 def _static_copy(tensors: Tensors) -> Tensors:
-    return {k: v.detach().clone().requires_grad_(v.requires_grad) for k, v in tensors.items()}
+    return {k: v.detach().clone() for k, v in tensors.items()}
 
 
 class CapturedGradients:
     """`regulariser(weights, inputs) -> (weight gradients, outputs)` as a CUDA graph.
 
-    The returned tensors are the graph's own: valid until the next call.
+    It keeps `weights` (fresh copies the caller hands over) as its static weights and copies
+    `inputs`. The returned tensors are the graph's own: valid until the next call.
     """
 
     def __init__(self, regulariser: Pass, weights: Tensors, inputs: Tensors):
-        self.weights, self.inputs = _static_copy(weights), _static_copy(inputs)
+        self.weights, self.inputs = weights, _static_copy(inputs)
         device = next(iter(weights.values())).device
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -55,9 +56,14 @@ class CapturedGradients:
             with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.outputs = regulariser(self.weights, self.inputs)
 
-    def __call__(self, weights: Tensors, inputs: Tensors) -> tuple[list[torch.Tensor], Tensors]:
+    def load_weights(self, weights: Tensors) -> None:
+        """Copy the current weights (any dtype; e.g. gathered under ZeRO-3) into the static ones."""
         with torch.no_grad():
             torch._foreach_copy_(list(self.weights.values()), [weights[k] for k in self.weights])
+
+    def __call__(self, inputs: Tensors) -> tuple[list[torch.Tensor], Tensors]:
+        """Replay on the loaded weights and these inputs."""
+        with torch.no_grad():
             torch._foreach_copy_(list(self.inputs.values()), [inputs[k] for k in self.inputs])
         self.graph.replay()
         return self.outputs

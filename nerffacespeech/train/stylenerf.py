@@ -2,8 +2,9 @@
 
 A step, top to bottom: the generator phase (non-saturating loss through a frozen view of D,
 the NeRF-path loss, and every `pl_every` steps the path-length penalty's weight gradients
-injected; on GPUs that pass replays from a CUDA graph), then the discriminator phase (logistic loss on generated and real images, and every
-`r1_every` steps R1's weight gradients injected), then the EMA of G. Every tick: a progress line
+injected), then the discriminator phase (logistic loss on generated and real images, and every
+`r1_every` steps R1's weight gradients injected), then the EMA of G; on GPUs the two lazy
+regularisers replay from CUDA graphs. Every tick: a progress line
 and a metrics line; every `snapshot_ticks`: an image grid of fixed seeds and the metrics.
 Checkpoints, stop requests and resume come from `launcher.runtime`; a resumed run continues
 bitwise (the data position and every random generator are part of the checkpoint).
@@ -14,6 +15,7 @@ import copy
 import hashlib
 import math
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,8 +137,8 @@ class StyleNeRFTraining:
         injected = None
         if regularize:
             inputs = self.path_length_inputs()
-            injected, out = self.g.regulariser_grads(path_length_regulariser(cfg, stage, fade), inputs,
-                                                     regulariser_graph_key(stage, fade, inputs["z"].shape[0]))
+            key = regulariser_graph_key(stage, self.g.module.stages, fade, inputs["z"].shape[0])
+            injected, out = self.g.regulariser_grads(path_length_regulariser(cfg, stage, fade), inputs, key)
             self.pl_mean = _mean_over_ranks(out["pl_mean"].clone(), self.env)
             logs["pl_penalty"] = out["penalty"].clone()
         w_sum = torch.zeros(self.model_cfg.w_dim, device=self.env.device)
@@ -161,8 +163,8 @@ class StyleNeRFTraining:
         logs: dict[str, torch.Tensor] = {}
         injected = None
         if regularize:
-            injected, out = self.d.regulariser_grads(r1_regulariser(cfg, fade), {"real": reals[0]},
-                                                     regulariser_graph_key(stage, fade, reals[0].shape[0]))
+            key = regulariser_graph_key(stage, self.g.module.stages, fade, reals[0].shape[0])
+            injected, out = self.d.regulariser_grads(r1_regulariser(cfg, fade), {"real": reals[0]}, key)
             logs["r1_penalty"] = out["penalty"].clone()
         with self.g.frozen() as g_fn:
             for real in reals:
@@ -278,10 +280,10 @@ def r1_regulariser(cfg: TrainConfig, fade: float) -> Regulariser:
     return r1
 
 
-def regulariser_graph_key(stage: int, fade: float, batch: int) -> tuple | None:
-    """What a regulariser's CUDA graph fixes besides its input tensors; None (run eagerly) while a
-    block fades in, where the fade changes every step."""
-    return (stage, batch) if fade == 1.0 else None
+def regulariser_graph_key(stage: int, stages: int, fade: float, batch: int) -> tuple | None:
+    """What a regulariser's CUDA graph fixes besides its input tensors, at full resolution; None
+    (run eagerly, no graph kept) while growing, where the resolution and fade keep changing."""
+    return (stage, batch) if stage == stages and fade == 1.0 else None
 
 
 def _mean_over_ranks(value: torch.Tensor, env: distributed.DistEnv) -> torch.Tensor:
@@ -318,7 +320,8 @@ def _compiled_blocks_follow_swapped_weights() -> bool:
     """Whether a compiled block reads the weights `functional_call` swaps in at each call. Before
     torch 2.5 dynamo did not inline module calls by default and kept the tensors it first saw
     (pytorch/pytorch#97909): the frozen replicas would run on stale weights under ZeRO-3."""
-    return torch.torch_version.TorchVersion(torch.__version__) >= (2, 5)
+    major, minor = re.match(r"(\d+)\.(\d+)", torch.__version__).groups()     # "2.5.0a0+git..." is 2.5
+    return (int(major), int(minor)) >= (2, 5)
 
 
 def _seed_rank(seed: int, rank: int) -> None:
