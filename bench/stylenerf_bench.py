@@ -307,7 +307,7 @@ def main() -> None:
     parser.add_argument("--precisions", default="bf16")
     parser.add_argument("--compile", default="off", choices=["off", "on", "both"])
     parser.add_argument("--graphs", default="off", choices=["off", "on", "both"],
-                        help="CUDA graphs of the regularisers' passes (training's default on GPUs: on)")
+                        help="CUDA graphs of the regularisers' passes (training's default: on GPUs up to 512 px)")
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing in G")
     parser.add_argument("--batch", default="auto", help="per-GPU batch sizes, e.g. 4,8; auto: the original's")
     parser.add_argument("--steps", type=int, default=32)

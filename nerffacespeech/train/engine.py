@@ -7,7 +7,7 @@ extra ways of calling it that a GAN needs.
 - `regulariser_grads()`: run a regulariser that needs a double backward (R1: the gradient of
   D(x) with respect to x; path length: of G(w) with respect to w) on leaf copies of the
   weights, differentiated with plain autograd, never inside the engine's hooks; on GPUs the
-  pass replays from a CUDA graph (`graphs.CapturedGradients`). The resulting weight gradients
+  pass can replay from a CUDA graph (`graphs.CapturedGradients`). The resulting weight gradients
   go back through `backward(loss, injected=...)`, which adds a zero whose gradient with respect
   to each weight p is its g (`_InjectedGrads`), so the engine reduces, partitions and scales
   them like any other.
