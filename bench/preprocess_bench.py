@@ -34,7 +34,7 @@ def bench_alignment(resolution: int = 256) -> dict:
     """Load + detect + 68 landmarks + FFHQ crop, one process, one thread."""
     from nerffacespeech.preprocess import align, images, landmarks
 
-    paths = sorted((SAMPLE / "images" / "astronaut").glob("*.jpg"))[:40]
+    paths = sorted((SAMPLE / "images" / "astronaut" / "00001").glob("*.jpg"))[:40]
     marker = landmarks.DlibLandmarker()
     start = time.perf_counter()
     for path in paths:

@@ -1,9 +1,10 @@
 """Regenerate the bundled sample dataset in data/sample/ from shipped sources.
 
-Faces come from photos inside scikit-image, speech from Debian's espeak-ng. Each talking clip is
-a still photo animated deterministically: the photo is treated as a card that turns gently
-(yaw/pitch/roll, a homography) and the jaw opens with the loudness of the speech (a local
-vertical warp below the mouth). Nothing here is filmed video; docs in data/sample/SOURCES.md.
+Faces come from photos inside scikit-image, speech from Debian's espeak-ng. Every person says
+CLIPS_PER_PERSON sentences, one clip each (images/<person>/<clip>/, audio/<person>/<clip>.wav).
+Each talking clip is a still photo animated deterministically: the photo is treated as a card that
+turns gently (yaw/pitch/roll, a homography) and the jaw opens with the loudness of the speech (a
+local vertical warp below the mouth). Nothing here is filmed video; docs in data/sample/SOURCES.md.
 
     python scripts/make_sample_data.py               # speech from espeak-ng, then frames
     python scripts/make_sample_data.py --reuse-audio  # frames from the committed WAVs only
@@ -38,10 +39,10 @@ LFW_SCALE = 160 / 25            # LFW crops are upscaled 25 → 160 px and padde
 
 @dataclass(frozen=True)
 class Speaker:
-    """One identity: which photo, where its mouth is, and what it says."""
+    """One identity: which photo, where its mouth is, and what it says (one sentence per clip)."""
 
     name: str
-    text: str
+    sentences: tuple[str, ...]
     voice: str
     mouth_xy: tuple[float, float]   # in the still, measured once with the 68-point landmarker
     mouth_width: float
@@ -50,13 +51,23 @@ class Speaker:
 
 
 SPEAKERS = (
-    Speaker("astronaut", "Hello. This talking head was made from one photo.",
+    Speaker("astronaut", ("Hello. This talking head was made from one photo.",
+                          "Please read the next line slowly and clearly.",
+                          "My sister bought seven blue boxes of paper.",
+                          "Nobody knew where the small dog had gone."),
             "en-us+f3", (161.0, 145.5), 44.0, 178.0, 1),
-    Speaker("lfw_003", "Each frame comes from a still picture.",
+    Speaker("lfw_003", ("Each frame comes from a still picture.",
+                        "We measured every number twice before writing it down.",
+                        "Open the window when the morning is warm.",
+                        "A quiet river runs past the old mill."),
             "en-us+m3", (121.0, 168.2), 46.0, 206.0, 2),
-    Speaker("lfw_008", "The sound and the frames have one length.",
+    Speaker("lfw_008", ("The sound and the frames have one length.",
+                        "Bring me a cup of hot tea and a spoon.",
+                        "The big ship moved away from the harbour at noon.",
+                        "Five people waited by the door for an hour."),
             "en-gb+m1", (120.4, 161.5), 56.0, 198.0, 3),
 )
+MOTION_SEED_STRIDE = 10          # clip c of a speaker moves with seed motion_seed + 10·(c − 1)
 
 
 def speak(text: str, voice: str) -> np.ndarray:
@@ -143,12 +154,12 @@ def face_center(speaker: Speaker) -> tuple[float, float]:
     return mx, my - 0.9 * speaker.mouth_width
 
 
-def render_frames(speaker: Speaker, audio: np.ndarray) -> list[np.ndarray]:
+def render_frames(speaker: Speaker, audio: np.ndarray, motion_seed: int) -> list[np.ndarray]:
     """All frames of one clip as RGB uint8 arrays (FRAME_SIZE × FRAME_SIZE)."""
     still = still_for(speaker.name)
     n_frames = round(len(audio) / SAMPLE_RATE * FPS)
     jaw = loudness(audio, n_frames)
-    angles = head_angles(n_frames, speaker.motion_seed)
+    angles = head_angles(n_frames, motion_seed)
     frames = []
     for i in range(n_frames):
         moved = open_jaw(still, speaker, float(jaw[i]))
@@ -178,18 +189,18 @@ def write_jpeg(path: Path, rgb: np.ndarray) -> None:
 def make(out: Path, reuse_audio: bool) -> None:
     """Write images/, audio/ and faces/ under `out` (SOURCES.md is kept by hand)."""
     for speaker in SPEAKERS:
-        wav_path = out / "audio" / speaker.name / "00001.wav"
-        if reuse_audio:
-            audio, rate = soundfile.read(wav_path, dtype="float32")
-            assert rate == SAMPLE_RATE
-        else:
-            audio = speak(speaker.text, speaker.voice)
-            write_wav(wav_path, audio)
-            audio, _ = soundfile.read(wav_path, dtype="float32")   # frames follow the stored PCM
-        frames_dir = out / "images" / speaker.name
-        shutil.rmtree(frames_dir, ignore_errors=True)
-        for i, frame in enumerate(render_frames(speaker, audio), start=1):
-            write_jpeg(frames_dir / f"{i:05d}.jpg", frame)
+        shutil.rmtree(out / "images" / speaker.name, ignore_errors=True)
+        for c, sentence in enumerate(speaker.sentences, start=1):
+            wav_path = out / "audio" / speaker.name / f"{c:05d}.wav"
+            if reuse_audio:
+                audio, rate = soundfile.read(wav_path, dtype="float32")
+                assert rate == SAMPLE_RATE
+            else:
+                write_wav(wav_path, speak(sentence, speaker.voice))
+                audio, _ = soundfile.read(wav_path, dtype="float32")   # frames follow the stored PCM
+            motion_seed = speaker.motion_seed + MOTION_SEED_STRIDE * (c - 1)
+            for i, frame in enumerate(render_frames(speaker, audio, motion_seed), start=1):
+                write_jpeg(out / "images" / speaker.name / f"{c:05d}" / f"{i:05d}.jpg", frame)
     faces_dir = out / "faces" / "lfw"
     shutil.rmtree(faces_dir, ignore_errors=True)
     for i, face in enumerate(gan_faces(), start=1):

@@ -9,7 +9,7 @@ from nerffacespeech.generate.__main__ import main
 from nerffacespeech.models.stylenerf.generator import Generator
 from tests.generate_helpers import ROOT, SPEECH, files_in
 
-ASTRONAUT = ROOT / "data" / "sample" / "images" / "astronaut" / "00001.jpg"
+ASTRONAUT = ROOT / "data" / "sample" / "images" / "astronaut" / "00001" / "00001.jpg"
 
 
 def _generator():

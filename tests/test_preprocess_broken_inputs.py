@@ -26,7 +26,7 @@ def _good_clip(root: Path, person: str, source: str = "lfw_003", frames: int = N
     folder = root / "images" / person
     folder.mkdir(parents=True)
     for i in range(1, frames + 1):
-        shutil.copy(SAMPLE / "images" / source / f"{i:05d}.jpg", folder / f"{i:05d}.jpg")
+        shutil.copy(SAMPLE / "images" / source / "00001" / f"{i:05d}.jpg", folder / f"{i:05d}.jpg")
     speech, _ = soundfile.read(SAMPLE / "audio" / source / "00001.wav")
     (root / "audio" / person).mkdir(parents=True)
     soundfile.write(root / "audio" / person / "00001.wav", speech[:frames * 640], 16000)
@@ -43,10 +43,10 @@ def _jpeg(array, mode=None) -> bytes:
 def _corpus(root: Path) -> dict[str, str]:
     """Builds the corpus; returns clip or frame → the reason it must be skipped for."""
     expected = {}
-    frame = np.asarray(Image.open(SAMPLE / "images" / "lfw_003" / "00001.jpg"))
+    frame = np.asarray(Image.open(SAMPLE / "images" / "lfw_003" / "00001" / "00001.jpg"))
     bad = _good_clip(root, "bad_frames", frames=20)
     nonface = cv2.resize((skdata.lfw_subset()[150] * 255).astype(np.uint8), (256, 256))
-    two = np.hstack([frame, np.asarray(Image.open(SAMPLE / "images" / "lfw_008" / "00001.jpg"))])
+    two = np.hstack([frame, np.asarray(Image.open(SAMPLE / "images" / "lfw_008" / "00001" / "00001.jpg"))])
     cv2.imwrite(str(root / "tmp16.png"), (frame.astype(np.uint16) * 257)[..., ::-1])
     frame_faults = {
         2: ("image_unreadable", b"this is not an image"),
@@ -87,7 +87,7 @@ def _corpus(root: Path) -> dict[str, str]:
     expected["broken/garbage"] = "video_corrupt"
     (root / "videos" / "mute").mkdir(parents=True)
     subprocess.run([video.ffmpeg(), "-v", "error", "-framerate", "25", "-i",
-                    str(SAMPLE / "images" / "lfw_003" / "%05d.jpg"), "-frames:v", str(N),
+                    str(SAMPLE / "images" / "lfw_003" / "00001" / "%05d.jpg"), "-frames:v", str(N),
                     "-pix_fmt", "yuv420p", str(root / "videos" / "mute" / "silent_film.mp4")], check=True)
     expected["mute/silent_film"] = "video_no_audio"
     (root / "tmp16.png").unlink()
@@ -103,7 +103,7 @@ def processed(tmp_path_factory):
     _good_clip(data, "good_a", "astronaut")
     _good_clip(data, "good_b", "lfw_008")
     (data / "videos" / "good_c").mkdir(parents=True)
-    subprocess.run([video.ffmpeg(), "-v", "error", "-framerate", "25", "-i", str(SAMPLE / "images" / "lfw_008" / "%05d.jpg"),
+    subprocess.run([video.ffmpeg(), "-v", "error", "-framerate", "25", "-i", str(SAMPLE / "images" / "lfw_008" / "00001" / "%05d.jpg"),
                     "-i", str(SAMPLE / "audio" / "lfw_008" / "00001.wav"), "-frames:v", str(N), "-t", str(N / 25),
                     "-pix_fmt", "yuv420p", "-c:a", "aac", str(data / "videos" / "good_c" / "talk.mp4")], check=True)
     config = {"data_dir": str(data), "resolution": 64, "max_bad_frame_fraction": 0.5,

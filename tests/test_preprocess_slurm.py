@@ -29,11 +29,11 @@ SAMPLES_PER_FRAME = 16_000 // 25
 
 
 def clips_from_sample(root: Path) -> list[str]:
-    """The sample's three long clips cut into 20-frame clips (images/<p>/<c>/, audio/<p>/<c>.wav)."""
+    """The first clip of every sample person cut into short clips (images/<p>/<c>/, audio/<p>/<c>.wav)."""
     keys = []
     for person in sorted(p.name for p in (SAMPLE / "images").iterdir()):
-        frames = sorted((SAMPLE / "images" / person).glob("*.jpg"))
-        with wave.open(str(next((SAMPLE / "audio" / person).glob("*.wav")))) as w:
+        frames = sorted((SAMPLE / "images" / person / "00001").glob("*.jpg"))
+        with wave.open(str(SAMPLE / "audio" / person / "00001.wav")) as w:
             assert w.getframerate() == 16_000
             pcm = np.frombuffer(w.readframes(w.getnframes()), np.int16)
         for c, start in enumerate(range(0, len(frames) - FRAMES_PER_CLIP + 1, FRAMES_PER_CLIP)):

@@ -14,6 +14,7 @@ from .stylenerf import ENGINES, PRECISIONS, PRESETS, training_problems
 from .typed import field_problems
 
 RANDOM_GENERATOR = "random"
+N_MELS = 80                                 # mel channels of a window (preprocess.audio, torch-free here)
 DEFAULT_GENERATOR_STAGE = "stylenerf"
 
 
@@ -55,6 +56,9 @@ class TrainConfig:
     latent_lr_mult: float = 100.0           # per-clip latents learn this much faster (equalized-lr style)
     max_steps: int = 2000
     holdout: float = 0.2                    # last fraction of every clip is held out for evaluation
+    augment_gain_db: float = 6.0            # training windows: level shift in ±dB per sequence
+    augment_noise: float = 0.3              # training windows: Gaussian noise, normalised log-mel units
+    augment_freq_mask: int = 20             # training windows: up to this many mel channels masked per sequence
     exp_weight: float = 1.0
     lip_weight: float = 0.1                 # lip landmark distance in px at 224
     smooth_weight: float = 0.5              # L1 of frame-to-frame expression differences
@@ -112,9 +116,12 @@ def _value_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
     for name in ("encoder_width", "deform_sigma", "lr", "eps", "latent_lr_mult"):
         if getattr(cfg, name) <= 0:
             out.append((name, "must be positive"))
-    for name in ("exp_weight", "lip_weight", "smooth_weight", "photo_weight", "mouth_weight", "keep_weight"):
+    for name in ("exp_weight", "lip_weight", "smooth_weight", "photo_weight", "mouth_weight", "keep_weight",
+                 "augment_gain_db", "augment_noise"):
         if getattr(cfg, name) < 0:
             out.append((name, "must be at least 0"))
+    if not 0 <= cfg.augment_freq_mask < N_MELS:
+        out.append(("augment_freq_mask", f"must be between 0 and {N_MELS - 1} mel channels"))
     if len(cfg.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in cfg.betas):
         out.append(("betas", f"must be two numbers in [0, 1), got {list(cfg.betas)}"))
     return out

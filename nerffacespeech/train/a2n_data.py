@@ -20,6 +20,8 @@ import torch.nn.functional as F
 
 from nerffacespeech.preprocess.audio import frame_window
 
+from .a2n_augment import MelAugment
+
 MOUTH_PAD = 0.25               # mouth box margin, fraction of its size
 
 
@@ -53,15 +55,20 @@ class TalkingData:
         self.face_model = models.pop()
         self.clips = [_load_clip(root / "clips" / k, k, resolution, holdout) for k in keys]
 
-    def train_batch(self, generator: torch.Generator, n: int, seq_len: int) -> dict[str, torch.Tensor]:
-        """n sequences of seq_len consecutive training frames, clips drawn uniformly."""
+    def train_batch(self, generator: torch.Generator, n: int, seq_len: int,
+                    augment: MelAugment | None = None) -> dict[str, torch.Tensor]:
+        """n sequences of seq_len consecutive training frames, clips drawn uniformly; their mel
+        windows augmented when `augment` is given and active."""
         clip_ids = torch.randint(len(self.clips), (n,), generator=generator).tolist()
         items = []
         for c in clip_ids:
             clip = self.clips[c]
             start = int(torch.randint(max(clip.n_train - seq_len + 1, 1), (1,), generator=generator))
             items.append((c, start))
-        return self._gather(items, seq_len)
+        batch = self._gather(items, seq_len)
+        if augment is not None and augment.active:
+            batch["mel"] = augment(batch["mel"], generator)
+        return batch
 
     def _gather(self, items: list[tuple[int, int]], seq_len: int) -> dict[str, torch.Tensor]:
         out: dict[str, list] = {k: [] for k in ("mel", "exp", "blink", "ref", "clip", "angles", "frame", "mouth")}

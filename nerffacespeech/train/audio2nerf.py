@@ -30,6 +30,7 @@ from nerffacespeech.models.audio2nerf.network import Audio2NeRF, parameter_count
 from nerffacespeech.models.audio2nerf.talking_head import EXPORT, PROGRESS
 
 from . import startup
+from .a2n_augment import MelAugment
 from .a2n_data import TalkingData, batch_generator
 from .a2n_evaluate import evaluate
 from .a2n_objective import Objective, Renderer, Weights
@@ -71,6 +72,7 @@ class Audio2NeRFTraining:
                                  face.to(env.device))
         self.accumulation = cfg.accumulation(env.world_size)
         self.weights = Weights.of(cfg)
+        self.augment = MelAugment(cfg.augment_gain_db, cfg.augment_noise, cfg.augment_freq_mask)
         n_clips, w_dim = len(self.data.clips), generator.cfg.w_dim
         factory = lambda: Objective(cfg.model, n_clips, w_dim, cfg.latent_lr_mult)
         torch.manual_seed(cfg.seed)                          # identical initial weights on every rank
@@ -95,7 +97,7 @@ class Audio2NeRFTraining:
         sums: dict[str, torch.Tensor] = {}
         for micro in range(self.accumulation):
             batch = self.data.train_batch(batch_generator(self.cfg.seed, step, self.env.rank, micro),
-                                          self.cfg.batch_per_gpu, self.cfg.seq_len)
+                                          self.cfg.batch_per_gpu, self.cfg.seq_len, self.augment)
             batch = {k: v.to(self.env.device) for k, v in batch.items()}
             loss, logs = self.objective(batch, self.renderer, self.weights)
             self.objective.backward(loss)
