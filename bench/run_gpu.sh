@@ -43,7 +43,8 @@ run_one() {
                     bench stylenerf-fast 560 python3 bench/stylenerf_bench.py --device cuda --budget 540 --engines deepspeed \
                         --zero 2 --compile on --graphs on --presets "${PRESETS:-paper256,paper1024}" --batch auto --no-flops \
                         --out "$OUT/stylenerf-fast-gpu.json" ;;
-        audio2nerf) bench audio2nerf 80 python3 bench/audio2nerf_bench.py --device cuda --train-minutes "${A2N_TRAIN_MINUTES:-0.6}" \
+        audio2nerf) bench audio2nerf "$(awk -v m="${A2N_TRAIN_MINUTES:-0.6}" 'BEGIN { print int(90 + 60 * m) }')" \
+                        python3 bench/audio2nerf_bench.py --device cuda --train-minutes "${A2N_TRAIN_MINUTES:-0.6}" \
                         ${A2N_PROCESSED:+--processed "$A2N_PROCESSED"} --output "$OUT/audio2nerf-gpu.json" ;;
         generate)   bench generate 30 python3 bench/generate_bench.py --device cuda --out "$OUT/generate-gpu.json" ;;
         preprocess) bench preprocess 40 python3 bench/preprocess_bench.py --device cuda --parts fit3dmm,reference \
