@@ -56,9 +56,9 @@ class TrainConfig:
     latent_lr_mult: float = 100.0           # per-clip latents learn this much faster (equalized-lr style)
     max_steps: int = 2000
     holdout: float = 0.2                    # last fraction of every clip is held out for evaluation
-    augment_gain_db: float = 6.0            # training windows: level shift in ±dB per sequence
-    augment_noise: float = 0.3              # training windows: Gaussian noise, normalised log-mel units
-    augment_freq_mask: int = 20             # training windows: up to this many mel channels masked per sequence
+    augment_gain_db: float = 10.0           # training windows: level shift in ±dB per sequence
+    augment_noise: float = 0.6              # training windows: Gaussian noise, normalised log-mel units
+    augment_freq_mask: int = 40             # training windows: up to this many mel channels masked per sequence
     exp_weight: float = 1.0
     lip_weight: float = 0.1                 # lip landmark distance in px at 224
     smooth_weight: float = 0.5              # L1 of frame-to-frame expression differences
