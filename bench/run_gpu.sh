@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU benchmark in one call of the GPU machine (at most 9 minutes: the limits below add up
-# to 535 s), results to $OUT.
+# Every GPU benchmark in one call of the GPU machine (the limits below add up to 581 s with
+# audio2nerf's default 0.6 training minutes; A2N_TRAIN_MINUTES adds to it), results to $OUT.
 #
 #   bash bench/run_gpu.sh                          # all of them
 #   bash bench/run_gpu.sh audio2nerf generate      # a subset, in this order

@@ -45,6 +45,14 @@ def test_all_zero_settings_are_inactive():
     assert not MelAugment(0.0, 0.0, 0).active and MelAugment(0.0, 0.1, 0).active
 
 
+def test_the_config_check_knows_the_feature_extractors_mel_channel_count():
+    from nerffacespeech.configs import audio2nerf
+    from nerffacespeech.preprocess import audio
+
+    assert audio2nerf.N_MELS == audio.N_MELS
+
+
 def test_config_check_names_bad_augmentation_fields():
-    problems = dict(check({"augment_gain_db": -1, "augment_noise": -0.1, "augment_freq_mask": 80}, {"world_size": 1}))
+    problems = dict(check({"augment_gain_db": -1, "augment_noise": float("nan"), "augment_freq_mask": 80},
+                          {"world_size": 1}))
     assert set(problems) == {"augment_gain_db", "augment_noise", "augment_freq_mask"}

@@ -93,8 +93,9 @@ def test_a_generator_of_another_preset_is_refused(run, tmp_path, capsys):
 @pytest.mark.slow
 def test_the_generated_mouth_moves_with_the_speech_energy(run):
     """Pearson r of the mouth box's frame-to-frame change in the decoded MP4 against the speech
-    energy (measured 0.30; 0.39 on the earlier 3-clip sample). At the default CRF 18 a 32 px clip loses these changes (r = -0.09):
-    H.264 skips blocks that change by a level or two; the rendered frames themselves give 0.35."""
+    energy (measured 0.30; 0.39 on the earlier 3-clip sample). On that sample the default CRF 18
+    lost these changes (r = -0.09: H.264 skips blocks that change by a level or two) and the
+    rendered frames themselves gave 0.35."""
     head = load_talking_head(run / "stages" / "audio2nerf" / "checkpoints")
     frames = _assert_clip(run / "stages" / "generate" / "samples" / "seed0000.mp4", 82)
     box = lipsync.mouth_box(head.face, head.resolution, head.generator.cfg.fov_degrees)

@@ -76,7 +76,7 @@ def test_a_stop_request_ends_the_shard_between_items_and_the_rerun_finishes_it(s
         task.run_shard(ctx)
     assert not (out / "outcomes").exists()
     first = sorted(layout.find_clips(SAMPLE), key=lambda c: c.key)[0]
-    shutil.copytree(single / "clips" / first.person, out / "clips" / first.person)   # one item done
+    shutil.copytree(single / "clips" / first.key, out / "clips" / first.key)         # one item done
     (out / "outcomes" / first.person).mkdir(parents=True)
     shutil.copy(single / "outcomes" / f"{first.key}.json", out / "outcomes" / f"{first.key}.json")
     done_at = (out / "outcomes" / f"{first.key}.json").stat().st_mtime_ns

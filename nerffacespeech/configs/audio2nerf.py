@@ -14,7 +14,8 @@ from .stylenerf import ENGINES, PRECISIONS, PRESETS, training_problems
 from .typed import field_problems
 
 RANDOM_GENERATOR = "random"
-N_MELS = 80                                 # mel channels of a window (preprocess.audio, torch-free here)
+N_MELS = 80                                 # mel channels of a window (preprocess.audio.N_MELS; kept here so
+                                            # the launcher's config check does not import scipy/soundfile)
 DEFAULT_GENERATOR_STAGE = "stylenerf"
 
 
@@ -118,7 +119,7 @@ def _value_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
             out.append((name, "must be positive"))
     for name in ("exp_weight", "lip_weight", "smooth_weight", "photo_weight", "mouth_weight", "keep_weight",
                  "augment_gain_db", "augment_noise"):
-        if getattr(cfg, name) < 0:
+        if not getattr(cfg, name) >= 0:                  # NaN too
             out.append((name, "must be at least 0"))
     if not 0 <= cfg.augment_freq_mask < N_MELS:
         out.append(("augment_freq_mask", f"must be between 0 and {N_MELS - 1} mel channels"))

@@ -19,16 +19,21 @@ UNITS_PER_DB = 2 * MAX_ABS / -MIN_LEVEL_DB       # the normalised log-mel's slop
 
 @dataclass(frozen=True)
 class MelAugment:
+    """The augmentation's settings (TrainConfig's augment_*); calling it augments a batch."""
+
     gain_db: float          # level shift, uniform in ±gain_db per sequence
     noise: float            # std of Gaussian noise, normalised log-mel units ([-4, 4] range)
     freq_mask: int          # at most this many consecutive mel channels masked per sequence
 
     @property
     def active(self) -> bool:
+        """Whether any setting is non-zero (all zero: batches pass through untouched)."""
         return bool(self.gain_db or self.noise or self.freq_mask)
 
     def __call__(self, mel: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Augmented copy of (B, S, 80, 16) windows of B sequences."""
+        """Augmented copy of (B, S, 80, 16) CPU windows of B sequences (the batch before it moves
+        to the device; `generator` is a CPU generator). The level shift is clamped to the
+        features' [-4, 4] range; the noise goes on after, so it also dithers silence."""
         b, _, channels, _ = mel.shape
         gain = (torch.rand(b, generator=generator) * 2 - 1) * self.gain_db * UNITS_PER_DB
         out = (mel + gain[:, None, None, None]).clamp(-MAX_ABS, MAX_ABS)
