@@ -1,7 +1,7 @@
 """Regenerate the bundled sample dataset in data/sample/ from shipped sources.
 
 Faces come from photos inside scikit-image, speech from Debian's espeak-ng. Every person says
-CLIPS_PER_PERSON sentences, one clip each (images/<person>/<clip>/, audio/<person>/<clip>.wav).
+each of its `sentences`, one clip each (images/<person>/<clip>/, audio/<person>/<clip>.wav).
 Each talking clip is a still photo animated deterministically: the photo is treated as a card that
 turns gently (yaw/pitch/roll, a homography) and the jaw opens with the loudness of the speech (a
 local vertical warp below the mouth). Nothing here is filmed video; docs in data/sample/SOURCES.md.
