@@ -15,7 +15,6 @@ tail of every clip, each fitted by least squares on that clip's training frames:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -51,11 +50,7 @@ PREDICTORS = {
 
 def jaw_drive(sample: Path, processed: Path):
     """Features: the loudness that opened the jaw of each kept frame of a bundled sample clip."""
-    path = Path(__file__).resolve().parent / "make_sample_data.py"
-    spec = importlib.util.spec_from_file_location("make_sample_data", path)
-    maker = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = maker                 # its dataclasses look their module up there
-    spec.loader.exec_module(maker)
+    import make_sample_data as maker               # a sibling script: scripts/ is sys.path[0]
 
     def features(clip: Clip) -> torch.Tensor:
         person, name = clip.key.split("/")
