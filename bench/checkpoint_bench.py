@@ -32,6 +32,8 @@ import torch
 import report as report_meta
 
 from launcher.runtime import checkpoint, distributed, toy
+from launcher.backends.local import supervisor_lock
+from launcher.runs import RunDir
 from launcher.runtime.context import CheckpointPolicy
 
 REPO = report_meta.REPO
@@ -212,7 +214,7 @@ def bench_signal_and_restart(cfg: toy.ToyConfig, ranks: int, device: str, root: 
     _wait(latest.exists, 900, "the committed checkpoint")
     committed = time.time()
     _wait(lambda: len(_attempts(run)) >= 2 and _attempts(run)[0]["end"], 300, "the restart")
-    _wait(lambda: (run / "local-supervisor.pid").exists() is False, 1800, "the run to finish")
+    _wait(lambda: not supervisor_lock(RunDir(run)).is_held(), 1800, "the run to finish")
     first, second = _attempts(run)[:2]
     metrics = _metrics(run)
     first_step_fresh = min(m["time"] for m in metrics if m["time"] > first["start"])

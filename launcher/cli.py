@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from . import exitcodes, plan as planner
+from . import exitcodes, plan as planner, runlock
 from .backends import local as local_backend
 from .runs import RunDir, find_run
 from .spec import SpecInvalid, load_spec
@@ -55,6 +55,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p = sub.add_parser("resume", help="restart every unfinished stage of a run")
     p.add_argument("run")
+    p.add_argument("--fresh-start", metavar="STAGE", action="append", default=[],
+                   help="let STAGE start over from step 0 when none of its checkpoints is usable")
     p.add_argument("--detach", action="store_true", help="local backend: run in the background")
     sub.add_parser("list", help="runs under the run root")
     return top
@@ -71,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exitcodes.BAD_SPEC
+    except runlock.LockHeld as held:     # two supervisors raced for one run; the second stops
+        print(f"error: {held}", file=sys.stderr)
+        return exitcodes.FAILED
     except RuntimeError as exc:         # e.g. sbatch refused a job, Slurm not reachable
         print(f"error: {exc}", file=sys.stderr)
         return exitcodes.FAILED
@@ -196,10 +201,10 @@ def cmd_cancel(args) -> int:
         cancelled = slurm.cancel(run, plan)
         print(f"cancelled slurm jobs: {', '.join(cancelled) or 'none active'}")
     else:
-        pid = local_backend.supervisor_pid(run)
-        if pid:
-            os.kill(pid, local_backend.signal.SIGTERM)
-            print(f"asked local supervisor {pid} to stop (ranks checkpoint, nothing restarts)")
+        lock = local_backend.supervisor_lock(run)
+        if lock.is_held():
+            print(f"cancel requested: the local supervisor ({runlock.describe(lock.holder())}) "
+                  f"stops its attempts within a second; ranks checkpoint, nothing restarts")
         else:
             print("no local supervisor is running")
     return exitcodes.OK
@@ -208,12 +213,32 @@ def cmd_cancel(args) -> int:
 def cmd_resume(args) -> int:
     run = _find(args)
     plan = run.read_plan()
-    if plan["backend"] == "local" and local_backend.supervisor_pid(run):
-        print("error: this run's local supervisor is still running", file=sys.stderr)
+    unknown = sorted(set(args.fresh_start) - {s["name"] for s in plan["stages"]})
+    if unknown:
+        print(f"error: --fresh-start: no stage {', '.join(unknown)} in run {run.run_id}", file=sys.stderr)
+        return exitcodes.BAD_SPEC
+    refusal = _live_attempts(run, plan)
+    if refusal:
+        print(f"error: not resumed: {refusal}", file=sys.stderr)
         return exitcodes.FAILED
     run.clear_cancel()
+    for stage in args.fresh_start:
+        run.allow_fresh_start(stage)
     print(f"resuming run {run.run_id}")
     return _start(run, plan, plan["python"], detach=args.detach)
+
+
+def _live_attempts(run: RunDir, plan: dict) -> str | None:
+    """Why `run` cannot be resumed now (something of it is still live), or None."""
+    if plan["backend"] == "slurm":
+        from .backends import slurm
+        active = slurm.active_jobs(run, plan)
+        return (f"Slurm still holds job(s) {', '.join(active)} of run {run.run_id}; "
+                f"wait for them or `cancel` first") if active else None
+    lock = local_backend.supervisor_lock(run)
+    if lock.is_held():
+        return runlock.describe(lock.holder()).replace("held by", f"run {run.run_id} is held by the local supervisor,", 1)
+    return None
 
 
 COMMANDS = {"submit": cmd_submit, "validate": cmd_validate, "render": cmd_render,

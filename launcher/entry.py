@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = _int_env("RANK")
     from .runtime.preemption import StopForRequeue, StopRequest
     stop = StopRequest(["SIG" + s for s in stage["stop_signals"]]).install()
+    stop.stop_when_parent_dies()        # an orphaned rank checkpoints and exits
     ctx = build_context(run, stage, stop)
     if os.environ.get("NFS_RANK_LOGS") == "1":
         shard = f"/shard-{ctx.shard_index}" if stage["array"] else ""

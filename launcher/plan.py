@@ -8,7 +8,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import asdict, dataclass, field
 
-from . import tasks
+from . import signals, tasks
 from .spec import JobSpec, StageSpec, format_minutes, processes_per_node
 
 # Filled in by the Slurm supervisor on the first node: its NodeAddr and a free port.
@@ -49,7 +49,7 @@ def build(spec: JobSpec, run_dir: str, python: str) -> dict:
     stages = [asdict(stage_plan(spec, spec.stages[name], run_dir, python))
               for name in spec.stage_order()]
     return {"version": 1, "name": spec.name, "run_dir": run_dir, "backend": spec.backend,
-            "python": python, "stages": stages}
+            "python": python, "warning_signal": spec.slurm.signal, "stages": stages}
 
 
 def stage_plan(spec: JobSpec, stage: StageSpec, run_dir: str, python: str) -> StagePlan:
@@ -73,7 +73,7 @@ def stage_plan(spec: JobSpec, stage: StageSpec, run_dir: str, python: str) -> St
         nodes=nodes, processes_per_node=nproc, gpus_per_node=stage.resources.gpus_per_node,
         cpus_per_task=stage.resources.cpus_per_task, mem_gb=stage.resources.mem_gb,
         time_minutes=stage.resources.time_minutes or spec.slurm.time_minutes,
-        max_restarts=max_restarts, stop_signals=list(stage.stop_signals),
+        max_restarts=max_restarts, stop_signals=signals.stop_signals(spec.slurm.signal),
         checkpoint=dict(stage.checkpoint), device=device,
         partition=stage.partition or spec.slurm.partition, env=env, command=[])
     command = (local_command(plan, run_dir, python) if local
@@ -93,11 +93,16 @@ def entry_command(python: str, run_dir: str, stage: str) -> list[str]:
     return [python, "-m", "launcher.entry", run_dir, stage]
 
 
+def shielded(python: str, plan: StagePlan) -> list[str]:
+    """The prefix that runs torchrun's agent deaf to the stage's stop signals (launcher.shield)."""
+    return [python, "-m", "launcher.shield", "--signals", ",".join(plan.stop_signals), "--"]
+
+
 def local_command(plan: StagePlan, run_dir: str, python: str) -> list[str]:
     """One process runs the entry directly; several run under torchrun (standalone rendezvous)."""
     if plan.processes_per_node == 1:
         return entry_command(python, run_dir, plan.name)
-    return [python, "-m", "launcher.shield", "--", python, "-m", "torch.distributed.run",
+    return shielded(python, plan) + [python, "-m", "torch.distributed.run",
             "--standalone", "--nnodes=1", f"--nproc_per_node={plan.processes_per_node}",
             "-m", "launcher.entry", run_dir, plan.name]
 
@@ -108,7 +113,7 @@ def slurm_step_command(plan: StagePlan, run_dir: str, python: str) -> list[str]:
             f"--cpus-per-task={plan.cpus_per_task * plan.processes_per_node}"]
     if plan.world_size == 1:
         return srun + entry_command(python, run_dir, plan.name)
-    return srun + [python, "-m", "launcher.shield", "--", python, "-m", "torch.distributed.run",
+    return srun + shielded(python, plan) + [python, "-m", "torch.distributed.run",
                    f"--nnodes={plan.nodes}", f"--nproc_per_node={plan.processes_per_node}",
                    "--rdzv_backend=c10d", f"--rdzv_endpoint={RDZV_PLACEHOLDER}",
                    "--rdzv_id=$SLURM_JOB_ID", "--max_restarts=0",

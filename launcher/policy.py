@@ -31,8 +31,9 @@ def decide(exit_code: int, *, error: str | None, checkpoint_step: int | None, re
         return Decision(COMPLETED, "the task finished")
     if cancel_requested:
         return Decision(CANCELLED, "cancelled by the operator")
-    if exit_code == exitcodes.STOPPED_FOR_REQUEUE and operator_stop:
-        return Decision(STOPPED, f"stopped on request at checkpoint step {checkpoint_step}")
+    if operator_stop:          # whatever the ranks did, nothing restarts until `resume`
+        how = "" if exit_code == exitcodes.STOPPED_FOR_REQUEUE else f" ({exitcodes.describe(exit_code)})"
+        return Decision(STOPPED, f"stopped on request{how} at checkpoint step {checkpoint_step}")
     if restarts_used >= max_restarts:
         return Decision(GAVE_UP, f"{exitcodes.describe(exit_code)} and the restart cap "
                                  f"({max_restarts}) is used up")

@@ -13,9 +13,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic
+from . import atomic, checkpoint_health, exitcodes
 
 CANCEL_MARKER = "cancel-requested"
+FRESH_START_MARKER = "FRESH_START"      # in a stage's checkpoints/: the runtime may start over
 
 
 def new_run_id(name: str) -> str:
@@ -63,6 +64,15 @@ class RunDir:
         """Write (or replace) one ledger record; `key` is owned by exactly one writer."""
         atomic.write_json(self.ledger_dir(stage) / f"{key}.json", record)
 
+    def try_record(self, stage: str, key: str, record: dict) -> str | None:
+        """`record`, but a failure (a full disk) is returned as text for the supervisor to print
+        instead of ending the supervisor: the attempt then reads as lost, never as running."""
+        try:
+            self.record(stage, key, record)
+            return None
+        except OSError as error:
+            return f"could not write ledger record {stage}/{key} ({error}): {json.dumps(record)}"
+
     def records(self, stage: str) -> list[dict]:
         folder = self.ledger_dir(stage)
         if not folder.is_dir():
@@ -78,6 +88,31 @@ class RunDir:
     def attempts(self, stage: str, shard: int | None = None) -> list[dict]:
         return [r for r in self.records(stage) if r.get("kind") == "attempt"
                 and (shard is None or r.get("shard") == shard)]
+
+    def settle_lost_attempts(self, stage: str, shard: int | None = None) -> list[dict]:
+        """Record every attempt still marked running as lost, and return the new records.
+
+        Call only while holding what guarantees that no attempt of `stage` (`shard`) is alive:
+        the local supervisor's run lock (after stopping orphans), or the Slurm stage lock. An
+        attempt whose supervisor died never wrote its end; its ranks may have (the outcome).
+        """
+        settled = []
+        for record in self.attempts(stage, shard):
+            if record.get("state") != "running":
+                continue
+            outcome = self.read_outcome(stage, record["shard"], record["attempt"]) or {}
+            step = self.checkpoint_step(stage)
+            why = "its supervisor died before recording the end"
+            if "exit" in outcome:
+                why += f"; rank 0 exited {exitcodes.describe(outcome['exit'])}"
+            last = (self.last_metrics(stage) or {}).get("step")
+            record = {**record, "state": "lost", "end": outcome.get("end") or time.time(),
+                      "exit_code": outcome.get("exit"), "error": outcome.get("error"),
+                      "signal": outcome.get("signal"), "checkpoint_step": step, "last_step": last,
+                      "reason": f"{why}; resumes from checkpoint step {step}"}
+            self.record(stage, f"shard-{record['shard']}-attempt-{record['attempt']}", record)
+            settled.append(record)
+        return settled
 
     def submissions(self, stage: str) -> list[dict]:
         return [r for r in self.records(stage) if r.get("kind") == "submission"]
@@ -102,6 +137,11 @@ class RunDir:
         digits = re.findall(r"\d+", text)
         return int(digits[-1]) if digits else None
 
+    def quarantined_since(self, stage: str, since: float) -> list[str]:
+        """One line per checkpoint of `stage` quarantined since `since`, for a supervisor to print."""
+        return [f"checkpoint {q['name']} quarantined: {q['reason']}"
+                for q in checkpoint_health.quarantined(self.stage_dir(stage) / "checkpoints") if q.get("time", 0) >= since]
+
     def last_metrics(self, stage: str) -> dict | None:
         path = self.stage_dir(stage) / "metrics.jsonl"
         try:
@@ -124,6 +164,10 @@ class RunDir:
     @property
     def cancel_requested(self) -> bool:
         return (self.path / CANCEL_MARKER).exists()
+
+    def allow_fresh_start(self, stage: str) -> None:
+        """Let `stage` start from step 0 if none of its checkpoints is usable (read by the runtime)."""
+        atomic.write_text(self.stage_dir(stage) / "checkpoints" / FRESH_START_MARKER, f"{time.time()}\n")
 
     def clear_cancel(self) -> None:
         try:

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from . import tasks
+from . import signals, tasks
 from .fields import Problem, Reader, SpecInvalid, dotted, suggest
 from .yamlsrc import Where, YamlSyntaxError, load_file
 
@@ -27,7 +27,7 @@ SBATCH_OPTION_HELP = "write '--option' or '--option=value' with a plain value (n
 RUN_ROOT = re.compile(r'^[^"%\\\n\r\x00]{1,1000}$')
 RUN_ROOT_HELP = 'a path without double quotes, percent signs, backslashes or newlines'
 ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SIGNALS = ("USR2", "USR1", "TERM", "INT", "HUP", "URG")
+SIGNALS = signals.WARNING_SIGNALS
 BACKENDS = ("local", "slurm")
 DEVICES = ("cpu", "cuda", "auto")
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
@@ -116,7 +116,6 @@ class StageSpec:
     array_parallelism: int | None = None
     after: tuple[str, ...] = ()
     checkpoint: dict[str, Any] = field(default_factory=dict)
-    stop_signals: tuple[str, ...] = ("USR2", "TERM", "INT")
     partition: str | None = None        # overrides slurm.partition for this stage
     max_restarts: int | None = None
 
@@ -282,7 +281,7 @@ def _read_slurm(r: Reader) -> SlurmSettings:
         constraint=r.string("constraint", None, **word),
         exclusive=r.boolean("exclusive", False),
         time_minutes=r.parsed("time", parse_minutes, 60),
-        signal=r.choice("signal", SIGNALS, "USR2"),
+        signal=r.choice("signal", SIGNALS, signals.DEFAULT_WARNING),
         signal_seconds=r.integer("signal_seconds", 120, minimum=10, maximum=65535),
         max_restarts=r.integer("max_restarts", 3, minimum=0, maximum=100),
         array_parallelism=r.integer("array_parallelism", None, minimum=1),
@@ -345,12 +344,11 @@ def _read_stages(top: Reader, slurm: SlurmSettings) -> dict[str, StageSpec]:
             array=array_size, array_parallelism=array_par,
             after=tuple(r.string_list("after")),
             checkpoint=checkpoint,
-            stop_signals=tuple(r.string_list("stop_signals") or ("USR2", "TERM", "INT")),
             partition=r.string("partition", None, pattern=SLURM_WORD, pattern_help=SLURM_WORD_HELP),
             max_restarts=r.integer("max_restarts", None, minimum=0, maximum=100))
-        for i, sig in enumerate(stages[sname].stop_signals):
-            if sig not in SIGNALS:
-                r.report(r.path + ("stop_signals", i), f"must be one of {', '.join(SIGNALS)}")
+        if r.raw("stop_signals", None) is not None:
+            r.report(r.path + ("stop_signals",), "not a stage setting: every stage stops on "
+                     "slurm.signal (the one warning signal), SIGTERM and SIGINT")
         r.finish()
     return stages
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from . import checkpoint_health
 from .backends import local as local_backend
 from .runs import RunDir
+
+
+LOST_REASON = "its supervisor is gone without recording the end; `resume` continues from the checkpoint"
 
 
 def _fmt_table(header: list[str], rows: list[list[str]]) -> str:
@@ -39,23 +43,29 @@ def stage_rows(run: RunDir) -> list[list[str]]:
     if plan["backend"] == "slurm":
         from .backends import slurm
         slurm_states = slurm.job_states(run, plan)
-    alive = plan["backend"] == "local" and local_backend.supervisor_pid(run) is not None
+    alive = plan["backend"] == "local" and local_backend.supervisor_lock(run).is_held()
     rows = []
     for stage in plan["stages"]:
         name = stage["name"]
         attempts = run.attempts(name)
         last = attempts[-1] if attempts else None
+        reason = (last or {}).get("reason") or ""
         if plan["backend"] == "slurm":
             job, state = slurm_states.get(name, ("-", "not submitted"))
+            if state == "running":          # the ledger says so, but Slurm no longer holds the job
+                state, reason = "lost", LOST_REASON
         else:
             job = last["job_id"] if last else "-"
             state = local_backend.stage_state(run, stage) or ("pending" if alive else "not started")
             if state == "running" and not alive:
-                state = "interrupted"
-        reason = (last or {}).get("reason") or ""
+                state, reason = "lost", LOST_REASON
+        quarantined = checkpoint_health.quarantined(run.stage_dir(name) / "checkpoints")
+        if quarantined:
+            reason = f"{len(quarantined)} checkpoint(s) quarantined, last: {quarantined[-1]['name']} " \
+                     f"({quarantined[-1]['reason']}); " + reason
         step = run.checkpoint_step(name)
         rows.append([name, job, state, str(len(attempts)), "-" if step is None else str(step),
-                     _progress(run.last_metrics(name)), reason[:80]])
+                     _progress(run.last_metrics(name)), reason[:160]])
     return rows
 
 

@@ -17,10 +17,11 @@ import time
 import zlib
 from pathlib import Path
 
-from . import exitcodes, plan as planner, policy
+from . import exitcodes, plan as planner, policy, runlock, signals
 from .runs import RunDir
 
 PORT_RANGE = (20000, 60000)
+STAGE_LOCK_WAIT_SECONDS = 300
 
 
 def scontrol(*args: str) -> str:
@@ -71,10 +72,21 @@ def main(argv: list[str] | None = None) -> int:
     run = RunDir(Path(run_dir))
     stage = next(s for s in run.read_plan()["stages"] if s["name"] == stage_name)
     shard = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
-    attempt = len(run.attempts(stage_name, shard))
     job_id = this_job_id()
     terminated = []
-    signal.signal(signal.SIGTERM, lambda *_: terminated.append(time.time()))
+    for name in stage["stop_signals"]:      # the step's ranks act on them; we record and wait
+        signal.signal(signals.number(name), lambda *_: terminated.append(time.time()))
+    lock = runlock.RunLock(run.stage_dir(stage_name) / "locks" / f"shard-{shard}.lock",
+                           f"an attempt of stage {stage_name} shard {shard}")
+    try:        # a requeued job can start while the step of its previous run is still ending
+        lock.acquire(wait_s=STAGE_LOCK_WAIT_SECONDS)
+    except runlock.LockHeld as held:
+        print(f"[launcher.supervise] not started: {held}", flush=True)
+        return exitcodes.FAILED
+    for lost in run.settle_lost_attempts(stage_name, shard):
+        print(f"[launcher.supervise] attempt {lost['attempt']} (job {lost['job_id']}): {lost['reason']}",
+              flush=True)
+    attempt = len(run.attempts(stage_name, shard))
 
     endpoint = f"{head_node_address(os.environ.get('SLURM_JOB_NODELIST', ''))}:{free_port(job_id)}"
     step = [w.replace(planner.RDZV_PLACEHOLDER, endpoint) for w in step]
@@ -110,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                   error=outcome.get("error"), signal=outcome.get("signal"),
                   checkpoint_step=step_done, state=action, reason=reason,
                   sigterm_seen=bool(terminated))
-    run.record(stage_name, key, record)
+    problem = run.try_record(stage_name, key, record)
+    for line in ([problem] if problem else []) + run.quarantined_since(stage_name, record["start"]):
+        print(f"[launcher.supervise] {line}", flush=True)
     print(f"[launcher.supervise] {exitcodes.describe(exit_code)} -> {action}: {reason}", flush=True)
     return exitcodes.OK if action == policy.COMPLETED else (
         exitcodes.STOPPED_FOR_REQUEUE if action in ("requeued", "preempted") else exitcodes.FAILED)

@@ -58,3 +58,10 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def supervisor_running(run: Path) -> bool:
+    """True while a local supervisor holds the run (its kernel lock; a dead one never does)."""
+    from launcher.backends.local import supervisor_lock
+    from launcher.runs import RunDir
+    return supervisor_lock(RunDir(run)).is_held()

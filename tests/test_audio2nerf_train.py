@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.launcher_helpers import launcher, run_dir_from, training_spec, wait_until, write_spec
+from tests.launcher_helpers import launcher, run_dir_from, supervisor_running, training_spec, wait_until, write_spec
 from tests.test_stylenerf_train import workers_of
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
@@ -80,7 +80,7 @@ def test_a_run_stopped_by_the_preemption_signal_resumes_bitwise(processed, tmp_p
     wait_until(reached_step_6, 300, "step 6 of the first attempt", interval=0.05)
     for worker in workers_of(run):
         worker.send_signal(signal.SIGUSR2)
-    wait_until(lambda: not (run / "local-supervisor.pid").exists(), 600, "the resumed run to finish")
+    wait_until(lambda: not supervisor_running(run), 600, "the resumed run to finish")
     attempts = sorted((json.loads(p.read_text()) for p in (run / "ledger" / "train").glob("shard-0-attempt-*.json")),
                       key=lambda a: a["attempt"])
     assert [(a["exit_code"], a["signal"]) for a in attempts] == [(75, "SIGUSR2"), (0, None)]

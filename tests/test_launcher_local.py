@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from tests.launcher_helpers import launcher, processed_items, run_dir_from, wait_until, write_spec
+from tests.launcher_helpers import launcher, processed_items, run_dir_from, supervisor_running, wait_until, write_spec
 
 PIPELINE = """
     name: pipe
@@ -80,8 +80,8 @@ def test_cancel_then_resume_processes_every_item_exactly_once(tmp_path):
     result = launcher("submit", str(spec), "--detach", cwd=tmp_path, check=True)
     run = run_dir_from(result.stdout)
     wait_until(lambda: len(processed_items(run, "shards")) >= 4, 60, "a few items")
-    assert "asked local supervisor" in launcher("cancel", run.name, cwd=tmp_path, check=True).stdout
-    wait_until(lambda: not (run / "local-supervisor.pid").exists(), 60, "the supervisor to stop")
+    assert "cancel requested" in launcher("cancel", run.name, cwd=tmp_path, check=True).stdout
+    wait_until(lambda: not supervisor_running(run), 60, "the supervisor to stop")
     done_before = processed_items(run, "shards")
     assert 0 < len(done_before) < 30
     assert "cancelled" in launcher("status", run.name, cwd=tmp_path, check=True).stdout
@@ -103,7 +103,7 @@ def test_a_stage_stopped_by_a_signal_to_its_process_restarts_and_finishes(tmp_pa
     wait_until(lambda: len(processed_items(run, "shards")) >= 3, 60, "a few items")
     attempt = json.loads((run / "ledger/shards/shard-0-attempt-0.json").read_text())
     os.kill(int(attempt["job_id"].split(":")[1]), 12)          # SIGUSR2 to the task process
-    wait_until(lambda: not (run / "local-supervisor.pid").exists(), 90, "the run to finish")
+    wait_until(lambda: not supervisor_running(run), 90, "the run to finish")
     assert processed_items(run, "shards") == list(range(20))
     first = json.loads((run / "ledger/shards/shard-0-attempt-0.json").read_text())
     assert first["exit_code"] == 75 and first["state"] == "continue" and first["signal"] == "SIGUSR2"

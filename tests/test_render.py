@@ -48,7 +48,8 @@ def test_stylenerf_step_runs_torchrun_per_node_with_c10d_rendezvous(spec, nodes)
     assert "--rdzv_backend=c10d" in torchrun and "--rdzv_endpoint={rdzv_endpoint}" in torchrun
     assert "--rdzv_id=$SLURM_JOB_ID" in torchrun
     assert torchrun[-4:-2] == ["launcher.entry", torchrun[-3]] or "launcher.entry" in torchrun
-    assert words[words.index("launcher.shield") + 1] == "--"   # torchrun ignores SIGUSR2
+    shield = words.index("launcher.shield")
+    assert words[shield + 1:shield + 4] == ["--signals", "USR2,TERM,INT", "--"]   # torchrun ignores them
 
 
 def test_the_multinode_spec_checks_the_total_batch_against_the_world_size():

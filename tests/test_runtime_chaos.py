@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from launcher.runtime.checkpoint import committed_steps, step_dirname, verify
+from tests import launcher_helpers
 from tests.launcher_helpers import launcher, run_dir_from, training_spec, wait_until, write_spec
 
 STEPS = 40
@@ -74,7 +75,7 @@ class Run:
         return max([m["step"] for m in self.metrics() if m["time"] > since], default=0)
 
     def supervisor_running(self) -> bool:
-        return (self.path / "local-supervisor.pid").exists()
+        return launcher_helpers.supervisor_running(self.path)
 
 
 def assert_visible_checkpoints_complete(run: Run) -> None:

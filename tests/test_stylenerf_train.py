@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from launcher.runtime.checkpoint import committed_steps, step_dirname, verify
-from tests.launcher_helpers import launcher, run_dir_from, training_spec, wait_until, write_spec
+from tests.launcher_helpers import launcher, run_dir_from, supervisor_running, training_spec, wait_until, write_spec
 
 FACES = Path(__file__).resolve().parents[1] / "data" / "sample" / "faces" / "lfw"
 SUPPORTED = [("deepspeed", zero, precision) for zero in (0, 1, 2, 3) for precision in ("bf16", "fp32")] + \
@@ -116,7 +116,7 @@ def test_a_run_stopped_by_the_preemption_signal_resumes_bitwise(tmp_path, engine
                "step 6 of the first attempt", interval=0.05)
     for worker in workers_of(run):
         worker.send_signal(signal.SIGUSR2)
-    wait_until(lambda: not (run / "local-supervisor.pid").exists(), 600, "the resumed run to finish")
+    wait_until(lambda: not supervisor_running(run), 600, "the resumed run to finish")
 
     assert final(run)["digests"] == expected
     attempts = sorted((json.loads(p.read_text()) for p in (run / "ledger" / "train").glob("shard-0-attempt-*.json")),

@@ -17,11 +17,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import atomic, exitcodes, policy
+from .. import exitcodes, policy, runlock, signals
 from ..runs import RunDir
 
-PID_FILE = "local-supervisor.pid"
+LOCK_FILE = "supervisor.lock"
 POLL_SECONDS = 0.2
+ORPHAN_GRACE_SECONDS = 300      # a trainer left by a dead supervisor gets this long to checkpoint
 
 
 @dataclass
@@ -39,11 +40,13 @@ class LocalSupervisor:
         self.echo = echo
         self.stop_signals = 0           # how many times the operator asked us to stop
         self.running: dict[int, Attempt] = {}
+        self.warning = signals.number(self.plan.get("warning_signal", signals.DEFAULT_WARNING))
 
     # -- signals ---------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
+        """1st stop: the warning signal to every process of each attempt; 2nd: SIGTERM; 3rd: SIGKILL."""
         self.stop_signals += 1
-        escalation = {1: signal.SIGUSR2, 2: signal.SIGTERM}.get(self.stop_signals, signal.SIGKILL)
+        escalation = {1: self.warning, 2: signal.SIGTERM}.get(self.stop_signals, signal.SIGKILL)
         for attempt in list(self.running.values()):
             for pid in process_tree(attempt.process.pid):
                 try:
@@ -53,30 +56,40 @@ class LocalSupervisor:
 
     # -- the run ---------------------------------------------------------------------------
     def run_all(self) -> int:
-        atomic.write_text(self.run.path / PID_FILE, f"{os.getpid()}\n")
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2):
+        """Run every unfinished stage; refused (LockHeld) while another supervisor holds the run."""
+        for signum in {signal.SIGINT, signal.SIGTERM, self.warning}:
             signal.signal(signum, self._on_signal)
-        try:
-            results: dict[str, str] = {}
+        with supervisor_lock(self.run).acquire(wait_s=2):
+            self._stop_orphans()
             for stage in self.plan["stages"]:
-                name = stage["name"]
-                blocked = [d for d in stage["after"] if results.get(d) != policy.COMPLETED]
-                if stage_state(self.run, stage) == policy.COMPLETED:
-                    results[name] = policy.COMPLETED
-                elif blocked:
-                    results[name] = "blocked"
-                    self.echo(f"[{name}] not started: waits for {', '.join(blocked)}")
-                elif self.stop_signals or self.run.cancel_requested:
-                    results[name] = policy.STOPPED
-                else:
-                    results[name] = self.run_stage(stage)
-            ok = all(r == policy.COMPLETED for r in results.values())
-            return exitcodes.OK if ok else exitcodes.FAILED
-        finally:
-            try:
-                (self.run.path / PID_FILE).unlink()
-            except FileNotFoundError:
-                pass
+                for record in self.run.settle_lost_attempts(stage["name"]):
+                    self.echo(f"[{stage['name']}] attempt {record['attempt']}: {record['reason']}")
+            return self._run_stages()
+
+    def _stop_orphans(self) -> None:
+        """Stop (checkpoint, then exit) what a dead supervisor of this run left running."""
+        orphans = runlock.run_processes(self.run.path)
+        if orphans:
+            self.echo(f"[launcher] {len(orphans)} process(es) of this run outlived their supervisor "
+                      f"(pids {', '.join(map(str, orphans))}): asking them to checkpoint and stop")
+            runlock.stop_processes(orphans, self.warning, ORPHAN_GRACE_SECONDS, echo=self.echo)
+
+    def _run_stages(self) -> int:
+        results: dict[str, str] = {}
+        for stage in self.plan["stages"]:
+            name = stage["name"]
+            blocked = [d for d in stage["after"] if results.get(d) != policy.COMPLETED]
+            if stage_state(self.run, stage) == policy.COMPLETED:
+                results[name] = policy.COMPLETED
+            elif blocked:
+                results[name] = "blocked"
+                self.echo(f"[{name}] not started: waits for {', '.join(blocked)}")
+            elif self.stop_signals or self.run.cancel_requested:
+                results[name] = policy.STOPPED
+            else:
+                results[name] = self.run_stage(stage)
+        ok = all(r == policy.COMPLETED for r in results.values())
+        return exitcodes.OK if ok else exitcodes.FAILED
 
     def run_stage(self, stage: dict) -> str:
         name = stage["name"]
@@ -87,6 +100,9 @@ class LocalSupervisor:
         self.echo(f"[{name}] starting: {len(todo)} of {len(shards)} shard(s), "
                   f"{stage['processes_per_node']} process(es) each")
         while todo or self.running:
+            if self.run.cancel_requested and not self.stop_signals:
+                self.echo(f"[{name}] cancel requested: stopping")
+                self._on_signal(signal.SIGTERM, None)
             while todo and len(self.running) < limit and not self.stop_signals:
                 shard = todo.pop(0)
                 self.running[shard] = self._start(stage, shard)
@@ -147,13 +163,15 @@ class LocalSupervisor:
             restarts_used=attempt.number, max_restarts=stage["max_restarts"],
             previous=previous[0] if previous else None,
             cancel_requested=self.run.cancel_requested, operator_stop=bool(self.stop_signals))
-        self.run.record(name, f"shard-{attempt.shard}-attempt-{attempt.number}", {
+        problem = self.run.try_record(name, f"shard-{attempt.shard}-attempt-{attempt.number}", {
             "kind": "attempt", "stage": name, "shard": attempt.shard, "attempt": attempt.number,
             "backend": "local", "job_id": f"local:{attempt.process.pid}",
             "nodes": socket.gethostname(), "start": attempt.start, "end": time.time(),
             "exit_code": code, "outcome": exitcodes.describe(code), "error": outcome.get("error"),
             "signal": outcome.get("signal"), "checkpoint_step": step,
             "state": decision.action, "reason": decision.reason})
+        for line in ([problem] if problem else []) + self.run.quarantined_since(name, attempt.start):
+            self.echo(f"[{name}] {line}")
         label = f"[{name}]" + (f" shard {attempt.shard}" if stage["array"] else "")
         self.echo(f"{label} attempt {attempt.number}: {exitcodes.describe(code)} -> "
                   f"{decision.action} ({decision.reason})")
@@ -196,14 +214,9 @@ def stage_state(run: RunDir, stage: dict) -> str | None:
     return attempts[-1].get("state") if attempts else None
 
 
-def supervisor_pid(run: RunDir) -> int | None:
-    """PID of a live local supervisor of this run, or None."""
-    try:
-        pid = int((run.path / PID_FILE).read_text().strip())
-        os.kill(pid, 0)
-        return pid
-    except (OSError, ValueError):
-        return None
+def supervisor_lock(run: RunDir) -> runlock.RunLock:
+    """The lock a local supervisor holds for as long as it runs `run`."""
+    return runlock.RunLock(run.path / LOCK_FILE, f"the local supervisor of run {run.run_id}")
 
 
 def start_detached(run: RunDir, python: str) -> int:

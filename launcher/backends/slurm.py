@@ -98,10 +98,15 @@ def job_states(run: RunDir, plan: dict) -> dict[str, tuple[str, str]]:
     return result
 
 
+def active_jobs(run: RunDir, plan: dict) -> list[str]:
+    """Job ids of the run that Slurm still holds (pending, running, requeueing...)."""
+    ids = list(latest_job_ids(run, plan).values())
+    return [j for j, states in squeue_states(ids).items() if set(states) & ACTIVE]
+
+
 def cancel(run: RunDir, plan: dict) -> list[str]:
     """scancel every job of the run that Slurm still holds."""
-    ids = list(latest_job_ids(run, plan).values())
-    active = [j for j, states in squeue_states(ids).items() if set(states) & ACTIVE]
+    active = active_jobs(run, plan)
     if active:
         _run(["scancel"] + active)
     return active

@@ -1,7 +1,8 @@
 """Training metrics: rank 0 appends one JSON line per log call and mirrors scalars to TensorBoard.
 
 `metrics.jsonl` is what `launcher status` reads (its last line); each line is flushed at once
-so a kill loses at most the line being written.
+so a kill loses at most the line being written. A resumed run calls `resume_at(step)` first:
+lines of steps it will redo are dropped, so the file keeps one line per logged step.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import logging
 import math
 import time
 from typing import TYPE_CHECKING, Any
+
+from launcher import atomic
 
 if TYPE_CHECKING:
     from launcher.runtime.context import TaskContext
@@ -29,6 +32,21 @@ class MetricsWriter:
         self._file = None
         self._board = None
         self._last: tuple[int, float] | None = None      # (step, time) of the previous line
+        self._purge_step: int | None = None              # TensorBoard drops events from here on
+
+    def resume_at(self, step: int) -> None:
+        """Forget what an earlier attempt logged after `step` (the checkpoint this run resumes
+        from): those steps are redone. The file is rewritten atomically; a torn last line goes too."""
+        if not self.enabled:
+            return
+        self._purge_step = step + 1
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return
+        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+        if len(kept) != len(lines):
+            atomic.write_text(self.path, "".join(line + "\n" for line in kept))
 
     def log(self, step: int, items: int | None = None, **scalars: Any) -> None:
         """Record `scalars` at `step`; `items` processed since the last call gives items/s throughput."""
@@ -60,7 +78,7 @@ class MetricsWriter:
                 log.warning("no TensorBoard mirror of metrics: %s", error)
                 self.tensorboard = False
                 return
-            self._board = SummaryWriter(log_dir=str(self.tensorboard_dir))
+            self._board = SummaryWriter(log_dir=str(self.tensorboard_dir), purge_step=self._purge_step)
         for key, value in record.items():
             if key not in ("step", "time") and isinstance(value, (int, float)) and math.isfinite(value):
                 self._board.add_scalar(key, value, step)
@@ -78,6 +96,13 @@ class MetricsWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _plain(value: Any) -> Any:

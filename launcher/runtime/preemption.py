@@ -6,16 +6,17 @@ instant harmless, and the task exits (code 75) only after its checkpoint is comm
 """
 from __future__ import annotations
 
+import os
 import signal
 from typing import TYPE_CHECKING, Iterable
 
+from launcher import signals as stop_signals
 from launcher.exitcodes import STOPPED_FOR_REQUEUE
 
 if TYPE_CHECKING:
     from launcher.runtime.distributed import DistEnv
 
-# SIGUSR1 is avoided: NCCL used it internally, and submitit moved to SIGUSR2 for that reason.
-DEFAULT_SIGNALS = ("SIGUSR2", "SIGTERM", "SIGINT")
+DEFAULT_SIGNALS = tuple("SIG" + name for name in stop_signals.stop_signals())
 
 
 class StopForRequeue(Exception):
@@ -32,16 +33,37 @@ class StopRequest:
     """A flag raised by the configured signals (or `request()`), agreed on by all ranks."""
 
     def __init__(self, signals: Iterable[str | int] = DEFAULT_SIGNALS):
-        self.signals = tuple(_signal_number(s) for s in signals)
+        self.signals = tuple(stop_signals.number(s) for s in signals)
         self._received: list[int] = []      # signal numbers in arrival order; append is atomic
 
     def install(self, signals: Iterable[str | int] | None = None) -> "StopRequest":
-        """Install the flag-setting handler for `signals` (default: the constructor's); main thread only."""
+        """Install the flag-setting handler for `signals` (default: the constructor's); main thread only.
+
+        Processes forked from here on start with the stop signals ignored: Slurm signals every
+        process of a step, and a helper must not die before its rank has saved.
+        """
         if signals is not None:
-            self.signals = tuple(_signal_number(s) for s in signals)
+            self.signals = tuple(stop_signals.number(s) for s in signals)
         for signum in self.signals:
             signal.signal(signum, self._on_signal)
+        os.register_at_fork(after_in_child=self._ignore_stop_signals)
         return self
+
+    def stop_when_parent_dies(self) -> None:
+        """Have the kernel send the first stop signal when this rank's parent (torchrun's agent,
+        or the local supervisor) dies, so an orphaned rank checkpoints and exits."""
+        if not stop_signals.die_with_parent(self.signals[0]):
+            self._received.append(self.signals[0])
+
+    def shield_child(self, worker_id: int | None = None) -> None:
+        """For a helper process of a rank (e.g. a DataLoader `worker_init_fn`): ignore the stop
+        signals (torch's worker handler would die of SIGTERM) and die with the rank instead."""
+        self._ignore_stop_signals()
+        stop_signals.die_with_parent(signal.SIGKILL)
+
+    def _ignore_stop_signals(self) -> None:
+        for signum in self.signals:
+            signal.signal(signum, signal.SIG_IGN)
 
     def _on_signal(self, signum: int, frame) -> None:
         self._received.append(signum)
@@ -77,7 +99,3 @@ class StopRequest:
         return bool(flag.item())
 
 
-def _signal_number(sig: str | int) -> int:
-    if isinstance(sig, int):
-        return sig
-    return int(getattr(signal, sig if sig.startswith("SIG") else f"SIG{sig}"))

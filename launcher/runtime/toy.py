@@ -209,6 +209,7 @@ def _train(ctx: TaskContext, cfg: ToyConfig, env: distributed.DistEnv, stop: Sto
     ckpt = checkpoint.CheckpointManager(ctx.checkpoint_dir, env, ctx.checkpoint)
     step = ckpt.restore_latest(state)
     with MetricsWriter(ctx, env) as metrics:
+        metrics.resume_at(step)
         while step < cfg.steps:
             index = batch_indices(cfg, env, progress)
             loss = engine.train_step(jitter(inputs[index]).to(env.device), targets[index].to(env.device))

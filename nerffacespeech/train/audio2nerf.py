@@ -136,8 +136,8 @@ def main(ctx: TaskContext) -> None:
                 "face_model": training.data.face_model, "pretrained_root": str(pretrained_root())}
     state = training.checkpoint_state(progress)
     ckpt = checkpoint.CheckpointManager(ctx.checkpoint_dir, env, ctx.checkpoint)
-    ckpt.restore_latest(state)
     metrics = MetricsWriter(ctx, env)
+    metrics.resume_at(ckpt.restore_latest(state))
     board = None
     if env.is_main:
         print(f"audio2nerf.train: {training.sizes['total'] / 1e6:.2f}M parameters {training.sizes}, generator "

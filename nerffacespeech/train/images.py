@@ -13,7 +13,7 @@ import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -133,10 +133,16 @@ class PositionSampler(torch.utils.data.Sampler):
             step += 1
 
 
-def batches(dataset: ImageDataset, sampler: PositionSampler, workers: int, pin_memory: bool) -> Iterator[torch.Tensor]:
-    """uint8 batches (B, 3, R, R) in sampler order, loaded by `workers` processes ahead of use."""
+def batches(dataset: ImageDataset, sampler: PositionSampler, workers: int, pin_memory: bool,
+            worker_init: Callable[[int], None] | None = None) -> Iterator[torch.Tensor]:
+    """uint8 batches (B, 3, R, R) in sampler order, loaded by `workers` processes ahead of use.
+
+    `worker_init` runs first in each worker: the training task passes its stop request's
+    `shield_child`, so a SIGTERM to every process of the job does not kill the workers.
+    """
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=sampler.batch, sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+        worker_init_fn=worker_init,
         prefetch_factor=4 if workers else None, persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(0))       # never draws from the global generator
     return iter(loader)

@@ -476,7 +476,7 @@ def main(ctx: TaskContext) -> None:
     run = RunState.fresh()
     state = training.checkpoint_state(run)
     ckpt = checkpoint.CheckpointManager(ctx.checkpoint_dir, env, ctx.checkpoint)
-    ckpt.restore_latest(state)
+    training.metrics.resume_at(ckpt.restore_latest(state))
     training.load_progress(run)
     total_steps = math.ceil(cfg.kimg * 1000 / cfg.batch_total)
     if cfg.max_steps is not None:
@@ -489,7 +489,8 @@ def main(ctx: TaskContext) -> None:
               f"{len(dataset)} training images, from step {run.progress['step']} to {total_steps}", flush=True)
     sampler = image_data.PositionSampler(len(dataset), env.rank, env.world_size, cfg.batch_per_gpu, cfg.seed,
                                          cfg.mirror, start_step=run.progress["step"] * training.accumulation)
-    batch_iter = image_data.batches(dataset, sampler, cfg.workers, pin_memory=env.device.type == "cuda")
+    batch_iter = image_data.batches(dataset, sampler, cfg.workers, pin_memory=env.device.type == "cuda",
+                                    worker_init=ctx.stop.shield_child)
     monitor = Monitor(ctx, env, training, dataset, total_steps)
     tick_images = cfg.tick_kimg * 1000
     try:
