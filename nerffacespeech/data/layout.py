@@ -4,6 +4,9 @@
     images/<person>/<clip>/00001.jpg …   several clips per person; speech: audio/<person>/<clip>.wav
     videos/<person>/<clip>.mp4           frames at 25 fps and 16 kHz speech are extracted from it
     metadata/{poses,expressions,landmarks}.json   optional, written by preprocessing if absent
+
+A frame file's name is its 1-based frame number, its place in time; preprocessing reads it
+(`nerffacespeech.preprocess.timeline`), the listing here only collects the files.
 """
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """One clip, start to finish: checks, landmarks, alignment, mel features, 3DMM fit, poses.
 
-Bad frames are dropped with their reason (the clip keeps its frame numbering, so the mel
-windows still line up); a bad clip raises BadInput and is skipped as a whole.
+Frames sit on the time line their file numbers give (`timeline`): frame N is paired with the
+speech of its own number, whatever is missing before it. Bad frames, and frame numbers without a
+file, are dropped with their reason and their time slot kept; a bad clip raises BadInput and is
+skipped as a whole.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from PIL import Image
 from nerffacespeech.configs.preprocess import PreprocessConfig
 from nerffacespeech.data.layout import Clip
 
-from . import align, audio, camera, images, landmarks, video
+from . import align, audio, camera, images, landmarks, timeline, video
 from .errors import BadInput
 
 DETECT_CHUNK = 16
@@ -38,33 +40,36 @@ def process_clip(clip: Clip, cfg: PreprocessConfig, marker, fitter=None, scratch
         raise BadInput("layout", clip.problem)
     if clip.video is not None:
         with tempfile.TemporaryDirectory(dir=scratch, prefix=".video-") as tmp:
-            frames, wav = video.extract(clip.video, Path(tmp), cfg.fps)
-            return _process(frames, wav, cfg, marker, fitter)
+            paths, wav = video.extract(clip.video, Path(tmp), cfg.fps)
+            return _process(clip.key, paths, wav, cfg, marker, fitter)
     if not clip.frames:
         raise BadInput("no_frames", f"{clip.key} has no image files")
-    return _process(list(clip.frames), clip.audio, cfg, marker, fitter)
+    return _process(clip.key, clip.frames, clip.audio, cfg, marker, fitter)
 
 
-def _process(frame_paths: list[Path], wav: Path, cfg: PreprocessConfig, marker, fitter) -> ClipResult:
-    n_frames = len(frame_paths)
+def _process(key: str, paths, wav: Path, cfg: PreprocessConfig, marker, fitter) -> ClipResult:
+    frames = timeline.number_frames(key, paths, cfg.max_frame_gap)
+    n_frames = frames.length
     speech = audio.load_speech(wav, cfg.audio_sample_rates, cfg.silence_dbfs)
     audio_frames = len(speech) * cfg.fps / audio.SAMPLE_RATE
     if abs(audio_frames - n_frames) > cfg.max_av_mismatch_frames:
         raise BadInput("av_mismatch", f"{n_frames} frames but {audio_frames:.1f} frames of audio "
                                       f"(tolerance {cfg.max_av_mismatch_frames})")
-    kept, raw_landmarks, skips = _detect_all(frame_paths, cfg, marker)
+    kept, raw_landmarks, skips = _detect_all(frames, cfg, marker)
+    skips = sorted(skips + _missing(frames), key=lambda s: s["frame"])
     if len(skips) > cfg.max_bad_frame_fraction * n_frames or not kept:
         raise BadInput("too_many_bad_frames", f"{len(skips)} of {n_frames} frames unusable "
                                               f"(allowed fraction {cfg.max_bad_frame_fraction})")
     smoothed = align.smooth_landmarks(np.stack(raw_landmarks), cfg.smooth_sigma_frames)
-    crops, transforms, fit_crops = _align_all(frame_paths, kept, smoothed, cfg)
+    crops, transforms, fit_crops = _align_all(frames, kept, smoothed, cfg)
     aligned_landmarks = align.apply_transforms(np.stack(raw_landmarks).astype(np.float64), transforms)
     mel = audio.log_mel(audio.fit_to_frames(speech, n_frames, cfg.fps))
+    frame_index = np.array(kept, np.int32)
     arrays = {
-        "frame_index": np.array([i + 1 for i in kept], np.int32),
+        "frame_index": frame_index,
         "n_frames": np.array(n_frames, np.int32),
         "mel": mel,
-        "mel_starts": audio.window_starts(n_frames, cfg.fps)[kept].astype(np.int32),
+        "mel_starts": audio.window_starts(n_frames, cfg.fps)[frame_index - 1].astype(np.int32),
         "landmarks": np.stack(raw_landmarks).astype(np.float32),
         "landmarks_smoothed": smoothed.astype(np.float32),
         "landmarks_aligned": aligned_landmarks.astype(np.float32),
@@ -80,39 +85,46 @@ def _process(frame_paths: list[Path], wav: Path, cfg: PreprocessConfig, marker, 
     return ClipResult(crops, arrays, skips, n_frames)
 
 
-def _detect_all(paths: list[Path], cfg: PreprocessConfig, marker):
-    """Frame checks and one face per frame, in chunks; returns kept indices, landmarks, skips."""
+def _missing(frames: timeline.Frames) -> list[dict]:
+    """A dropped-frame record for each frame number without a file (a gap short enough to keep)."""
+    return [{"frame": n, "kind": "frame_missing", "detail": f"no file for frame {n}; its time slot is kept"}
+            for n in frames.missing]
+
+
+def _detect_all(frames: timeline.Frames, cfg: PreprocessConfig, marker):
+    """Frame checks and one face per frame, in chunks; returns kept frame numbers, landmarks, skips."""
     kept, found, skips = [], [], []
-    for start in range(0, len(paths), DETECT_CHUNK):
+    numbers = frames.numbers
+    for start in range(0, len(numbers), DETECT_CHUNK):
         chunk, loaded = [], []
-        for i in range(start, min(start + DETECT_CHUNK, len(paths))):
+        for n in numbers[start:start + DETECT_CHUNK]:
             try:
-                loaded.append(images.load_frame(paths[i], cfg.min_side))
-                chunk.append(i)
+                loaded.append(images.load_frame(frames.files[n], cfg.min_side))
+                chunk.append(n)
             except BadInput as bad:
-                skips.append({"frame": i + 1, "kind": bad.kind, "detail": bad.detail})
-        for i, faces in zip(chunk, marker.detect(loaded)):
+                skips.append({"frame": n, "kind": bad.kind, "detail": bad.detail})
+        for n, faces in zip(chunk, marker.detect(loaded)):
             try:
                 face = landmarks.single_face(faces, marker.min_score)
             except BadInput as bad:
-                skips.append({"frame": i + 1, "kind": bad.kind, "detail": bad.detail})
+                skips.append({"frame": n, "kind": bad.kind, "detail": bad.detail})
                 continue
-            kept.append(i)
+            kept.append(n)
             found.append(face.landmarks)
-    return kept, found, sorted(skips, key=lambda s: s["frame"])
+    return kept, found, skips
 
 
-def _align_all(paths: list[Path], kept: list[int], smoothed: np.ndarray, cfg: PreprocessConfig):
-    """Aligned crops (encoded, keyed by 1-based frame number), their transforms, and the crops
-    at the fitting size; frames are read again rather than held, so long clips fit in memory."""
+def _align_all(frames: timeline.Frames, kept: list[int], smoothed: np.ndarray, cfg: PreprocessConfig):
+    """Aligned crops (encoded, keyed by frame number), their transforms, and the crops at the
+    fitting size; frames are read again rather than held, so long clips fit in memory."""
     crops, transforms, fit_crops = {}, [], []
     for start in range(0, len(kept), DETECT_CHUNK):
         batch = kept[start:start + DETECT_CHUNK]
-        pixels = [images.load_frame(paths[i], 1) for i in batch]
+        pixels = [images.load_frame(frames.files[n], 1) for n in batch]
         aligned, tf = align.align_faces(pixels, smoothed[start:start + len(batch)], cfg.resolution)
         transforms.append(tf)
-        for i, crop in zip(batch, aligned):
-            crops[i + 1] = _encode(crop, cfg)
+        for n, crop in zip(batch, aligned):
+            crops[n] = _encode(crop, cfg)
             fit_crops.append(cv2.resize(crop, (cfg.fit3dmm.fit_size,) * 2, interpolation=cv2.INTER_AREA))
     return crops, np.concatenate(transforms), np.stack(fit_crops)
 
