@@ -63,23 +63,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[launcher.entry] {stage['name']} rank {rank} shard {ctx.shard_index}/{ctx.shard_count} "
           f"attempt {ctx.attempt} task {stage['target']}", flush=True)
     outcome = {"rank": rank, "start": time.time()}
+    ended = None        # the task's exception, kept alive: freeing its frames tears down process groups
     try:
         tasks.load_callable(stage["target"])(ctx)
         code = exitcodes.OK
     except StopForRequeue as stopped:
-        code = exitcodes.STOPPED_FOR_REQUEUE
+        ended, code = stopped, exitcodes.STOPPED_FOR_REQUEUE
         outcome["step"] = stopped.step
     except BaseException as exc:  # the whole traceback goes to this rank's log
         traceback.print_exc()
-        code = exitcodes.FAILED
+        ended, code = exc, exitcodes.FAILED
         outcome["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-    if "torch.distributed" in sys.modules:   # an undestroyed gloo group can crash the exit
-        from .runtime.distributed import shutdown
-        shutdown()
     outcome.update(exit=code, end=time.time(), signal=stop.signal_name)
     if rank == 0:
         atomic.write_json(run.outcome_path(stage["name"], ctx.shard_index, ctx.attempt), outcome)
     print(f"[launcher.entry] exit {code} ({exitcodes.describe(code)})", flush=True)
+    if "torch.distributed" in sys.modules:
+        # Skip the interpreter's teardown: destroying a gloo group while its worker thread waits
+        # for the GIL deadlocks (seen when the peer rank had already exited), and a rank that
+        # never exits holds its job. Everything worth keeping is written and flushed above.
+        sys.stderr.flush()
+        os._exit(code)
+    del ended
     return code
 
 

@@ -476,7 +476,7 @@ def main(ctx: TaskContext) -> None:
     run = RunState.fresh()
     state = training.checkpoint_state(run)
     ckpt = checkpoint.CheckpointManager(ctx.checkpoint_dir, env, ctx.checkpoint)
-    training.metrics.resume_at(ckpt.restore_latest(state))
+    resumed_at = ckpt.restore_latest(state)
     training.load_progress(run)
     total_steps = math.ceil(cfg.kimg * 1000 / cfg.batch_total)
     if cfg.max_steps is not None:
@@ -492,6 +492,7 @@ def main(ctx: TaskContext) -> None:
     batch_iter = image_data.batches(dataset, sampler, cfg.workers, pin_memory=env.device.type == "cuda",
                                     worker_init=ctx.stop.shield_child)
     monitor = Monitor(ctx, env, training, dataset, total_steps)
+    monitor.metrics.resume_at(resumed_at)
     tick_images = cfg.tick_kimg * 1000
     try:
         if run.progress["step"] == 0:

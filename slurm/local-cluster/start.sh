@@ -9,7 +9,8 @@
 #   127.0.0.1 with distinct ports, each advertising more CPUs than the machine
 #   has (SlurmdParameters=config_overrides) so array tasks run side by side.
 # Two partitions over the same nodes: debug (default, PriorityTier=1,
-# GraceTime=20) and urgent (PriorityTier=10), with PreemptMode=REQUEUE.
+# GraceTime=20) and urgent (PriorityTier=10), with PreemptMode=REQUEUE; no user
+# signal at preemption (the common configuration): SIGTERM, then SIGKILL.
 #
 # Idempotent: daemons found alive through their PID files are left alone; a
 # second run with everything up just waits for the nodes and exits 0.
@@ -176,11 +177,11 @@ JobRequeue=1
 # Short scheduling intervals: requeued/pending jobs start within seconds.
 SchedulerType=sched/backfill
 SchedulerParameters=bf_interval=2,sched_interval=2
-# Preemption: a job in 'urgent' requeues jobs in 'debug'; the job's --signal
-# is sent at preemption time, then SIGTERM/SIGKILL after GraceTime.
+# Preemption: a job in 'urgent' requeues jobs in 'debug'. Configured the common
+# way (no preempt_send_user_signal): every process of the victim gets SIGCONT +
+# SIGTERM at preemption time, then SIGKILL when GraceTime runs out.
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
-SlurmctldParameters=preempt_send_user_signal
 # Without --with-accounting there is no slurmdbd. Either way job completion
 # records also go to a text file (sacct -c reads it).
 $ACCT_LINES
