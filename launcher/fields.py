@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from .yamlsrc import Where
@@ -20,7 +20,11 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.field}: {self.message}"
+        return f"{self.where}: {self.field}: {self.message}{self.where.trail()}"
+
+    def via(self, including: Where) -> "Problem":
+        """This problem of an included file, as reached through the `include:` entry at `including`."""
+        return replace(self, where=self.where.via(including))
 
 
 class SpecInvalid(Exception):

@@ -30,6 +30,7 @@ ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SIGNALS = signals.WARNING_SIGNALS
 BACKENDS = ("local", "slurm")
 DEVICES = ("cpu", "cuda", "auto")
+MAX_SHARDS = 100_000
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
@@ -186,7 +187,7 @@ def _load_with_includes(path: Path, chain: tuple) -> tuple[dict, dict[tuple, Whe
     try:
         data, positions = load_file(path)
     except YamlSyntaxError as exc:
-        raise SpecInvalid([Problem(exc.where, "<yaml>", str(exc).split(": yaml: ", 1)[-1])]) from None
+        raise SpecInvalid([Problem(exc.where, "<yaml>", exc.message)]) from None
     if not isinstance(data, dict):
         raise SpecInvalid([Problem(Where(str(path), 1), "<spec>", "a spec must be a mapping")])
     includes = data.pop("include", None)
@@ -199,15 +200,25 @@ def _load_with_includes(path: Path, chain: tuple) -> tuple[dict, dict[tuple, Whe
                                    "must be a file name or a list of file names")])
     merged, merged_pos = {}, {}
     for index, inc in enumerate(includes):
+        where = positions.get(("include", index)) or positions.get(("include",), Where(str(path)))
         if not (path.parent / inc).is_file():
-            where = positions.get(("include", index)) or positions.get(("include",), Where(str(path)))
             raise SpecInvalid([Problem(where, "include", f"file not found: {path.parent / inc}")])
-        base, base_pos = _load_with_includes(path.parent / inc, chain + (resolved,))
+        base, base_pos = _load_included(path.parent / inc, chain + (resolved,), where)
         _deep_merge(merged, base)
         merged_pos.update(base_pos)
     _deep_merge(merged, data)
     merged_pos.update({p: w for p, w in positions.items() if p[:1] != ("include",)})
     return merged, merged_pos
+
+
+def _load_included(path: Path, chain: tuple, including: Where) -> tuple[dict, dict[tuple, Where]]:
+    """An included file's data and positions; every place in it, and every problem found in
+    it, also names the `include:` entry at `including`, so that a user sees how it came in."""
+    try:
+        data, positions = _load_with_includes(path, chain)
+    except SpecInvalid as invalid:
+        raise SpecInvalid([p.via(including) for p in invalid.problems]) from None
+    return data, {p: w.via(including) for p, w in positions.items()}
 
 
 def _deep_merge(into: dict, other: dict) -> None:
@@ -234,13 +245,16 @@ def load_spec(path: str | Path, overrides: list[str] = (), backend: str | None =
     env = _read_env(top.mapping("env"))
     slurm = _read_slurm(top.mapping("slurm"))
     local = _read_local(top.mapping("local"))
-    stages = _read_stages(top, slurm)
+    stages, unsound = _read_stages(top, slurm)
     top.finish()
-    if not problems:
-        _check_graph(top, stages)
-        _check_resources(top, backend_name, slurm, local, stages)
-    if not problems and check_tasks:
-        _check_tasks(top, backend_name, local, stages, Path(path).parent)
+    _check_graph(top, stages)
+    # The cross-checks judge only what was read without problems: a wrong setting read as its
+    # default would have them report on a stand-in instead of the user's value.
+    if not _flawed(problems, "backend", "local", "slurm.partition", "slurm.partitions"):
+        sound = {sname: s for sname, s in stages.items() if sname not in unsound}
+        _check_resources(top, backend_name, slurm, local, sound)
+        if check_tasks:
+            _check_tasks(top, backend_name, local, sound, Path(path).parent)
     if problems:
         raise SpecInvalid(problems)
     return JobSpec(name=name, backend=backend_name, run_root=run_root, slurm=slurm, local=local,
@@ -301,13 +315,15 @@ def _read_local(r: Reader) -> LocalSettings:
     return settings
 
 
-def _read_stages(top: Reader, slurm: SlurmSettings) -> dict[str, StageSpec]:
+def _read_stages(top: Reader, slurm: SlurmSettings) -> tuple[dict[str, StageSpec], set[str]]:
+    """The stages, and the names of those whose resources, partition or config had problems."""
     sr = top.mapping("stages")
     if not sr.data:
         sr.report(sr.path, "a spec needs at least one stage")
-    stages = {}
+    stages, unsound = {}, set()
     for sname in sr.data:
         sr.seen.add(sname)
+        first = len(top.problems)
         if not isinstance(sname, str) or not NAME.match(sname):
             sr.report(sr.path + (sname,), f"stage name {sname!r} is not allowed: {NAME_HELP}")
             continue
@@ -350,19 +366,30 @@ def _read_stages(top: Reader, slurm: SlurmSettings) -> dict[str, StageSpec]:
             r.report(r.path + ("stop_signals",), "not a stage setting: every stage stops on "
                      "slurm.signal (the one warning signal), SIGTERM and SIGINT")
         r.finish()
-    return stages
+        if _flawed(top.problems[first:], *(dotted(r.path + (part,)) for part in ("resources", "partition",
+                                                                                 "config"))):
+            unsound.add(sname)
+    return stages, unsound
+
+
+def _flawed(problems: list[Problem], *fields: str) -> bool:
+    """Whether a problem was reported at or under any of the dotted `fields`."""
+    return any(p.field == f or p.field.startswith(f + ".") for p in problems for f in fields)
 
 
 def _read_array(r: Reader) -> tuple[int, int | None]:
     value = r.raw("array", 0)
     if isinstance(value, dict):
         ar = r.mapping("array")
-        size = ar.integer("size", minimum=1, maximum=100000)
+        size = ar.integer("size", minimum=1, maximum=MAX_SHARDS)
         par = ar.integer("parallelism", None, minimum=1)
         ar.finish()
         return size or 0, par
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         r.report(r.path + ("array",), "must be a number of shards or {size, parallelism}")
+        return 0, None
+    if value > MAX_SHARDS:
+        r.report(r.path + ("array",), f"must be at most {MAX_SHARDS}, got {value}")
         return 0, None
     return value, None
 
