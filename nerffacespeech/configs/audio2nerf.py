@@ -87,7 +87,14 @@ class TrainConfig:
     @classmethod
     def parse(cls, config: Any) -> tuple["TrainConfig | None", list[tuple[str, str]]]:
         """The typed config and every problem found (None when there are any)."""
-        return typed.parse(cls, {} if config is None else config, lambda c: field_problems(c, cls), _value_problems)
+        cfg, problems = _read(config)
+        return (None if problems else cfg), problems
+
+
+def _read(config: Any) -> tuple[TrainConfig | None, list[tuple[str, str]]]:
+    """Every type and value problem, and the stand-in the values were checked on (typed.read)."""
+    return typed.read(TrainConfig, {} if config is None else config, lambda c: field_problems(c, TrainConfig),
+                      _value_problems)
 
 
 def _value_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
@@ -129,11 +136,12 @@ def _value_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
 
 
 def check(config: dict, resources: dict) -> list[tuple[str, str]]:
-    """What the launcher runs before submitting: types, ranges, engine/precision support, batch split."""
-    cfg, problems = TrainConfig.parse(config)
+    """What the launcher runs before submitting, every problem at once: types, ranges, and
+    engine/precision support and the batch split as far as the fields they read are right."""
+    cfg, problems = _read(config)
     if cfg is None:
         return problems
-    return training_problems(cfg, resources)[1]
+    return problems + training_problems(cfg, resources, problems)
 
 
 __all__ = ["ModelConfig", "TrainConfig", "check", "RANDOM_GENERATOR", "DEFAULT_GENERATOR_STAGE"]

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import typed
+
 LANDMARKERS = ("auto", "fan", "dlib")
 IMAGE_FORMATS = ("png", "jpg")
 SYNTHETIC_BFM = "synthetic"
@@ -31,6 +33,9 @@ class FitConfig:
     batch_frames: int = 32
     photometric: bool = False            # add the skin-masked photometric loss (slow on CPU)
     fit_size: int = 224                  # the fitting image size (Deep3DFaceRecon uses 224)
+
+
+NESTED = {"fit3dmm": FitConfig}          # the config's fields that are dataclasses of their own
 
 
 @dataclass(frozen=True)
@@ -84,37 +89,39 @@ class PreprocessConfig:
     @classmethod
     def parse(cls, config: dict) -> tuple["PreprocessConfig | None", list[tuple[str, str]]]:
         """The typed config and every problem found (config is None when there are any)."""
-        problems: list[tuple[str, str]] = []
-        values = _read(cls, config, "", problems, nested={"fit3dmm": FitConfig})
-        if problems:
-            return None, problems
-        cfg = cls(**values)
-        problems += _semantic_problems(cfg)
-        return (None if problems else cfg), problems
+        return typed.parse(cls, config, _type_problems, _semantic_problems, nested=NESTED)
 
 
 def check(config: dict, resources: dict) -> list[tuple[str, str]]:
-    """What the launcher runs before submitting: types, ranges, unknown keys, the data folder, and
-    the pretrained files this config needs (FAN's, when `landmarker: fan`; the others are optional)."""
-    cfg, problems = PreprocessConfig.parse(config if isinstance(config, dict) else {})
-    if cfg is None:
-        return problems
-    data = Path(cfg.data_dir)
-    if not data.is_dir():
-        return [("data_dir", f"{cfg.data_dir!r} is not a folder (relative paths are taken from "
-                             f"the directory you run the launcher in)")]
-    if not any((data / sub).is_dir() for sub in ("images", "videos")):
-        return [("data_dir", f"{cfg.data_dir!r} has neither images/ nor videos/; see docs/PREPROCESSING.md")]
+    """What the launcher runs before submitting, every problem at once: types, ranges, unknown
+    keys, the data folder, and the pretrained files this config needs (FAN's, when
+    `landmarker: fan`; the others are optional)."""
+    cfg, problems = typed.read(PreprocessConfig, config if isinstance(config, dict) else {}, _type_problems,
+                               _semantic_problems, nested=NESTED)
+    return problems + typed.beyond(problems, _file_problems(cfg))
+
+
+def _file_problems(cfg: PreprocessConfig) -> list[tuple[str, str]]:
+    out = _data_problems(cfg.data_dir) if cfg.data_dir is not None else []
     if cfg.landmarker == "fan":         # auto falls back to dlib, and no BFM means pose-only fitting
         from nerffacespeech.pretrained import verify_for_stage
 
-        problems = verify_for_stage("preprocess", cfg.pretrained_root(), {"s3fd": "landmarker", "fan_2d": "landmarker"})
-        if problems:
-            return [(f, f"fan (or use auto/dlib) needs {m}") for f, m in problems]
+        found = verify_for_stage("preprocess", cfg.pretrained_root(), {"s3fd": "landmarker", "fan_2d": "landmarker"})
+        out += [(f, f"fan (or use auto/dlib) needs {m}") for f, m in found]
     if cfg.fit3dmm.enabled and cfg.fit3dmm.bfm_path and not cfg.synthetic_face_model \
             and not Path(cfg.fit3dmm.bfm_path).is_file():
-        return [("fit3dmm.bfm_path", f"{cfg.fit3dmm.bfm_path!r} does not exist "
-                                     f"(or {SYNTHETIC_BFM!r} for the built-in synthetic model)")]
+        out.append(("fit3dmm.bfm_path", f"{cfg.fit3dmm.bfm_path!r} does not exist "
+                                        f"(or {SYNTHETIC_BFM!r} for the built-in synthetic model)"))
+    return out
+
+
+def _data_problems(data_dir: str) -> list[tuple[str, str]]:
+    data = Path(data_dir)
+    if not data.is_dir():
+        return [("data_dir", f"{data_dir!r} is not a folder (relative paths are taken from "
+                             f"the directory you run the launcher in)")]
+    if not any((data / sub).is_dir() for sub in ("images", "videos")):
+        return [("data_dir", f"{data_dir!r} has neither images/ nor videos/; see docs/PREPROCESSING.md")]
     return []
 
 
@@ -124,20 +131,24 @@ _TYPES: dict[Any, tuple[type, ...]] = {
 }
 
 
-def _read(cls, data: Any, prefix: str, problems: list, nested: dict) -> dict:
+def _type_problems(config: Any) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    _field_problems(PreprocessConfig, config, "", problems, NESTED)
+    return problems
+
+
+def _field_problems(cls, data: Any, prefix: str, problems: list, nested: dict) -> None:
     if not isinstance(data, dict):
         problems.append((prefix.rstrip("."), "must be a mapping"))
-        return {}
+        return
     known = {f.name: f for f in fields(cls)}
     for key in data:
         if key not in known:
             problems.append((f"{prefix}{key}", f"unknown key; known: {', '.join(sorted(known))}"))
-    values: dict[str, Any] = {}
     for name, f in known.items():
         path = f"{prefix}{name}"
         if name in nested:
-            sub = _read(nested[name], data.get(name) or {}, f"{path}.", problems, {})
-            values[name] = nested[name](**sub) if not any(p[0].startswith(path) for p in problems) else None
+            _field_problems(nested[name], data.get(name) or {}, f"{path}.", problems, {})
             continue
         if name not in data:
             if f.default is f.default_factory:   # both MISSING: a required field
@@ -147,13 +158,8 @@ def _read(cls, data: Any, prefix: str, problems: list, nested: dict) -> dict:
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             problems.append((path, f"must be {str(f.type).replace('tuple[int, ...]', 'a list of integers')}, "
                                    f"got {type(value).__name__} {value!r}"))
-        elif kinds == (list, tuple):
-            if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-                problems.append((path, "must be a list of integers"))
-            values[name] = tuple(value)
-        else:
-            values[name] = value
-    return values
+        elif kinds == (list, tuple) and not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            problems.append((path, "must be a list of integers"))
 
 
 def _semantic_problems(cfg: PreprocessConfig) -> list[tuple[str, str]]:

@@ -18,6 +18,7 @@ INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 METRICS = ("swd", "fid50k_full", "fid10k", "fid2k")
 AUTO_GRAPHS_MAX_RESOLUTION = 512       # cuda_graphs: auto graphs the regularisers up to this output size
+BATCH_FIELDS = ("preset", "model", "batch_per_gpu", "batch_total")   # what a batch split is made of
 
 
 @dataclass(frozen=True)
@@ -202,18 +203,10 @@ def _type_problems(config: Any) -> list[Problem]:
 
 
 def _value_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
-    if cfg.preset not in PRESETS:
-        return [("preset", f"must be one of {', '.join(PRESETS)}, got {cfg.preset!r}")]
-    m = cfg.model_config
-    r, n = m.resolution, m.nerf_resolution
-    if r & (r - 1) or n & (n - 1) or not 8 <= n <= r <= 1024:
-        out.append(("model.resolution", f"resolution {r} and nerf_resolution {n} must be powers of two "
-                                        "with 8 <= nerf_resolution <= resolution <= 1024"))
-    for res in m.upsampler_resolutions:
-        if min(m.up_channel_base // res, m.up_channel_max) < 4:
-            out.append(("model.up_channel_base", f"gives fewer than 4 upsampler channels at {res} px"))
-            break
+    if cfg.preset in PRESETS:
+        out = _model_problems(cfg.model_config)
+    else:                               # the model's numbers are the preset's: nothing to judge
+        out = [("preset", f"must be one of {', '.join(PRESETS)}, got {cfg.preset!r}")]
     if cfg.engine not in ENGINES:
         out.append(("engine", f"must be one of {', '.join(ENGINES)}, got {cfg.engine!r}"))
     if cfg.zero_stage not in (0, 1, 2, 3):
@@ -244,6 +237,19 @@ def _value_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
     return out
 
 
+def _model_problems(m: ModelConfig) -> list[tuple[str, str]]:
+    out = []
+    r, n = m.resolution, m.nerf_resolution
+    if r & (r - 1) or n & (n - 1) or not 8 <= n <= r <= 1024:
+        out.append(("model.resolution", f"resolution {r} and nerf_resolution {n} must be powers of two "
+                                        "with 8 <= nerf_resolution <= resolution <= 1024"))
+    for res in m.upsampler_resolutions:
+        if min(m.up_channel_base // res, m.up_channel_max) < 4:
+            out.append(("model.up_channel_base", f"gives fewer than 4 upsampler channels at {res} px"))
+            break
+    return out
+
+
 def support_problems(engine: str, zero_stage: int, precision: str, device: str) -> list[tuple[str, str]]:
     """Engine/ZeRO/precision/device combinations that are not supported, and why.
 
@@ -264,40 +270,47 @@ def support_problems(engine: str, zero_stage: int, precision: str, device: str) 
     return out
 
 
-def training_problems(cfg: Any, resources: dict) -> tuple[Any, list[Problem]]:
-    """A training config resolved for the stage's processes, and the problems of its engine and
-    precision on the stage's device and of its batch split (shared by the training tasks)."""
+def training_problems(cfg: Any, resources: dict, known: list[Problem]) -> list[Problem]:
+    """The problems of a training config's engine and precision on the stage's device and of its
+    batch split across the stage's processes (shared by the training tasks), each judged only
+    when the fields it reads have no problem in `known`: a stand-in default would be judged."""
     world = int(resources.get("world_size") or 1)
-    device = str(resources.get("device") or "auto")
-    out = support_problems(cfg.engine, cfg.zero_stage, cfg.precision, device)
-    r = cfg.resolved(world)
-    if r.batch_total % (r.batch_per_gpu * world):
-        out.append(("batch_total", f"{r.batch_total} is not a multiple of batch_per_gpu {r.batch_per_gpu} x "
-                                   f"{world} processes"))
-    return r, out
+    out = []
+    if typed.sound(known, "engine", "zero_stage", "precision"):
+        out += support_problems(cfg.engine, cfg.zero_stage, cfg.precision, str(resources.get("device") or "auto"))
+    if typed.sound(known, *BATCH_FIELDS):
+        r = cfg.resolved(world)
+        if r.batch_total % (r.batch_per_gpu * world):
+            out.append(("batch_total", f"{r.batch_total} is not a multiple of batch_per_gpu {r.batch_per_gpu} "
+                                       f"x {world} processes"))
+    return out
 
 
 def check(config: dict, resources: dict) -> list[tuple[str, str]]:
-    """What the launcher runs before submitting: types, ranges, presets, batch split, ZeRO/precision,
-    and the files it would read: FID's Inception weights (only when a `fid` metric is on) and
-    `init_from`. Training from scratch needs no pretrained network."""
-    cfg, problems = TrainConfig.parse(config)
+    """What the launcher runs before submitting, every problem at once: types, ranges, presets,
+    the files it would read (the data; FID's Inception weights only when a `fid` metric is on;
+    `init_from`), and ZeRO/precision and the batch split as far as the fields they read are
+    right. Training from scratch needs no pretrained network."""
+    cfg, problems = typed.read(TrainConfig, config, _type_problems, _value_problems)
     if cfg is None:
         return problems
-    problems = _file_problems(cfg)
-    if problems:
-        return problems
-    r, out = training_problems(cfg, resources)
-    group = min(r.model_config.mbstd_group, r.batch_per_gpu)
-    if r.batch_per_gpu % group:
-        out.append(("batch_per_gpu", f"must be a multiple of the minibatch-std group {group}"))
-    if r.pl_weight and r.pl_every and r.batch_per_gpu // r.pl_batch_shrink < 1:
-        out.append(("pl_batch_shrink", f"leaves no image of batch_per_gpu {r.batch_per_gpu}"))
-    return out
+    problems += typed.beyond(problems, _file_problems(cfg))
+    out = training_problems(cfg, resources, problems)
+    if typed.sound(problems, *BATCH_FIELDS, "pl_weight", "pl_every", "pl_batch_shrink"):
+        r = cfg.resolved(int(resources.get("world_size") or 1))
+        group = min(r.model_config.mbstd_group, r.batch_per_gpu)
+        if r.batch_per_gpu % group:
+            out.append(("batch_per_gpu", f"must be a multiple of the minibatch-std group {group}"))
+        if r.pl_weight and r.pl_every and r.batch_per_gpu // r.pl_batch_shrink < 1:
+            out.append(("pl_batch_shrink", f"leaves no image of batch_per_gpu {r.batch_per_gpu}"))
+    return problems + out
 
 
 def _file_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
     out = []
+    if cfg.data is not None and not os.path.exists(cfg.data):
+        out.append(("data", f"{cfg.data!r} does not exist (a folder or zip of aligned face images; relative "
+                            "paths are taken from the directory you run the launcher in)"))
     if cfg.init_from and not os.path.isfile(cfg.init_from):
         out.append(("init_from", f"{cfg.init_from!r} does not exist (export it with "
                                  "nerffacespeech.pretrained.stylenerf_pkl, see docs/PRETRAINED.md)"))

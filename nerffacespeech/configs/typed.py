@@ -1,11 +1,13 @@
 """The first check of every task config: a YAML mapping against a frozen dataclass's fields.
 
 Unknown keys (listing the known ones), missing required keys, and values whose type does not
-match the field's annotation; each task's config module then checks its own value rules.
+match the field's annotation; each task's config module then checks its own value rules. A user
+sees every problem at once: values are checked on a stand-in config whose ill-typed fields are
+left at their defaults, and each field is reported once, by the first round that finds it wrong.
 """
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import Any, Callable, TypeVar
 
 Problem = tuple[str, str]           # (field path, message)
@@ -38,13 +40,56 @@ def field_problems(config: Any, cls: type, required: dict[str, str] | None = Non
 
 
 def parse(cls: type[Config], config: Any, type_problems: Callable[[Any], list[Problem]],
-          value_problems: Callable[[Config], list[Problem]]) -> tuple[Config | None, list[Problem]]:
-    """The typed config and every problem found (None when there are any): types first, then
-    the values of the built dataclass, whose tuple fields take YAML's lists as tuples."""
-    problems = type_problems(config)
-    if problems:
-        return None, problems
-    tuples = {f.name for f in fields(cls) if str(f.type).startswith("tuple")}
-    cfg = cls(**{k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in config.items()})
-    problems = value_problems(cfg)
+          value_problems: Callable[[Config], list[Problem]],
+          nested: dict[str, type] | None = None) -> tuple[Config | None, list[Problem]]:
+    """The typed config and every problem found (None when there are any)."""
+    cfg, problems = read(cls, config, type_problems, value_problems, nested)
     return (None if problems else cfg), problems
+
+
+def read(cls: type[Config], config: Any, type_problems: Callable[[Any], list[Problem]],
+         value_problems: Callable[[Config], list[Problem]],
+         nested: dict[str, type] | None = None) -> tuple[Config | None, list[Problem]]:
+    """Every type and value problem of `config`, and the stand-in the values were checked on,
+    for checks that follow (None when `config` is not a mapping). Only `parse` hands a config
+    to a task. `nested` names the fields that are dataclasses of their own."""
+    problems = type_problems(config)
+    if not isinstance(config, dict):
+        return None, problems
+    cfg = stand_in(cls, config, problems, nested=nested or {})
+    return cfg, problems + beyond(problems, value_problems(cfg))
+
+
+def stand_in(cls: type[Config], config: Any, problems: list[Problem], prefix: str = "",
+             nested: dict[str, type] | None = None) -> Config:
+    """`config` as a `cls` without the fields that have a problem: those are left at their
+    defaults (None where required, which value rules do not read). Tuple fields take YAML's
+    lists as tuples."""
+    data = config if isinstance(config, dict) else {}
+    nested = nested or {}
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        path = prefix + f.name
+        if f.name in nested:
+            values[f.name] = stand_in(nested[f.name], data.get(f.name), problems, path + ".")
+        elif f.name in data and not touches(problems, path):
+            value = data[f.name]
+            values[f.name] = tuple(value) if isinstance(value, list) and str(f.type).startswith("tuple") else value
+        elif f.default is MISSING and f.default_factory is MISSING:
+            values[f.name] = None
+    return cls(**values)
+
+
+def beyond(problems: list[Problem], more: list[Problem]) -> list[Problem]:
+    """The problems of `more` on fields that `problems` has none about: one report a field."""
+    return [p for p in more if not touches(problems, p[0])]
+
+
+def sound(problems: list[Problem], *paths: str) -> bool:
+    """Whether none of `paths` has a problem: a check that reads them can judge the user's values."""
+    return not any(touches(problems, path) for path in paths)
+
+
+def touches(problems: list[Problem], path: str) -> bool:
+    """Whether a problem is at `path`, above it or below it ("model" and "model.z_dim" touch)."""
+    return any(f == path or f.startswith(path + ".") or path.startswith(f + ".") for f, _ in problems)
