@@ -6,6 +6,10 @@ module source and the module's `__dict__` (`_parameters`, `_buffers`, `_modules`
 ...). `safe_pickle` turns those records into inert data; this module walks them into flat state
 dicts (`synthesis.b32.conv0.weight`, like `Module.state_dict()`) and plain-data init kwargs, and
 exports safetensors through a name map.
+
+Like `safe_pickle`, it allocates in proportion to the file: plain-data conversion keeps what the
+pickle shares shared, and a network's flattened names (a shared submodule counts at every path,
+as in `state_dict()`) may total at most as many characters as the file has bytes.
 """
 from __future__ import annotations
 
@@ -53,26 +57,47 @@ def read(path: str | Path, names: Sequence[str] = NETWORKS) -> NetworkSnapshot:
     found = [name for name in names if top.get(name) is not None]
     if not found:
         raise NetworkPickleError(f"{path}: none of {list(names)} in it (has {sorted(map(str, top))})")
-    networks = {name: network(top[name], name) for name in found}
-    extras = {str(k): to_plain(v) for k, v in top.items() if k not in NETWORKS and not _is_module(v)}
+    size = Path(path).stat().st_size
+    networks = {name: network(top[name], f"{path}: {name}", size) for name in found}
+    extras = to_plain({str(k): v for k, v in top.items() if k not in NETWORKS and not _is_module(v)})
     return NetworkSnapshot(networks, extras)
 
 
-def network(record: Any, name: str = "network") -> Network:
-    """Flatten one module record (persistent or torch.nn) into a Network."""
+def network(record: Any, name: str, max_name_chars: int) -> Network:
+    """Flatten one module record (persistent or torch.nn) into a Network.
+
+    `name` is how errors call it; its flattened names may total `max_name_chars` characters
+    (`read` allows the file's size).
+    """
     if not _is_module(record):
         raise NetworkPickleError(f"{name} is {record!r}, not a module record")
     state = _module_dict(record, name)
-    tensors: dict[str, torch.Tensor] = {}
-    classes: dict[str, str] = {}
-    _walk(record, "", tensors, classes)
+    flat = _Flat(name, max_name_chars)
+    _walk(record, "", flat)
     return Network(
         class_name=_class_name(record),
-        state_dict=tensors,
+        state_dict=flat.tensors,
         init_args=to_plain(list(state.get("_init_args", ()))),
         init_kwargs=to_plain(dict(state.get("_init_kwargs") or {})),
-        module_classes=classes,
+        module_classes=flat.classes,
     )
+
+
+@dataclass
+class _Flat:
+    """What walking a network produces, and how many characters of names it may still add."""
+
+    where: str
+    chars_left: int
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    classes: dict[str, str] = field(default_factory=dict)
+
+    def spend(self, name: str) -> str:
+        self.chars_left -= len(name)
+        if self.chars_left < 0:
+            raise NetworkPickleError(f"{self.where}: its state-dict names (a shared submodule counts at "
+                                     "every path) outgrow the file: more characters than it has bytes")
+        return name
 
 
 def _is_module(obj) -> bool:
@@ -91,11 +116,11 @@ def _module_dict(record, where: str) -> dict:
     return state
 
 
-def _walk(record, prefix: str, tensors: dict, classes: dict) -> None:
+def _walk(record, prefix: str, flat: _Flat) -> None:
     """Module.state_dict() semantics: parameters, then persistent buffers, then children."""
     where = prefix.rstrip(".")
     state = _module_dict(record, where)
-    classes[where] = _class_name(record)
+    flat.classes[flat.spend(where)] = _class_name(record)
     skip = set(state.get("_non_persistent_buffers_set") or ())
     for kind in ("_parameters", "_buffers"):
         for name, value in state[kind].items():
@@ -103,50 +128,59 @@ def _walk(record, prefix: str, tensors: dict, classes: dict) -> None:
                 continue
             if not isinstance(value, torch.Tensor):
                 raise NetworkPickleError(f"{prefix}{name}: {kind[1:-1]} is {type(value).__name__}, not a tensor")
-            tensors[prefix + name] = value
+            flat.tensors[flat.spend(prefix + name)] = value
     for name, child in state["_modules"].items():
         if child is None:
             continue
         if not _is_module(child):
             raise NetworkPickleError(f"{prefix}{name}: submodule is {child!r}, not a module record")
-        _walk(child, f"{prefix}{name}.", tensors, classes)
+        _walk(child, f"{prefix}{name}.", flat)
 
 
-def to_plain(obj: Any, _seen: frozenset = frozenset()) -> Any:
-    """Records to plain Python data (omegaconf configs to dicts/lists); tensors stay tensors."""
+def to_plain(obj: Any, _memo: dict | None = None) -> Any:
+    """Records to plain Python data (omegaconf configs to dicts/lists); tensors stay tensors.
+
+    Each object is converted once, so what the pickle shares stays shared (a list holding itself
+    twice n levels deep stays n lists, not 2**n), and a reference back into a cycle is "<cycle>".
+    """
     if obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.Tensor, torch.dtype)):
         return obj
-    if id(obj) in _seen:
-        return "<cycle>"
-    seen = _seen | {id(obj)}
+    memo = {} if _memo is None else _memo
+    if id(obj) not in memo:
+        memo[id(obj)] = "<cycle>"                  # what references met while converting obj get
+        memo[id(obj)] = _convert(obj, memo)
+    return memo[id(obj)]
+
+
+def _convert(obj: Any, memo: dict) -> Any:
     if isinstance(obj, (NumpyArray, NumpyDType)):
         return obj.to_numpy()
     if hasattr(obj, "item") and type(obj).__module__ == "numpy":
         return obj.item()
     if isinstance(obj, (dict, DictRecord)):
-        return {to_plain(k, seen): to_plain(v, seen) for k, v in obj.items()}
+        return {to_plain(k, memo): to_plain(v, memo) for k, v in obj.items()}
     if isinstance(obj, tuple):
-        return tuple(to_plain(v, seen) for v in obj)
+        return tuple(to_plain(v, memo) for v in obj)
     if isinstance(obj, (list, set, frozenset)):
-        return [to_plain(v, seen) for v in obj]
+        return [to_plain(v, memo) for v in obj]
     if isinstance(obj, type) and issubclass(obj, RefusedGlobal):
         return {"__global__": obj.path}
     if isinstance(obj, PersistentRecord):
         return {"__persistent__": obj.class_name}
     if isinstance(obj, Record) and obj.class_path.startswith("omegaconf.") and isinstance(obj.state, dict):
-        return _omegaconf(obj, seen)
+        return _omegaconf(obj, memo)
     if isinstance(obj, Record):
-        return {"__record__": obj.class_path, "state": to_plain(obj.state, seen)}
+        return {"__record__": obj.class_path, "state": to_plain(obj.state, memo)}
     return {"__object__": type(obj).__name__}
 
 
-def _omegaconf(record: Record, seen: frozenset) -> Any:
+def _omegaconf(record: Record, memo: dict) -> Any:
     """DictConfig/ListConfig keep children in `_content`, value nodes their value in `_val`."""
     state = record.state
     if "_content" in state:
-        return to_plain(state["_content"], seen)
+        return to_plain(state["_content"], memo)
     if "_val" in state:
-        return to_plain(state["_val"], seen)
+        return to_plain(state["_val"], memo)
     return {"__record__": record.class_path}
 
 

@@ -1,14 +1,20 @@
 """Check pretrained files against the manifest (presence, size, format, sha256) and pin unknown hashes.
 
+Pickles are also read with the restricted reader (`safe_pickle.check`: nothing imported or run,
+no tensor built, allocations bounded by the file's size), so a pickle that would call code or
+demand memory beyond its size is `unsafe`, whether or not a digest is known.
+
 Pins live in `<root>/pins.json` beside the files, because they describe the user's copy: the
-digest of each file that passed verification, with the size and mtime it had, so that a later
-verification of an unchanged file need not re-read gigabytes. Torch-free.
+digest of each file that passed verification, with the size and mtime it had (for a pickle, also
+that the reader accepted it), so that a later verification of an unchanged file need not re-read
+gigabytes. Torch-free.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import pickle
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -16,10 +22,11 @@ from pathlib import Path
 
 from launcher import atomic
 
-from . import formats
+from . import formats, safe_pickle
 from .manifest import Entry, Manifest, default_root, load
 
 PINS_FILE = "pins.json"
+READ_SAFELY = "read_safely"        # a pin's mark that the restricted reader accepted the pickle
 _CHUNK = 8 * 2**20
 
 
@@ -31,6 +38,7 @@ class Status(str, Enum):
     WRONG_SIZE = "wrong size"
     BAD_FORMAT = "bad format"
     WRONG_HASH = "wrong hash"
+    UNSAFE = "unsafe"              # a pickle the restricted reader refuses: code it would run, memory beyond its size
 
 
 GOOD = (Status.OK, Status.UNPINNED)
@@ -70,7 +78,11 @@ def read_pins(root: Path) -> dict:
 
 
 def verify_file(entry: Entry, path: Path, pin: dict | None = None, *, full: bool = False) -> Result:
-    """Check one file. `pin` is its record from pins.json; `full` re-hashes even if unchanged."""
+    """Check one file. `pin` is its record from pins.json; `full` re-reads even if unchanged.
+
+    Size, then the header, then the digest where one is known, then (for a pickle not trusted
+    from its pin) the restricted reader.
+    """
     path = Path(path)
     try:
         stat = path.stat()
@@ -86,17 +98,46 @@ def verify_file(entry: Entry, path: Path, pin: dict | None = None, *, full: bool
     if bad:
         return Result(entry, Status.BAD_FORMAT, path, stat.st_size, detail=bad)
 
+    trusted = None if full else _trusted_digest(entry, pin, stat)
     expected, against = (entry.sha256, "manifest") if entry.sha256 else (pin.get("sha256"), "pin")
     if expected is None and entry.sha256_prefix is None:
+        actual, against = None, ""
+    else:
+        actual = trusted or sha256_of(path)
+        if expected is None:
+            expected, against = entry.sha256_prefix, "prefix"
+        if not actual.startswith(expected):
+            return Result(entry, Status.WRONG_HASH, path, stat.st_size, actual, against,
+                          f"sha256 {actual[:16]}…, expected {expected[:16]}… ({against})")
+    refused = _refused_pickle(path) if entry.format == "pickle" and trusted is None else None
+    if refused:
+        return Result(entry, refused[0], path, stat.st_size, actual, against, refused[1])
+    if actual is None:
         return Result(entry, Status.UNPINNED, path, stat.st_size, detail="no digest known: run verify --pin")
-    unchanged = pin.get("size") == stat.st_size and pin.get("mtime_ns") == stat.st_mtime_ns
-    actual = pin["sha256"] if (unchanged and not full and pin.get("sha256")) else sha256_of(path)
-    if expected is None:
-        expected, against = entry.sha256_prefix, "prefix"
-    if not actual.startswith(expected):
-        return Result(entry, Status.WRONG_HASH, path, stat.st_size, actual, against,
-                      f"sha256 {actual[:16]}…, expected {expected[:16]}… ({against})")
     return Result(entry, Status.OK, path, stat.st_size, actual, against)
+
+
+def _trusted_digest(entry: Entry, pin: dict, stat: os.stat_result) -> str | None:
+    """The pinned digest of a file unchanged since pinned (same size and mtime), else None.
+
+    A pickle's pin counts only if it records that the restricted reader accepted the file; pins
+    written before pickles were read lack that mark, so their files are read until re-pinned.
+    """
+    unchanged = pin.get("size") == stat.st_size and pin.get("mtime_ns") == stat.st_mtime_ns
+    if not unchanged or (entry.format == "pickle" and not pin.get(READ_SAFELY)):
+        return None
+    return pin.get("sha256")
+
+
+def _refused_pickle(path: Path) -> tuple[Status, str] | None:
+    """(unsafe or bad format, why) if the restricted reader refuses the pickle at `path`, else None."""
+    try:
+        safe_pickle.check(path)
+    except safe_pickle.UnsafePickleError as exc:
+        return Status.UNSAFE, str(exc)
+    except pickle.UnpicklingError as exc:
+        return Status.BAD_FORMAT, str(exc)
+    return None
 
 
 def verify(manifest: Manifest, root: Path, names: list[str] | None = None, *, full: bool = False) -> list[Result]:
@@ -118,6 +159,8 @@ def pin(results: list[Result], root: Path) -> list[str]:
         digest = result.sha256 or sha256_of(result.path)
         pins[result.entry.name] = {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
                                    "pinned_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        if result.entry.format == "pickle":
+            pins[result.entry.name][READ_SAFELY] = True      # a good pickle was read (or trusted as read)
         pinned.append(result.entry.name)
     if pinned:
         atomic.write_json(root / PINS_FILE, {"version": 1, "files": pins})
