@@ -9,9 +9,10 @@ from tests.launcher_helpers import launcher
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ["--set", "stages.preprocess.config.data_dir=data/sample",
           "--set", "stages.merge.config.data_dir=data/sample"]
-READY = {"demo.yaml": [], "debug_1gpu.yaml": [], "stylenerf_8gpu.yaml": [],
-         "stylenerf_4x8gpu.yaml": [], "preprocess_cpu.yaml": SAMPLE,
-         "audio2nerf_8gpu.yaml": [], "pipeline.yaml": SAMPLE}
+FACES = "data/sample/faces/lfw"     # the StyleNeRF specs' data/processed exists on the cluster only
+READY = {"demo.yaml": [], "debug_1gpu.yaml": [], "stylenerf_8gpu.yaml": ["--set", f"stages.train.config.data={FACES}"],
+         "stylenerf_4x8gpu.yaml": ["--set", f"stages.train.config.data={FACES}"], "preprocess_cpu.yaml": SAMPLE,
+         "audio2nerf_8gpu.yaml": [], "pipeline.yaml": SAMPLE + ["--set", f"stages.stylenerf.config.data={FACES}"]}
 
 
 @pytest.mark.parametrize("spec", sorted(READY))

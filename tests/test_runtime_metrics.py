@@ -52,3 +52,34 @@ def test_appends_after_a_restart(tmp_path):
         with MetricsWriter(ctx, single_process_env(), tensorboard=False) as writer:
             writer.log(step)
     assert [json.loads(line)["step"] for line in ctx.metrics_path.read_text().splitlines()] == [1, 2]
+
+
+def test_a_resumed_run_replaces_the_lines_of_the_steps_it_redoes(tmp_path):
+    ctx = context(tmp_path)
+    with MetricsWriter(ctx, single_process_env(), tensorboard=False) as first_attempt:
+        for step in range(1, 9):
+            first_attempt.log(step, loss=1.0)
+    with open(ctx.metrics_path, "a") as f:
+        f.write('{"step": 9, "lo')                       # torn by a kill
+    with MetricsWriter(ctx, single_process_env(), tensorboard=False) as resumed:
+        resumed.resume_at(5)                             # the checkpoint it resumed from
+        for step in range(6, 11):
+            resumed.log(step, loss=0.5)
+    lines = [json.loads(line) for line in ctx.metrics_path.read_text().splitlines()]
+    assert [line["step"] for line in lines] == list(range(1, 11))
+    assert [line["loss"] for line in lines] == [1.0] * 5 + [0.5] * 5
+
+
+def test_tensorboard_drops_the_redone_steps_of_an_earlier_attempt(tmp_path):
+    ctx = context(tmp_path)
+    with MetricsWriter(ctx, single_process_env()) as first_attempt:
+        for step in range(1, 9):
+            first_attempt.log(step, loss=1.0)
+    with MetricsWriter(ctx, single_process_env()) as resumed:
+        resumed.resume_at(5)
+        for step in range(6, 11):
+            resumed.log(step, loss=0.5)
+    events = EventAccumulator(str(ctx.tensorboard_dir))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(s, 1.0) for s in range(1, 6)] + \
+        [(s, 0.5) for s in range(6, 11)]

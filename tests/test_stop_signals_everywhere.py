@@ -143,13 +143,14 @@ def test_a_preempted_slurm_job_saves_within_the_grace_time_requeues_once_and_res
 @pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.usefixtures("slurm_cluster")
-def test_scancel_term_full_commits_one_checkpoint_and_the_job_is_requeued(tmp_path, reference):
-    """`scancel --signal=TERM --full`: the batch step, srun and every process of the step get
-    SIGTERM; the ranks checkpoint and the supervisor requeues the job once."""
+def test_scancel_signal_term_commits_one_checkpoint_and_the_job_is_requeued(tmp_path, reference):
+    """`scancel --signal=TERM JOB`: every process of the step gets SIGTERM (torchrun's agent, ranks,
+    data workers); the ranks checkpoint and the supervisor requeues the job once. (`--full` also
+    signals srun, which then SIGKILLs its step at once: docs/ARCHITECTURE.md, preemption.)"""
     run = submit(tmp_path, spec("scancel-term", backend="slurm"))
     wait_until(lambda: step_reached(run) >= 6, 300, "step 6 on the cluster", interval=0.1)
     job = attempts(run)[0]["job_id"]
-    subprocess.run(["scancel", "--signal=TERM", "--full", job], check=True)
+    subprocess.run(["scancel", "--signal=TERM", job], check=True)
     wait_until(lambda: any(a.get("state") == "completed" for a in attempts(run)), 600, "the job to finish")
 
     first, second = attempts(run)
