@@ -164,7 +164,7 @@ def test_a_job_preempted_by_a_higher_priority_partition_is_requeued_once_and_fin
     wait_until(lambda: finished(run, "work"), 300, "the preempted job to finish")
     history = attempts(run, "work")
     assert history[0]["state"] == "preempted" and history[0]["exit_code"] == 75
-    assert history[0]["signal"] == "SIGUSR2"
+    assert history[0]["signal"] == "SIGTERM"          # no user signal at preemption: SIGTERM
     assert history[-1]["state"] == "completed" and len(history) == 2
     assert processed_items(run, "work") == list(range(40))
     assert urgent.stdout.strip()

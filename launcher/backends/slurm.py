@@ -105,8 +105,16 @@ def active_jobs(run: RunDir, plan: dict) -> list[str]:
 
 
 def cancel(run: RunDir, plan: dict) -> list[str]:
-    """scancel every job of the run that Slurm still holds."""
+    """Stop every job of the run that Slurm still holds, the gentle way.
+
+    Running jobs get the warning signal on their step (not a job termination, which reaches
+    srun, and srun SIGKILLs its step): the ranks checkpoint and exit 75, and the supervisor,
+    seeing `cancel-requested`, records `cancelled` and requeues nothing. Pending ones are
+    withdrawn. `scancel JOB` remains the way to kill at once.
+    """
     active = active_jobs(run, plan)
     if active:
-        _run(["scancel"] + active)
+        warning = plan.get("warning_signal", "USR2")
+        _run(["scancel", f"--signal={warning}", "--state=RUNNING", *active], check=False)
+        _run(["scancel", "--state=PENDING", *active], check=False)
     return active
