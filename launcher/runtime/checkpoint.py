@@ -1,20 +1,28 @@
 """Sharded checkpoints that are visible only when complete, and exact resume from the newest one.
 
 Protocol (all ranks take part in `save`):
-1. rank 0 creates `.step-000123.tmp-<nonce>/`; every rank writes its files (shards, per-rank
-   RNG, DeepSpeed ZeRO partitions) into it;
-2. barrier; the ranks hash the files between them (sha256, fsync);
+1. rank 0 checks that the free space holds another checkpoint the size of the newest one and
+   creates `.step-000123.tmp-<nonce>/`; every rank writes its files (shards, per-rank RNG,
+   DeepSpeed ZeRO partitions) into it;
+2. the ranks agree that every write succeeded, then hash the files between them (sha256, fsync);
 3. rank 0 writes `manifest.json` (every file's size and sha256, the files each rank wrote)
    last and atomically, renames the folder to `step-000123/`, fsyncs, and rewrites `latest`.
 A visible `step-*` folder is therefore complete; a kill at any instant leaves at worst a
-hidden `.step-*.tmp-*` folder, which the next restore moves to `quarantine/`.
+hidden `.step-*.tmp-*` folder, which the next restore moves to `quarantine/`. A save that fails
+on any rank (a full disk) removes its hidden folder and raises the same error on every rank.
+
+Restore takes the newest checkpoint that verifies; the others are quarantined with a record of
+why (`launcher.checkpoint_health`). A stage that had committed checkpoints but has none usable
+stops with `NoUsableCheckpoint` instead of starting over, unless `FRESH_START` permits it.
 
 State is a dict of adapters: `ModuleState`, `OptimizerState`, `DeepSpeedState`, `RNGState`,
 or a plain JSON-able dict (progress: data position, counters), restored in place.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -22,6 +30,7 @@ import re
 import shutil
 import threading
 import time
+import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,7 +39,9 @@ from typing import Any, Callable, Iterable, Mapping, Protocol
 import torch
 import torch.distributed as dist
 
+from launcher import checkpoint_health
 from launcher.atomic import fsync_dir, write_json, write_text
+from launcher.checkpoint_health import FRESH_START, QUARANTINE
 from launcher.runtime import rng
 from launcher.runtime.context import CheckpointPolicy
 from launcher.runtime.distributed import DistEnv
@@ -39,19 +50,36 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
-QUARANTINE = "quarantine"
 MANIFEST_FORMAT = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _UNFINISHED_DIR = re.compile(r"^\.step-\d+\.tmp-[0-9a-f]+$")
 _BEING_DELETED_DIR = re.compile(r"^\.step-\d+\.deleting-[0-9a-f]+$")
 _HASH_CHUNK = 8 << 20
 _HASH_THREADS = 8
+_NEARLY_FULL = 1 << 20        # a write that failed with less free space than this ran out of it
+_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 Writer = Callable[[Path], list]       # writes this rank's files into a folder, returns their names
 
 
 def step_dirname(step: int) -> str:
     return f"step-{step:06d}"
+
+
+class CheckpointSaveFailed(RuntimeError):
+    """A save failed on at least one rank; raised on every rank once its unfinished folder is gone.
+    The previous checkpoints and `latest` are untouched."""
+
+
+class NoSpaceForCheckpoint(CheckpointSaveFailed):
+    """The checkpoint does not fit: refused before writing (less free space than the newest
+    checkpoint takes), or the disk filled while writing. The message names the folder, the
+    bytes needed and the bytes free."""
+
+
+class NoUsableCheckpoint(RuntimeError):
+    """The stage has committed checkpoints but none of them verifies; starting over from step 0
+    would silently lose its training, so it needs the operator's `FRESH_START`."""
 
 
 # ---------------------------------------------------------------- state adapters
@@ -255,7 +283,8 @@ class DeepSpeedState:
 
     Written into the checkpoint folder under the tag `name` with `save_latest=False`: DeepSpeed's
     own `latest` file is written by rank 0 without waiting for the others, so it is not used.
-    Collective, so it always runs in the foreground.
+    Collective, so it always runs in the foreground. ZeRO-3's partition padding is zeroed first,
+    so that identical runs write identical files.
     """
 
     background_ok = False
@@ -265,7 +294,15 @@ class DeepSpeedState:
 
     def snapshot(self, name: str, env: DistEnv, copy: bool) -> Writer:
         def write(folder: Path) -> list:
-            self.engine.save_checkpoint(str(folder), tag=name, client_state={}, save_latest=False)
+            zero_partition_padding(self.engine.optimizer)
+            try:
+                self.engine.save_checkpoint(str(folder), tag=name, client_state={}, save_latest=False)
+            except Exception:
+                # The ranks whose writes succeeded wait in the barrier DeepSpeed's save ends
+                # with; joining it keeps the collectives in step for the failure to be agreed on.
+                if env.is_distributed:
+                    dist.barrier()
+                raise
             return []       # which rank wrote which shard is DeepSpeed's business; all are hashed
 
         return write
@@ -276,6 +313,37 @@ class DeepSpeedState:
         )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load tag {name!r} from {folder}")
+
+
+def zero_partition_padding(optimizer: Any) -> None:
+    """Zero the elements ZeRO-3 pads each parameter's partition with on the last rank.
+
+    DeepSpeed (0.19) pads a parameter whose size the world size does not divide, allocates its
+    partitions with torch.empty and never writes the padding: it holds whatever the memory held,
+    and so do the fp32 master partition copied from it and the optimizer state updated from
+    that, which the checkpoint saves. No parameter ever reads these elements back, so zeroing
+    them changes no result; it makes checkpoints reproducible byte for byte. A no-op for other
+    optimizers (ZeRO 1 and 2 pad with zeros).
+    """
+    paddings = getattr(optimizer, "groups_padding", None)
+    partitions = getattr(optimizer, "fp16_partitioned_groups", None)
+    masters = getattr(optimizer, "fp32_partitioned_groups_flat", None)
+    if paddings is None or partitions is None or masters is None:
+        return
+    low_precision = getattr(optimizer, "fp16_partitioned_groups_flat", [None] * len(masters))
+    inner_state = getattr(getattr(optimizer, "optimizer", None), "state", {})
+    with torch.no_grad():
+        for master, flat, params, pads in zip(masters, low_precision, partitions, paddings):
+            sizes = [getattr(p, "ds_numel", p.numel()) for p in params]
+            ends = list(itertools.accumulate(sizes))
+            gaps = [(end - pad, pad) for end, pad in zip(ends, pads) if pad]
+            if not gaps:
+                continue
+            for tensor in [master, flat, *inner_state.get(master, {}).values()]:
+                if isinstance(tensor, torch.Tensor) and tensor.numel() == ends[-1]:
+                    view = tensor.view(-1)
+                    for start, length in gaps:
+                        view.narrow(0, start, length).zero_()
 
 
 class ProgressState:
@@ -390,6 +458,60 @@ def verify(folder: Path) -> list[str]:
     return verify_files(folder, manifest.get("files", {}))
 
 
+def checkpoint_bytes(manifest: Mapping[str, Any]) -> int:
+    """Total size of the files a manifest lists: what the checkpoint takes on disk."""
+    return sum(entry["size"] for entry in manifest.get("files", {}).values())
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes still available to ordinary writers on `folder`'s filesystem (one statvfs)."""
+    stats = os.statvfs(folder)
+    return stats.f_bavail * stats.f_frsize
+
+
+def _bytes(n: int) -> str:
+    return f"{n} bytes ({n / 2 ** 20:.1f} MiB)"
+
+
+def _folder_bytes(folder: Path) -> int:
+    """Size of the files under `folder` (0 if it is gone)."""
+    total = 0
+    for path in Path(folder).rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except OSError:
+            pass
+    return total
+
+
+def _chain(error: BaseException) -> Iterable[BaseException]:
+    """`error` and the exceptions it was raised from or during, innermost last."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _out_of_space(error: BaseException, folder: Path) -> bool:
+    """Did `error` come from a full filesystem? torch.save and DeepSpeed lose the errno (torch
+    says "basic_ios::clear: iostream error"), so a nearly full `folder` counts as the answer."""
+    if any(isinstance(e, OSError) and e.errno in _SPACE_ERRNOS for e in _chain(error)):
+        return True
+    try:
+        return free_bytes(folder) < _NEARLY_FULL
+    except OSError:
+        return False
+
+
+def _close_failed_writes(error: BaseException) -> None:
+    """Clear the finished frames in `error`'s tracebacks (file and line stay for the log): a
+    writer that failed midway (torch.save) keeps its file open through them, and a deleted
+    file that is still open keeps its space."""
+    for e in _chain(error):
+        traceback.clear_frames(e.__traceback__)
+
+
 def committed_steps(root: Path) -> list[int]:
     """Steps of the visible (committed) checkpoint folders under `root`, ascending."""
     if not Path(root).is_dir():
@@ -445,16 +567,22 @@ def _barrier(env: DistEnv) -> None:
 
 
 class _PendingSave:
-    """An async save: this rank's background writer thread and what the commit needs."""
+    """An async save: this rank's background writer thread and what the commit needs.
 
-    def __init__(self, step: int, tmp: Path, files: list, writers: list[Writer]):
+    `error`: a failure of the foreground part of the save; the writers are then skipped and the
+    commit reports it, so that every rank learns of it at the same collective.
+    """
+
+    def __init__(self, step: int, tmp: Path, files: list, writers: list[Writer], error: BaseException | None):
         self.step, self.tmp, self.files = step, tmp, files
-        self.error: BaseException | None = None
+        self.error = error
         self.thread = threading.Thread(target=self._run, args=(writers,), name=f"checkpoint-{step}",
                                        daemon=True)
         self.thread.start()
 
     def _run(self, writers: list[Writer]) -> None:
+        if self.error is not None:
+            return
         try:
             for write in writers:
                 self.files += write(self.tmp)
@@ -471,6 +599,7 @@ class CheckpointManager:
         self.policy = policy
         self._last_save = time.monotonic()
         self._pending: _PendingSave | None = None
+        self._newest: tuple[str, int] | None = None      # rank 0: (name, bytes) of the newest commit
 
     @property
     def pending(self) -> bool:
@@ -480,23 +609,28 @@ class CheckpointManager:
     # -------------------------------------------------- restore
 
     def restore_latest(self, state: Mapping[str, Any]) -> int:
-        """Load the newest checkpoint that verifies into `state`; return its step (0 if none).
+        """Load the newest checkpoint that verifies into `state`; return its step.
 
         Unfinished (hidden) folders and checkpoints that fail verification are moved to
-        `quarantine/` with a warning, kept for inspection.
+        `quarantine/` with a record of why. 0 when the stage never committed a checkpoint, or
+        when none is usable and `FRESH_START` permits starting over; `NoUsableCheckpoint` when
+        it had committed ones and none is usable.
         """
         adapters = _adapters(state)
+        survey = None
         if self.env.is_main:
             self.root.mkdir(parents=True, exist_ok=True)
+            survey = (sorted(committed_steps(self.root), reverse=True), self._read_latest())
             self._quarantine_unfinished()
-        candidates = _broadcast(self.env, sorted(committed_steps(self.root), reverse=True))
+            self._repair_latest()
+        candidates, latest = _broadcast(self.env, survey)
         for step in candidates:
             folder = self.root / step_dirname(step)
             problems = self._verify_together(folder)
             if problems:
                 log.warning("checkpoint %s is unusable, skipping it: %s", folder, "; ".join(problems[:5]))
                 if self.env.is_main:
-                    self._quarantine(folder)
+                    self._quarantine(folder, "; ".join(problems[:3]))
                 continue
             for name, adapter in adapters.items():
                 adapter.load(folder, name, self.env)
@@ -506,8 +640,32 @@ class CheckpointManager:
             self._last_save = time.monotonic()
             log.info("resumed from %s", folder)
             return step
-        _barrier(self.env)
+        self._start_over(latest)
         return 0
+
+    def _start_over(self, latest: str | None) -> None:
+        """Nothing usable: return if the stage never committed a checkpoint or may start over;
+        raise NoUsableCheckpoint otherwise (collective)."""
+        verdict = None
+        if self.env.is_main:
+            lost = [r for r in checkpoint_health.quarantined(self.root) if checkpoint_health.was_committed(r)]
+            if latest is not None or lost:
+                verdict = "fresh" if (self.root / FRESH_START).exists() else self._unusable_message(latest)
+        verdict = _broadcast(self.env, verdict)
+        if verdict == "fresh":
+            log.warning("no checkpoint in %s is usable; starting over from step 0 as %s permits", self.root,
+                        FRESH_START)
+        elif verdict is not None:
+            raise NoUsableCheckpoint(verdict)
+
+    def _unusable_message(self, latest: str | None) -> str:
+        records = checkpoint_health.quarantined(self.root)
+        listed = "; ".join(f"{r['name']} (now {QUARANTINE}/{r['folder']}): {r['reason']}" for r in records[-10:])
+        more = f" (and {len(records) - 10} older)" if len(records) > 10 else ""
+        pointer = f"`latest` named {latest}; " if latest else ""
+        return (f"{self.root} had committed checkpoints but none is usable, so this stage does not start over "
+                f"from step 0 on its own. {pointer}quarantined{more}: {listed or 'nothing'}. To start it over, "
+                f"run `python -m launcher resume RUN --fresh-start STAGE` (it creates {self.root / FRESH_START}).")
 
     def _verify_together(self, folder: Path) -> list[str]:
         """`verify(folder)` with the hashing shared among the ranks; the same answer on every rank."""
@@ -532,16 +690,35 @@ class CheckpointManager:
         except FileNotFoundError:
             return None
 
+    def _repair_latest(self, leaving: str | None = None) -> None:
+        """Make `latest` name an existing committed folder other than `leaving` (the newest one),
+        or remove it when there is none; atomically, so it never names a missing folder."""
+        current = self._read_latest()
+        if current is None or (current != leaving and (self.root / current).is_dir()):
+            return
+        remaining = [s for s in committed_steps(self.root) if step_dirname(s) != leaving]
+        if remaining:
+            write_text(self.root / LATEST, step_dirname(remaining[-1]) + "\n")
+        else:
+            (self.root / LATEST).unlink(missing_ok=True)
+            fsync_dir(self.root)
+
     def _quarantine_unfinished(self) -> None:
         """Move folders of interrupted saves to quarantine; finish interrupted retention deletes."""
         for path in sorted(self.root.iterdir()):
             if path.is_dir() and _UNFINISHED_DIR.match(path.name):
                 log.warning("moving unfinished checkpoint folder %s to %s/", path.name, QUARANTINE)
-                self._quarantine(path)
+                self._quarantine(path, "unfinished: the save was interrupted before its commit")
             elif path.is_dir() and _BEING_DELETED_DIR.match(path.name):
                 shutil.rmtree(path)
 
-    def _quarantine(self, folder: Path) -> None:
+    def _quarantine(self, folder: Path, reason: str) -> None:
+        """Move `folder` into quarantine/ with a record of why (rank 0); `latest` stops naming it first."""
+        self._repair_latest(leaving=folder.name)
+        try:
+            checkpoint_health.write_record(folder, folder.name, reason[:500])
+        except OSError as error:          # a full disk: the move matters more than the record
+            log.warning("could not record why %s is quarantined: %s", folder.name, error)
         target_dir = self.root / QUARANTINE
         target_dir.mkdir(exist_ok=True)
         target = target_dir / f"{folder.name.lstrip('.')}-{uuid.uuid4().hex[:8]}"
@@ -559,9 +736,9 @@ class CheckpointManager:
         time_due = (self.policy.every_minutes > 0 and self.env.is_main
                     and time.monotonic() - self._last_save >= 60 * self.policy.every_minutes)
         if self.policy.every_minutes > 0 or self._pending is not None:
-            time_due, running, failed = _all_reduce_max(self.env, [int(time_due), *self._pending_status()])
-            if self._pending is not None and not running:
-                self._commit_pending(failed)
+            time_due, writing = _all_reduce_max(self.env, [int(time_due), int(self._still_writing())])
+            if self._pending is not None and not writing:
+                self._commit_pending()
         step_due = self.policy.every_steps > 0 and step % self.policy.every_steps == 0
         return bool(step_due or time_due)
 
@@ -571,83 +748,158 @@ class CheckpointManager:
         Blocking (the default unless the policy says async_save) returns after the commit.
         Otherwise it returns once the state is copied to host memory; the files are written
         in a background thread and committed by a later `due`, `save` or `wait`. A save
-        before a stop must block (or be followed by `wait()`).
+        before a stop must block (or be followed by `wait()`). A failure raises
+        CheckpointSaveFailed (NoSpaceForCheckpoint for a full disk) on every rank, here or
+        where the async save is committed, after its unfinished folder was removed.
         """
         blocking = not self.policy.async_save if blocking is None else blocking
         self.wait()
         adapters = _adapters(state)
         final = self.root / step_dirname(step)
-        tmp_name = None
-        if self.env.is_main and not final.exists():
-            tmp_name = f".{final.name}.tmp-{uuid.uuid4().hex[:12]}"
-            (self.root / tmp_name).mkdir(parents=True)
-        tmp_name = _broadcast(self.env, tmp_name)
-        if tmp_name is None:
+        tmp = self._begin(final)
+        if tmp is None:
             log.info("checkpoint %s already committed; not writing it again", final.name)
             return
-        tmp = self.root / tmp_name
         self._last_save = time.monotonic()
         files: list = []
+        for name, adapter in adapters.items():       # collective writers first, each agreed on at once
+            if not adapter.background_ok:
+                files += self._write_together(final.name, tmp, adapter.snapshot(name, self.env, copy=not blocking))
         background: list[Writer] = []
-        for name, adapter in adapters.items():
-            writer = adapter.snapshot(name, self.env, copy=not blocking)
-            if blocking or not adapter.background_ok:
-                files += writer(tmp)
-            else:
-                background.append(writer)
+        error = None
+        try:
+            for name, adapter in adapters.items():
+                if adapter.background_ok:
+                    writer = adapter.snapshot(name, self.env, copy=not blocking)
+                    if blocking:
+                        files += writer(tmp)
+                    else:
+                        background.append(writer)
+        except Exception as failure:
+            error = failure
         if background:
-            self._pending = _PendingSave(step, tmp, files, background)
+            self._pending = _PendingSave(step, tmp, files, background, error)
         else:
-            self._commit(step, tmp, files)
+            self._commit(step, tmp, files, error)
 
     def wait(self) -> None:
         """Finish and commit a pending async save (collective; no-op when none is pending)."""
         if self._pending is None:
             return
         self._pending.thread.join()
-        _, failed = self._pending_status()
-        _, failed = _all_reduce_max(self.env, [0, failed])
-        self._commit_pending(failed)
+        self._commit_pending()
 
-    def _pending_status(self) -> list[int]:
-        """[still running, failed] for this rank's async save."""
-        if self._pending is None:
-            return [0, 0]
-        return [int(self._pending.thread.is_alive()), int(self._pending.error is not None)]
+    def _still_writing(self) -> bool:
+        return self._pending is not None and self._pending.thread.is_alive()
 
-    def _commit_pending(self, failed_anywhere: int) -> None:
+    def _commit_pending(self) -> None:
         pending, self._pending = self._pending, None
-        if failed_anywhere:
-            raise RuntimeError(f"async checkpoint of step {pending.step} failed on at least one rank; "
-                               f"left unfinished in {pending.tmp.name}") from pending.error
-        self._commit(pending.step, pending.tmp, pending.files)
+        self._commit(pending.step, pending.tmp, pending.files, pending.error)
 
-    def _commit(self, step: int, tmp: Path, my_files: list) -> None:
-        """Hash, write the manifest last, rename into view, move `latest`; collective."""
-        _barrier(self.env)                                   # every rank's files are written
+    def _begin(self, final: Path) -> Path | None:
+        """Collective: rank 0 checks the space and creates the hidden folder to write `final` in;
+        None when `final` is already committed. Raises on every rank if that fails."""
+        answer = self._open(final) if self.env.is_main else None
+        tmp_name, failure = _broadcast(self.env, answer)
+        if failure is not None:
+            space, message = failure
+            raise (NoSpaceForCheckpoint if space else CheckpointSaveFailed)(message)
+        return None if tmp_name is None else self.root / tmp_name
+
+    def _open(self, final: Path) -> tuple[str | None, tuple[bool, str] | None]:
+        """Rank 0's part of `_begin`: (hidden folder name, None), (None, None) when already
+        committed, or (None, (out of space?, message)). One stat, one statvfs, one mkdir."""
+        if final.exists():
+            return None, None
+        newest = self._newest_checkpoint()
+        if newest is not None:
+            free = free_bytes(self.root)
+            if free < newest[1]:
+                return None, (True, self._space_message(final.name, free, None, "nothing was written"))
+        tmp_name = f".{final.name}.tmp-{uuid.uuid4().hex[:12]}"
+        try:
+            (self.root / tmp_name).mkdir(parents=True)
+        except OSError as error:
+            failure = self._failure(error)
+            return None, (failure["space"], self._failure_message(final.name, [failure], 0, "nothing was written"))
+        return tmp_name, None
+
+    def _newest_checkpoint(self) -> tuple[str, int] | None:
+        """(name, bytes) of the newest committed checkpoint, from its manifest (read once)."""
+        if self._newest is None:
+            name = self._read_latest()
+            try:
+                self._newest = (name, checkpoint_bytes(read_manifest(self.root / name))) if name else None
+            except (OSError, ValueError):
+                pass
+        return self._newest
+
+    def _write_together(self, name: str, tmp: Path, write: Writer) -> list:
+        """Run a collective writer on every rank, then agree on whether it failed anywhere."""
+        try:
+            files, error = write(tmp), None
+        except Exception as failure:
+            files, error = [], failure
+        self._settle(name, tmp, error)
+        return files
+
+    def _commit(self, step: int, tmp: Path, my_files: list, error: BaseException | None = None) -> None:
+        """Hash, write the manifest last, rename into view, move `latest`; collective. A failure
+        on any rank (`error`: this rank's writing failed) abandons the save on every rank."""
+        name = step_dirname(step)
+        self._settle(name, tmp, error)                         # every rank's files are written
         listing = _broadcast(self.env, _listing(tmp) if self.env.is_main else None)
         mine = listing[self.env.rank::self.env.world_size]
-        hashes = sha256_files([tmp / rel for rel in mine], fsync=True)
-        digests = {rel: {"size": (tmp / rel).stat().st_size, "sha256": digest} for rel, digest in zip(mine, hashes)}
-        gathered = _all_gather(self.env, (digests, my_files))
+        digests, error = {}, None
+        try:
+            hashes = sha256_files([tmp / rel for rel in mine], fsync=True)
+            digests = {rel: {"size": (tmp / rel).stat().st_size, "sha256": digest}
+                       for rel, digest in zip(mine, hashes)}
+        except Exception as failure:                           # fsync of a full NFS, say
+            error = failure
+        gathered = _all_gather(self.env, (digests, my_files, self._failure(error)))
+        failures = [failure for _, _, failure in gathered if failure]
+        if failures:
+            self._abandon(name, tmp, failures, error)
+        failure = None
         if self.env.is_main:
-            manifest = {
-                "format": MANIFEST_FORMAT,
-                "step": step,
-                "world_size": self.env.world_size,
-                "created": time.time(),
-                "files": {rel: entry for d, _ in gathered for rel, entry in sorted(d.items())},
-                "ranks": {str(rank): sorted(files) for rank, (_, files) in enumerate(gathered)},
-            }
-            for folder in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
-                fsync_dir(folder)
-            write_json(tmp / MANIFEST, manifest)
-            final = self.root / step_dirname(step)
-            os.rename(tmp, final)
-            fsync_dir(self.root)
-            write_text(self.root / LATEST, final.name + "\n")
-            self._apply_retention()
-        _barrier(self.env)                                   # nobody leaves before the commit
+            try:
+                self._publish(step, tmp, gathered)
+            except Exception as publishing:
+                error, failure = publishing, self._failure(publishing)
+        failure = _broadcast(self.env, failure)               # nobody leaves before the commit
+        if failure:
+            self._abandon(name, tmp, [failure], error)
+
+    def _publish(self, step: int, tmp: Path, gathered: list) -> None:
+        """Rank 0: write the manifest, rename the folder into view, move `latest`, apply retention."""
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "step": step,
+            "world_size": self.env.world_size,
+            "created": time.time(),
+            "files": {rel: entry for d, _, _ in gathered for rel, entry in sorted(d.items())},
+            "ranks": {str(rank): sorted(files) for rank, (_, files, _) in enumerate(gathered)},
+        }
+        for folder in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
+            fsync_dir(folder)
+        write_json(tmp / MANIFEST, manifest)
+        final = self.root / step_dirname(step)
+        os.rename(tmp, final)
+        fsync_dir(self.root)
+        write_text(self.root / LATEST, final.name + "\n")
+        self._newest = (final.name, checkpoint_bytes(manifest))
+        self._consume_fresh_start()
+        self._apply_retention()
+
+    def _consume_fresh_start(self) -> None:
+        """A committed checkpoint ends the operator's permission to start over (made durable by
+        the retention's folder fsync that follows)."""
+        try:
+            (self.root / FRESH_START).unlink()
+            log.info("first checkpoint after a fresh start committed; %s removed", FRESH_START)
+        except FileNotFoundError:
+            pass
 
     def _apply_retention(self) -> None:
         steps = committed_steps(self.root)
@@ -658,3 +910,62 @@ class CheckpointManager:
                 os.rename(self.root / step_dirname(step), doomed)      # out of view first
                 shutil.rmtree(doomed)
         fsync_dir(self.root)
+
+    # -------------------------------------------------- failures
+
+    def _failure(self, error: BaseException | None) -> dict | None:
+        """What other ranks need to know of this rank's failure (None for none)."""
+        if error is None:
+            return None
+        _close_failed_writes(error)
+        return {"rank": self.env.rank, "space": _out_of_space(error, self.root),
+                "text": f"{type(error).__name__}: {error}"[:300]}
+
+    def _settle(self, name: str, tmp: Path, error: BaseException | None) -> None:
+        """Collective: return if no rank failed; otherwise abandon the save on every rank."""
+        failures = [failure for failure in _all_gather(self.env, self._failure(error)) if failure]
+        if failures:
+            self._abandon(name, tmp, failures, error)
+
+    def _abandon(self, name: str, tmp: Path, failures: list[dict], error: BaseException | None) -> None:
+        """Collective: rank 0 removes the unfinished folder `tmp`, then every rank raises the
+        first failure (a space failure if there is one), with the space it leaves free."""
+        message = None
+        if self.env.is_main:
+            written = _folder_bytes(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+            fsync_dir(self.root)
+            message = self._failure_message(name, failures, written)
+        message = _broadcast(self.env, message)            # nobody raises before the folder is gone
+        space = any(failure["space"] for failure in failures)
+        raise (NoSpaceForCheckpoint if space else CheckpointSaveFailed)(message) from error
+
+    def _failure_message(self, name: str, failures: list[dict], written: int,
+                         done: str = "its unfinished folder was removed") -> str:
+        first = next((f for f in failures if f["space"]), failures[0])
+        detail = f"rank {first['rank']}: {first['text']}"
+        if first["space"]:
+            return self._space_message(name, free_bytes(self.root), written, done, detail)
+        return f"checkpoint {name} could not be written in {self.root} ({detail}); {done}, and {self._left_intact()}"
+
+    def _space_message(self, name: str, free: int, written: int | None, done: str, detail: str = "") -> str:
+        """The full-disk error: folder, bytes needed (the newest checkpoint's size, or more than
+        was `written` when the disk filled, whichever is larger) and bytes free."""
+        newest = self._newest_checkpoint()
+        if written and (newest is None or written >= newest[1]):
+            needed = f"more than the {_bytes(written)} written before the disk filled"
+            needed += f" ({newest[0]} took {_bytes(newest[1])})" if newest else ""
+        elif newest is not None:
+            needed = f"about {_bytes(newest[1])}, the size of {newest[0]}"
+        else:
+            needed = "an unknown amount"
+        detail = f" ({detail})" if detail else ""
+        return (f"no space for checkpoint {name} in {self.root}: it needs {needed}, and {free} bytes are free "
+                f"({free / 2 ** 20:.1f} MiB){detail}; {done}, and {self._left_intact()}. Free space there, "
+                f"then resume: the stage continues from its newest checkpoint")
+
+    def _left_intact(self) -> str:
+        latest = self._read_latest()
+        if latest is None:
+            return "no checkpoint was committed before"
+        return f"{latest} (`latest`) and older checkpoints are intact"
