@@ -108,16 +108,19 @@ def local_command(plan: StagePlan, run_dir: str, python: str) -> list[str]:
 
 
 def slurm_step_command(plan: StagePlan, run_dir: str, python: str) -> list[str]:
-    """`srun` one launcher per node; torchrun (c10d rendezvous on the first node) when needed."""
+    """What the supervisor runs: on one node the entry or torchrun itself, in the batch step (srun
+    would SIGKILL its step on the SIGTERM of scancel or a time limit; launcher.relay brings the
+    step-only signals); across nodes `srun` one torchrun per node (c10d rendezvous on the first)."""
+    torchrun = shielded(python, plan) + [
+        python, "-m", "torch.distributed.run", f"--nnodes={plan.nodes}",
+        f"--nproc_per_node={plan.processes_per_node}", "--rdzv_backend=c10d",
+        f"--rdzv_endpoint={RDZV_PLACEHOLDER}", "--rdzv_id=$SLURM_JOB_ID", "--max_restarts=0",
+        "-m", "launcher.entry", run_dir, plan.name]
+    if plan.nodes == 1:
+        return entry_command(python, run_dir, plan.name) if plan.world_size == 1 else torchrun
     srun = ["srun", f"--nodes={plan.nodes}", "--ntasks-per-node=1", "--kill-on-bad-exit=1",
             f"--cpus-per-task={plan.cpus_per_task * plan.processes_per_node}"]
-    if plan.world_size == 1:
-        return srun + entry_command(python, run_dir, plan.name)
-    return srun + shielded(python, plan) + [python, "-m", "torch.distributed.run",
-                   f"--nnodes={plan.nodes}", f"--nproc_per_node={plan.processes_per_node}",
-                   "--rdzv_backend=c10d", f"--rdzv_endpoint={RDZV_PLACEHOLDER}",
-                   "--rdzv_id=$SLURM_JOB_ID", "--max_restarts=0",
-                   "-m", "launcher.entry", run_dir, plan.name]
+    return srun + torchrun
 
 
 def sbatch_options(spec: JobSpec, plan: StagePlan, run_dir: str) -> list[str]:

@@ -124,6 +124,33 @@ def run_processes(run_dir: Path) -> list[int]:
     return found
 
 
+def process_tree(root: int) -> list[int]:
+    """`root` and all its descendants, from /proc: torchrun starts its workers in sessions of
+    their own, so a process-group signal would miss them."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def signal_tree(root: int, signum: int) -> None:
+    """Send `signum` to `root` and every descendant (those gone meanwhile are skipped)."""
+    for pid in process_tree(root):
+        _signal(pid, signum)
+
+
 def stop_processes(pids: list[int], signum: int, grace_s: float, echo=print) -> list[int]:
     """Send `signum` (the warning signal: ranks checkpoint, helpers ignore it), wait up to
     `grace_s` for them to exit, then SIGKILL the rest. Returns the PIDs that had to be killed."""

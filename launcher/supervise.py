@@ -73,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     stage = next(s for s in run.read_plan()["stages"] if s["name"] == stage_name)
     shard = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
     job_id = this_job_id()
-    terminated = []
-    for name in stage["stop_signals"]:      # the step's ranks act on them; we record and wait
-        signal.signal(signals.number(name), lambda *_: terminated.append(time.time()))
+    step_runner = StepRunner(stage["stop_signals"])
     lock = runlock.RunLock(run.stage_dir(stage_name) / "locks" / f"shard-{shard}.lock",
                            f"an attempt of stage {stage_name} shard {shard}")
     try:        # a requeued job can start while the step of its previous run is still ending
@@ -102,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[launcher.supervise] {stage_name} shard {shard} attempt {attempt} job {job_id}: "
           f"{' '.join(step)}", flush=True)
 
-    code = subprocess.call(step)
+    code = step_runner.run(step)
     outcome = run.read_outcome(stage_name, shard, attempt) or {}
     exit_code = outcome.get("exit", code)
     if exit_code == exitcodes.OK and code != 0:
@@ -121,13 +119,50 @@ def main(argv: list[str] | None = None) -> int:
     record.update(end=time.time(), exit_code=exit_code, outcome=exitcodes.describe(exit_code),
                   error=outcome.get("error"), signal=outcome.get("signal"),
                   checkpoint_step=step_done, state=action, reason=reason,
-                  sigterm_seen=bool(terminated))
+                  sigterm_seen=bool(step_runner.signalled))
     problem = run.try_record(stage_name, key, record)
     for line in ([problem] if problem else []) + run.quarantined_since(stage_name, record["start"]):
         print(f"[launcher.supervise] {line}", flush=True)
     print(f"[launcher.supervise] {exitcodes.describe(exit_code)} -> {action}: {reason}", flush=True)
     return exitcodes.OK if action == policy.COMPLETED else (
         exitcodes.STOPPED_FOR_REQUEUE if action in ("requeued", "preempted") else exitcodes.FAILED)
+
+
+class StepRunner:
+    """Runs the step, passing on the stop signals this supervisor receives.
+
+    Across nodes the step is `srun`, and Slurm signals its processes itself. On one node the
+    step runs here, in the batch step (launcher.plan says why), and two things keep the signals
+    flowing: every stop signal this process gets is passed to the step's whole process tree,
+    and a relay step (launcher.relay) brings the signals Slurm sends to steps only.
+    """
+
+    def __init__(self, stop_signals: list[str]):
+        self.stop_signals = stop_signals
+        self.signalled: list[tuple[float, int]] = []
+        self.process: subprocess.Popen | None = None
+        for name in stop_signals:
+            signal.signal(signals.number(name), self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signalled.append((time.time(), signum))
+        if self.process is not None and self.process.poll() is None:
+            runlock.signal_tree(self.process.pid, signum)
+
+    def run(self, step: list[str]) -> int:
+        self.process = subprocess.Popen(step)
+        relay = None if step[0] == "srun" else self._start_relay()
+        try:
+            return self.process.wait()
+        finally:
+            if relay is not None:
+                relay.terminate()           # srun ends the relay step; not waited for: when Slurm
+                                            # is ending the job, the record must be written first
+
+    def _start_relay(self) -> subprocess.Popen:
+        return subprocess.Popen(["srun", "--nodes=1", "--ntasks=1", "--overlap", "--cpus-per-task=1",
+                                 "--kill-on-bad-exit=0", "--quiet", sys.executable, "-m", "launcher.relay",
+                                 str(os.getpid()), ",".join(self.stop_signals)], stdin=subprocess.DEVNULL)
 
 
 def _requeue(job_id: str, fields: dict[str, str], why: str, stopped: bool) -> tuple[str, str]:

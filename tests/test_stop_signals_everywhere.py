@@ -143,17 +143,38 @@ def test_a_preempted_slurm_job_saves_within_the_grace_time_requeues_once_and_res
 @pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.usefixtures("slurm_cluster")
-def test_scancel_signal_term_commits_one_checkpoint_and_the_job_is_requeued(tmp_path, reference):
-    """`scancel --signal=TERM JOB`: every process of the step gets SIGTERM (torchrun's agent, ranks,
-    data workers); the ranks checkpoint and the supervisor requeues the job once. (`--full` also
-    signals srun, which then SIGKILLs its step at once: docs/ARCHITECTURE.md, preemption.)"""
+def test_scancel_signal_term_full_commits_one_checkpoint_and_the_job_is_requeued(tmp_path, reference):
+    """`scancel --signal=TERM --full`: the batch step (supervisor, torchrun's agent, ranks, data
+    workers: a one-node stage runs there, not under srun) and the relay step get SIGTERM; the
+    ranks checkpoint and the supervisor requeues the job once."""
     run = submit(tmp_path, spec("scancel-term", backend="slurm"))
     wait_until(lambda: step_reached(run) >= 6, 300, "step 6 on the cluster", interval=0.1)
     job = attempts(run)[0]["job_id"]
-    subprocess.run(["scancel", "--signal=TERM", job], check=True)
+    subprocess.run(["scancel", "--signal=TERM", "--full", job], check=True)
     wait_until(lambda: any(a.get("state") == "completed" for a in attempts(run)), 600, "the job to finish")
 
     first, second = attempts(run)
     assert (first["exit_code"], first["signal"], first["state"]) == (75, "SIGTERM", "requeued")
     assert second["state"] == "completed"
+    assert digests(run) == reference
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_plain_scancel_still_commits_a_checkpoint_that_resume_continues_from(tmp_path, reference):
+    """`scancel JOB` ends the job: SIGTERM to every process, SIGKILL KillWait (10 s) later. The
+    ranks save within it; nothing is requeued (the job is being cancelled); `resume` continues."""
+    run = submit(tmp_path, spec("scancel", backend="slurm"))
+    wait_until(lambda: step_reached(run) >= 6, 300, "step 6 on the cluster", interval=0.1)
+    subprocess.run(["scancel", attempts(run)[0]["job_id"]], check=True)
+    wait_until(lambda: attempts(run)[0].get("end"), 120, "the attempt to end")
+
+    (first,) = attempts(run)
+    assert (first["exit_code"], first["signal"], first["state"]) == (75, "SIGTERM", "cancelled")
+    assert first["checkpoint_step"] >= 6
+    wait_until(lambda: not subprocess.run(["squeue", "-h", "-j", first["job_id"]], capture_output=True,
+                                          text=True).stdout.strip(), 60, "Slurm to let go of the job")
+    launcher("resume", run.name, cwd=tmp_path, check=True)
+    wait_until(lambda: any(a.get("state") == "completed" for a in attempts(run)), 600, "the resumed job")
     assert digests(run) == reference

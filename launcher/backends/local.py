@@ -48,11 +48,7 @@ class LocalSupervisor:
         self.stop_signals += 1
         escalation = {1: self.warning, 2: signal.SIGTERM}.get(self.stop_signals, signal.SIGKILL)
         for attempt in list(self.running.values()):
-            for pid in process_tree(attempt.process.pid):
-                try:
-                    os.kill(pid, escalation)
-                except ProcessLookupError:
-                    pass
+            runlock.signal_tree(attempt.process.pid, escalation)
 
     # -- the run ---------------------------------------------------------------------------
     def run_all(self) -> int:
@@ -176,27 +172,6 @@ class LocalSupervisor:
         self.echo(f"{label} attempt {attempt.number}: {exitcodes.describe(code)} -> "
                   f"{decision.action} ({decision.reason})")
         return decision
-
-
-def process_tree(root: int) -> list[int]:
-    """`root` and all its descendants, from /proc: torchrun starts its workers in sessions of
-    their own, so a process-group signal would miss them."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children.get(pid, []))
-    return tree
 
 
 def shard_state(run: RunDir, stage: str, shard: int) -> str | None:
