@@ -16,7 +16,6 @@ from pathlib import Path
 from . import atomic, checkpoint_health, exitcodes
 
 CANCEL_MARKER = "cancel-requested"
-FRESH_START_MARKER = "FRESH_START"      # in a stage's checkpoints/: the runtime may start over
 
 
 def new_run_id(name: str) -> str:
@@ -167,7 +166,7 @@ class RunDir:
 
     def allow_fresh_start(self, stage: str) -> None:
         """Let `stage` start from step 0 if none of its checkpoints is usable (read by the runtime)."""
-        atomic.write_text(self.stage_dir(stage) / "checkpoints" / FRESH_START_MARKER, f"{time.time()}\n")
+        atomic.write_text(self.stage_dir(stage) / "checkpoints" / checkpoint_health.FRESH_START, f"{time.time()}\n")
 
     def clear_cancel(self) -> None:
         try:

@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     problem = run.try_record(stage_name, key, record)
     for line in ([problem] if problem else []) + run.quarantined_since(stage_name, record["start"]):
         print(f"[launcher.supervise] {line}", flush=True)
-    print(f"[launcher.supervise] {exitcodes.describe(exit_code)} -> {action}: {reason}", flush=True)
+    error = f": {outcome['error']}" if outcome.get("error") else ""
+    print(f"[launcher.supervise] {exitcodes.describe(exit_code)}{error} -> {action}: {reason}", flush=True)
     return exitcodes.OK if action == policy.COMPLETED else (
         exitcodes.STOPPED_FOR_REQUEUE if action in ("requeued", "preempted") else exitcodes.FAILED)
 

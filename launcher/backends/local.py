@@ -169,7 +169,8 @@ class LocalSupervisor:
         for line in ([problem] if problem else []) + self.run.quarantined_since(name, attempt.start):
             self.echo(f"[{name}] {line}")
         label = f"[{name}]" + (f" shard {attempt.shard}" if stage["array"] else "")
-        self.echo(f"{label} attempt {attempt.number}: {exitcodes.describe(code)} -> "
+        error = f": {outcome['error']}" if outcome.get("error") else ""
+        self.echo(f"{label} attempt {attempt.number}: {exitcodes.describe(code)}{error} -> "
                   f"{decision.action} ({decision.reason})")
         return decision
 
