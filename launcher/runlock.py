@@ -49,7 +49,8 @@ class RunLock:
             except OSError as error:
                 if error.errno not in (errno.EAGAIN, errno.EACCES):
                     os.close(fd)
-                    raise
+                    raise RuntimeError(f"cannot lock {self.path}: {error.strerror} (the run directory "
+                                       f"must be on a filesystem with file locks)") from error
                 if time.monotonic() >= deadline:
                     os.close(fd)
                     raise LockHeld(f"{self.what} is already running: {describe(self.holder())}") from None
@@ -86,8 +87,8 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return False
-        except OSError:
-            return True
+        except OSError as error:
+            return error.errno in (errno.EAGAIN, errno.EACCES)
         finally:
             os.close(fd)            # closing drops a lock the probe took
 
