@@ -42,7 +42,7 @@ SPEC = """
       generate:
         task: generate
         after: [audio2nerf]
-        config: {{audio: {audio}, seeds: [0], batch_size: 16, crf: 0}}
+        config: {{audio: {audio}, seeds: [0, 1, 2, 3], batch_size: 16, crf: 0}}
 """
 
 
@@ -65,9 +65,10 @@ def _assert_clip(path, frames_expected):
 @pytest.mark.slow
 def test_the_generate_stage_writes_the_clip_and_sheet_into_the_run(run):
     listed = json.loads((run / "stages" / "generate" / "outputs.json").read_text())["clips"]
-    assert [c["identity"] for c in listed] == ["seed0000"]
+    assert [c["identity"] for c in listed] == [f"seed{s:04d}" for s in range(4)]
     _assert_clip(listed[0]["video"], 52576 / 16000 * 25)
-    assert files_in(run / "stages" / "generate" / "samples") == ["seed0000-sheet.png", "seed0000.mp4"]
+    assert files_in(run / "stages" / "generate" / "samples") == [
+        name for s in range(4) for name in (f"seed{s:04d}-sheet.png", f"seed{s:04d}.mp4")]
 
 
 @pytest.mark.slow
@@ -92,13 +93,18 @@ def test_a_generator_of_another_preset_is_refused(run, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_the_generated_mouth_moves_with_the_speech_energy(run):
-    """Pearson r of the mouth box's frame-to-frame change in the decoded MP4 against the speech
-    energy (measured 0.30; 0.39 on the earlier 3-clip sample). On that sample the default CRF 18
-    lost these changes (r = -0.09: H.264 skips blocks that change by a level or two) and the
-    rendered frames themselves gave 0.35."""
+    """Pearson r of the mouth box's frame-to-frame change in the decoded MP4s against the speech
+    energy, averaged over the four identities. One identity's r is too noisy to judge (82 frames
+    of a 32 px face whose mouth changes by ~0.13 grey levels a frame): on this 2-core machine
+    seeds 0-3 gave 0.11, 0.05, 0.29, 0.34 (mean 0.20), and seed 0 alone moved from 0.11 to 0.19
+    when only torch's CPU kernels changed (AVX-512 vs AVX2); it read 0.30 on the CI host of an
+    earlier session. With no relation r would be 0 +- 0.11 per clip, +- 0.055 for the mean.
+    The default CRF 18 lost these changes (r = -0.09 on the 3-clip sample: H.264 skips blocks
+    that change by a level or two), hence `crf: 0`."""
     head = load_talking_head(run / "stages" / "audio2nerf" / "checkpoints")
-    frames = _assert_clip(run / "stages" / "generate" / "samples" / "seed0000.mp4", 82)
     box = lipsync.mouth_box(head.face, head.resolution, head.generator.cfg.fov_degrees)
-    r = lipsync.correlation(frames, speech.load_audio(SPEECH, 120, -50), box)
-    print(f"mouth motion vs speech energy in the generated clip: r = {r:.3f} (box {box})")
-    assert r > 0.2
+    energy_audio = speech.load_audio(SPEECH, 120, -50)
+    rs = [lipsync.correlation(_assert_clip(run / "stages" / "generate" / "samples" / f"seed{s:04d}.mp4", 82),
+                              energy_audio, box) for s in range(4)]
+    print(f"mouth motion vs speech energy in the generated clips: r = {[round(r, 3) for r in rs]} (box {box})")
+    assert sum(rs) / len(rs) > 0.1
