@@ -237,7 +237,7 @@ def _live_attempts(run: RunDir, plan: dict) -> str | None:
                 f"wait for them or `cancel` first") if active else None
     lock = local_backend.supervisor_lock(run)
     if lock.is_held():
-        return runlock.describe(lock.holder()).replace("held by", f"run {run.run_id} is held by the local supervisor,", 1)
+        return f"run {run.run_id} is held by the local supervisor, {runlock.describe(lock.holder())}"
     return None
 
 

@@ -53,7 +53,7 @@ class RunLock:
                                        f"must be on a filesystem with file locks)") from error
                 if time.monotonic() >= deadline:
                     os.close(fd)
-                    raise LockHeld(f"{self.what} is already running: {describe(self.holder())}") from None
+                    raise LockHeld(f"{self.what} is already running: held by {describe(self.holder())}") from None
                 time.sleep(poll_s)
         self._fd = fd
         atomic.write_json(self.holder_path, {"host": socket.gethostname(), "pid": os.getpid(),
@@ -100,10 +100,11 @@ class RunLock:
 
 
 def describe(holder: dict | None) -> str:
+    """Who holds a lock, from its holder record: "pid P on host H since T"."""
     if not holder:
-        return "held by a process that left no record"
+        return "a process that left no record"
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
-    return f"held by pid {holder.get('pid')} on host {holder.get('host')} since {since}"
+    return f"pid {holder.get('pid')} on host {holder.get('host')} since {since}"
 
 
 def run_processes(run_dir: Path) -> list[int]:

@@ -95,16 +95,17 @@ class RunDir:
         the local supervisor's run lock (after stopping orphans), or the Slurm stage lock. An
         attempt whose supervisor died never wrote its end; its ranks may have (the outcome).
         """
+        running = [r for r in self.attempts(stage, shard) if r.get("state") == "running"]
+        if not running:
+            return []
+        step = self.checkpoint_step(stage)
+        last = (self.last_metrics(stage) or {}).get("step")
         settled = []
-        for record in self.attempts(stage, shard):
-            if record.get("state") != "running":
-                continue
+        for record in running:
             outcome = self.read_outcome(stage, record["shard"], record["attempt"]) or {}
-            step = self.checkpoint_step(stage)
             why = "its supervisor died before recording the end"
             if "exit" in outcome:
                 why += f"; rank 0 exited {exitcodes.describe(outcome['exit'])}"
-            last = (self.last_metrics(stage) or {}).get("step")
             record = {**record, "state": "lost", "end": outcome.get("end") or time.time(),
                       "exit_code": outcome.get("exit"), "error": outcome.get("error"),
                       "signal": outcome.get("signal"), "checkpoint_step": step, "last_step": last,

@@ -147,7 +147,7 @@ class StepRunner:
 
     def _on_signal(self, signum, frame) -> None:
         self.signalled.append((time.time(), signum))
-        if self.process is not None and self.process.poll() is None:
+        if self.process is not None and self.process.returncode is None:
             runlock.signal_tree(self.process.pid, signum)
 
     def run(self, step: list[str]) -> int:

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import time
 
-from .. import atomic, plan as planner
+from .. import atomic, plan as planner, signals
 from ..runs import RunDir
 
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED",
@@ -114,7 +114,7 @@ def cancel(run: RunDir, plan: dict) -> list[str]:
     """
     active = active_jobs(run, plan)
     if active:
-        warning = plan.get("warning_signal", "USR2")
+        warning = plan.get("warning_signal", signals.DEFAULT_WARNING)
         _run(["scancel", f"--signal={warning}", "--state=RUNNING", *active], check=False)
         _run(["scancel", "--state=PENDING", *active], check=False)
     return active

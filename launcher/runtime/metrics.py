@@ -44,7 +44,7 @@ class MetricsWriter:
             lines = self.path.read_text(encoding="utf-8").splitlines()
         except FileNotFoundError:
             return
-        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+        kept = [line for line in lines if (logged := _step_of(line)) is not None and logged <= step]
         if len(kept) != len(lines):
             atomic.write_text(self.path, "".join(line + "\n" for line in kept))
 
