@@ -31,9 +31,10 @@ import torch
 
 import report as report_meta
 
-from launcher.runtime import checkpoint, distributed, toy
+from launcher import diagnose_train as toy
 from launcher.backends.local import supervisor_lock
 from launcher.runs import RunDir
+from launcher.runtime import checkpoint, distributed
 from launcher.runtime.context import CheckpointPolicy
 
 REPO = report_meta.REPO
@@ -168,7 +169,7 @@ def job_spec(cfg: dict, ranks: int, device: str) -> str:
         local: {{device: {device}, max_restarts: 2}}
         stages:
           train:
-            task: launcher.runtime.toy:main
+            task: launcher.diagnose_train:main
             resources: {{tasks_per_node: {ranks}}}
             checkpoint: {{every_steps: 0, keep_last: 1}}
             config: {json.dumps(cfg)}

@@ -26,7 +26,7 @@ import report
 
 PLAIN_SCRIPT = """
 import sys, time, torch, torch.distributed as dist
-from launcher.runtime import toy
+from launcher import diagnose_train as toy
 device = sys.argv[1]
 dist.init_process_group("nccl" if device == "cuda" else "gloo")
 rank = dist.get_rank()
@@ -78,7 +78,7 @@ def launcher_first_step(device: str, ranks: int, root: Path) -> float:
         local: {{device: {device}, max_restarts: 0}}
         stages:
           train:
-            task: launcher.runtime.toy:main
+            task: launcher.diagnose_train:main
             resources: {{tasks_per_node: {ranks}, gpus_per_node: {gpus}}}
             checkpoint: {{every_steps: 0, keep_last: 1}}
             config: {{engine: ddp, steps: 2}}

@@ -2,7 +2,7 @@
 dead or zombie holder never blocks, a trainer that outlived its supervisor is stopped (after
 its checkpoint) before a new attempt starts, and `status` tells the truth about each attempt.
 
-Real local supervisors, torchrun and the toy training task (launcher/runtime/toy.py) or the
+Real local supervisors, torchrun and the toy training task (launcher/diagnose_train.py) or the
 item-processing diagnostic task; processes are killed with real signals.
 """
 import json
@@ -44,12 +44,12 @@ def attempts(run: Path, stage: str) -> list[dict]:
 
 
 def toy_spec(name: str) -> str:
-    return training_spec(name, "launcher.runtime.toy:main", {"steps": 40, "sleep_per_step": 0.15},
+    return training_spec(name, "launcher.diagnose_train:main", {"steps": 40, "sleep_per_step": 0.15},
                          every_steps=5, restarts=3)
 
 
 def final_digest(run: Path) -> str:
-    return json.loads((run / "stages" / "train" / "final-params.json").read_text())["digest"]
+    return json.loads((run / "stages" / "train" / "final.json").read_text())["digest"]
 
 
 def test_resume_while_the_local_supervisor_runs_is_refused_with_its_host_pid_and_start(tmp_path):

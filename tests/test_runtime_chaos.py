@@ -29,7 +29,7 @@ VARIANTS = {"ddp": {"engine": "ddp"},
 
 
 def spec_for(name: str, config: dict) -> str:
-    return training_spec(name, "launcher.runtime.toy:main", {"steps": STEPS, **config}, every_steps=5, restarts=10)
+    return training_spec(name, "launcher.diagnose_train:main", {"steps": STEPS, **config}, every_steps=5, restarts=10)
 
 
 class Run:
@@ -126,7 +126,7 @@ def kill_every_process_of(run: Run) -> None:
 
 
 def final_digest(run_path: Path) -> str:
-    return json.loads((run_path / "stages" / "train" / "final-params.json").read_text())["digest"]
+    return json.loads((run_path / "stages" / "train" / "final.json").read_text())["digest"]
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from launcher.runtime.checkpoint import (
     CheckpointManager, ModuleState, OptimizerState, RNGState, committed_steps, steps_to_keep, verify)
 from launcher.runtime.context import CheckpointPolicy
 from launcher.runtime.distributed import single_process_env
-from launcher.runtime.toy import SlowWrite
+from launcher.diagnose_train import SlowWrite
 
 ENV = single_process_env()
 
@@ -249,7 +249,7 @@ import sys, torch
 from launcher.runtime.checkpoint import CheckpointManager, ModuleState
 from launcher.runtime.context import CheckpointPolicy
 from launcher.runtime.distributed import single_process_env
-from launcher.runtime.toy import SlowWrite
+from launcher.diagnose_train import SlowWrite
 root, first = sys.argv[1], int(sys.argv[2])
 model = torch.nn.Linear(512, 512)
 manager = CheckpointManager(root, single_process_env(), CheckpointPolicy(keep_last=2))
@@ -283,7 +283,7 @@ import sys, time, torch
 from launcher.runtime.checkpoint import CheckpointManager, ModuleState
 from launcher.runtime.distributed import single_process_env
 from launcher.runtime.preemption import StopRequest
-from launcher.runtime.toy import SlowWrite
+from launcher.diagnose_train import SlowWrite
 stop = StopRequest().install()
 env = single_process_env()
 manager = CheckpointManager(sys.argv[1], env)

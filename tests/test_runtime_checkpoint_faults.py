@@ -286,7 +286,7 @@ def submit_on_a_small_disk(small_disk, tmp_path) -> Path:
     """The toy task (DDP, 2 ranks, 24 MiB checkpoints every 2 steps) on a 40 MiB run root: step 2
     is committed, step 4 does not fit. Returns the run directory."""
     small_disk(40, "runs")                            # the spec's run_root, relative to cwd
-    spec = training_spec("full", "launcher.runtime.toy:main", {"steps": 6, "width": 1024}, every_steps=2)
+    spec = training_spec("full", "launcher.diagnose_train:main", {"steps": 6, "width": 1024}, every_steps=2)
     submitted = launcher("submit", str(write_spec(tmp_path, spec)), cwd=tmp_path)
     assert submitted.returncode != 0, submitted.stdout
     return run_dir_from(submitted.stdout)

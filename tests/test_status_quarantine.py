@@ -12,7 +12,7 @@ from tests.launcher_helpers import launcher, training_spec, wait_until, write_sp
 
 
 def test_all_checkpoints_corrupt_is_reported_in_the_supervisor_output_and_status_not_restarted(tmp_path):
-    spec = write_spec(tmp_path, training_spec("corrupt", "launcher.runtime.toy:main",
+    spec = write_spec(tmp_path, training_spec("corrupt", "launcher.diagnose_train:main",
                                               {"steps": 40, "sleep_per_step": 0.15}, every_steps=5, restarts=0))
     supervisor = subprocess.Popen([sys.executable, "-m", "launcher", "submit", str(spec)], cwd=tmp_path,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -33,7 +33,7 @@ def test_all_checkpoints_corrupt_is_reported_in_the_supervisor_output_and_status
     assert "quarantined" in resumed.stdout and "NoUsableCheckpoint" in resumed.stdout
     status = launcher("status", run.name, cwd=tmp_path, check=True).stdout
     assert "checkpoint(s) quarantined" in status
-    assert not (run / "stages/train/final-params.json").exists()
+    assert not (run / "stages/train/final.json").exists()
 
     launcher("resume", run.name, "--fresh-start", "train", cwd=tmp_path, check=True, timeout=300)
-    assert (run / "stages/train/final-params.json").exists()
+    assert (run / "stages/train/final.json").exists()

@@ -179,6 +179,17 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def _torch_save_writer(state: Any, filename: str) -> Writer:
+    """A writer that torch.saves `state` (already taken) as `filename` and makes it durable."""
+    def write(folder: Path) -> list:
+        path = folder / filename
+        torch.save(state, path)
+        _fsync_file(path)
+        return [filename]
+
+    return write
+
+
 class ModuleState:
     """A module's parameters and buffers as safetensors, written by rank 0 (replicated modules).
 
@@ -237,15 +248,7 @@ class OptimizerState:
             return lambda folder: []
         state = self.obj.state_dict()
         state = _copied_to_host(state, self._staging) if copy else _on_host(state)
-        filename = self._filename(name, env.rank)
-
-        def write(folder: Path) -> list:
-            path = folder / filename
-            torch.save(state, path)
-            _fsync_file(path)
-            return [filename]
-
-        return write
+        return _torch_save_writer(state, self._filename(name, env.rank))
 
     def load(self, folder: Path, name: str, env: DistEnv) -> None:
         path = folder / self._filename(name, env.rank)
@@ -258,16 +261,7 @@ class RNGState:
     background_ok = True
 
     def snapshot(self, name: str, env: DistEnv, copy: bool) -> Writer:
-        state = rng.capture()
-        filename = f"{name}.rank-{env.rank:05d}.pt"
-
-        def write(folder: Path) -> list:
-            path = folder / filename
-            torch.save(state, path)
-            _fsync_file(path)
-            return [filename]
-
-        return write
+        return _torch_save_writer(rng.capture(), f"{name}.rank-{env.rank:05d}.pt")
 
     def load(self, folder: Path, name: str, env: DistEnv) -> None:
         path = folder / f"{name}.rank-{env.rank:05d}.pt"
@@ -741,6 +735,19 @@ class CheckpointManager:
                 self._commit_pending()
         step_due = self.policy.every_steps > 0 and step % self.policy.every_steps == 0
         return bool(step_due or time_due)
+
+    def save_if_due(self, step: int, state: Mapping[str, Any], *, last_step: bool = False, stopping: bool = False,
+                    prepare: Callable[[], None] | None = None) -> bool:
+        """The end of a training step: save `state` if a stop was agreed (blocking, so the stop
+        can follow at once), at the last step, or when the policy says one is due; True if it
+        saved. `prepare` runs first, only then (e.g. device-side counters into the progress
+        dict). Collective: every rank calls it after every step with the same arguments."""
+        if not (stopping or self.due(step) or last_step):
+            return False
+        if prepare is not None:
+            prepare()
+        self.save(step, state, blocking=True if stopping else None)
+        return True
 
     def save(self, step: int, state: Mapping[str, Any], blocking: bool | None = None) -> None:
         """Write `state` as checkpoint `step`; all ranks call it with the same state names.

@@ -5,6 +5,7 @@ is a pure function of an environ mapping, so it is testable without torch or a c
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -158,9 +159,10 @@ def resolve_device(device: str, local_rank: int) -> "torch.device":
 def init(device: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
     """Join the job's process group (nccl on CUDA, gloo on CPU) and select this rank's device.
 
-    Idempotent: a second call reuses the process group. The group exists for one process too,
-    so collectives and `deepspeed.initialize` (which reuses it) work alike. With NCCL, a gloo
-    group for control messages is created as well (collective: all ranks call init).
+    Idempotent: a second call reuses the process group and its control group. The group exists
+    for one process too, so collectives and `deepspeed.initialize` (which reuses it) work alike.
+    With NCCL, a gloo group for control messages is created as well, once (collective: all
+    ranks call init).
     """
     import torch
     import torch.distributed as dist
@@ -183,8 +185,17 @@ def init(device: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
         )
     else:
         backend = dist.get_backend()
-    control_group = dist.new_group(backend="gloo") if backend != "gloo" and layout.world_size > 1 else None
+    control_group = _gloo_control_group() if backend != "gloo" and layout.world_size > 1 else None
     return DistEnv(device=torch_device, backend=backend, control_group=control_group, **vars(layout))
+
+
+@functools.cache
+def _gloo_control_group() -> Any:
+    """The process group's gloo companion, made on first use and kept while the group lives
+    (torch's process group is per process, so its companion is too; `shutdown` forgets it)."""
+    import torch.distributed as dist
+
+    return dist.new_group(backend="gloo")
 
 
 def single_process_env(device: str = "cpu") -> DistEnv:
@@ -216,3 +227,4 @@ def shutdown() -> None:
 
     if dist.is_initialized():
         dist.destroy_process_group()
+    _gloo_control_group.cache_clear()

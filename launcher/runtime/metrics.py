@@ -98,6 +98,29 @@ class MetricsWriter:
         self.close()
 
 
+class Window:
+    """Per-step numbers summed until `mean()`, for lines that average a logging interval.
+
+    Device tensors stay on the device (no synchronisation) until `mean()` reads them.
+    """
+
+    def __init__(self):
+        self._sums: dict[str, Any] = {}
+        self.steps = 0
+
+    def add(self, numbers: dict[str, Any]) -> None:
+        for key, value in numbers.items():
+            value = value.detach().float() if hasattr(value, "detach") else float(value)
+            self._sums[key] = self._sums.get(key, 0) + value
+        self.steps += 1
+
+    def mean(self) -> dict[str, float]:
+        """The means since the last call (as Python floats); starts a new interval."""
+        means = {key: float(value) / self.steps for key, value in self._sums.items()}
+        self._sums, self.steps = {}, 0
+        return means
+
+
 def _step_of(line: str) -> int | None:
     try:
         return int(json.loads(line)["step"])

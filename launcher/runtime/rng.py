@@ -47,3 +47,11 @@ def restore(state: dict) -> None:
             torch.cuda.set_rng_state_all(cuda_states)
         else:
             torch.cuda.set_rng_state(cuda_states[torch.cuda.current_device() % len(cuda_states)])
+
+
+def seed_rank(seed: int, rank: int) -> None:
+    """Seed the global generators with a stream per rank (dropout masks, latents, jitter) that
+    is the same in every run of `seed`: Python and NumPy with seed * 1000 + rank, torch + 1."""
+    random.seed(seed * 1000 + rank)
+    np.random.seed(seed * 1000 + rank)
+    torch.manual_seed(seed * 1000 + rank + 1)

@@ -9,18 +9,17 @@ come from launcher.runtime; the data draw is a pure function of the step, so res
 """
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from launcher.atomic import write_bytes, write_json
+from launcher.atomic import write_bytes
 from launcher.runtime import checkpoint, distributed
 from launcher.runtime.context import TaskContext
-from launcher.runtime.metrics import MetricsWriter
-from launcher.runtime.preemption import StopForRequeue
+from launcher.runtime.loop import StepLoop, tensor_digest
+from launcher.runtime.metrics import MetricsWriter, Window
 from nerffacespeech.configs.audio2nerf import DEFAULT_GENERATOR_STAGE, TrainConfig
 from nerffacespeech.configs.stylenerf import support_problems
 from nerffacespeech.models.audio2nerf import generator_source
@@ -35,8 +34,6 @@ from .a2n_data import TalkingData, batch_generator
 from .a2n_evaluate import evaluate
 from .a2n_objective import Objective, Renderer, Weights
 from .engine import EngineSpec, Trainable, resolve_precision
-
-FINAL_RECORD = "final.json"
 
 
 def paths(cfg: TrainConfig, ctx: TaskContext) -> tuple[Path, str]:
@@ -118,72 +115,55 @@ class Audio2NeRFTraining:
                 "rng": checkpoint.RNGState(), PROGRESS: progress}
 
     def digest(self) -> str:
-        h = hashlib.sha256()
+        """sha256 of the trained state (gathered under ZeRO-3), for bitwise comparison of runs."""
         with self.objective.gathered() as tensors:
-            for name in sorted(tensors):
-                h.update(name.encode())
-                h.update(tensors[name].detach().float().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()
+            return tensor_digest(tensors)
 
 
 def main(ctx: TaskContext) -> None:
-    """Train `max_steps` steps, evaluating on held-out clip tails; stop cleanly on request."""
-    cfg, env, stop = startup.start(ctx, TrainConfig, "audio2nerf.train")
+    """Train `max_steps` steps on the runtime's step loop, evaluating on held-out clip tails."""
+    cfg, env = startup.start(ctx, TrainConfig, "audio2nerf.train")
     data_dir, generator_spec = paths(cfg, ctx)
     training = Audio2NeRFTraining(cfg, env, data_dir, generator_spec)
-    torch.manual_seed(cfg.seed * 1000 + env.rank + 1)
     progress = {"step": 0, "evals": [], "model": asdict(cfg.model), "generator": training.source,
                 "face_model": training.data.face_model, "pretrained_root": str(pretrained_root())}
-    state = training.checkpoint_state(progress)
-    ckpt = checkpoint.CheckpointManager(ctx.checkpoint_dir, env, ctx.checkpoint)
-    metrics = MetricsWriter(ctx, env)
-    metrics.resume_at(ckpt.restore_latest(state))
     board = None
-    if env.is_main:
-        print(f"audio2nerf.train: {training.sizes['total'] / 1e6:.2f}M parameters {training.sizes}, generator "
-              f"{training.source['kind']} ({training.source['preset']}), {len(training.data.clips)} clips, "
-              f"engine {cfg.engine} (ZeRO {cfg.zero_stage if cfg.engine == 'deepspeed' else '-'}), "
-              f"{training.precision}, {env.world_size} x {cfg.batch_per_gpu} x {training.accumulation} sequences "
-              f"of {cfg.seq_len}, from step {progress['step']} to {cfg.max_steps}", flush=True)
-    try:
-        if progress["step"] == 0:
-            board = _evaluate(ctx, env, training, progress, metrics, board)
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
-        while progress["step"] < cfg.max_steps:
-            logs = training.step(progress["step"])
-            progress["step"] += 1
-            step = progress["step"]
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0) + v
-            count += 1
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                scalars = {k: float(v) / count for k, v in sums.items()}
-                if env.device.type == "cuda":
-                    scalars["peak_memory_gib"] = torch.cuda.max_memory_allocated(env.device) / 2 ** 30
-                metrics.log(step, items=count * cfg.batch_total, **scalars)
-                if env.is_main:
-                    print(f"step {step:<6d} " + " ".join(f"{k} {v:.4f}" for k, v in scalars.items()), flush=True)
-                sums, count = {}, 0
-            if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                training.sync_export()
-                board = _evaluate(ctx, env, training, progress, metrics, board)
-            stopping = stop.agree(env)
-            if stopping or ckpt.due(step) or step == cfg.max_steps:
-                training.sync_export()
-                ckpt.save(step, state, blocking=True if stopping else None)
-            if stopping:
-                raise StopForRequeue(step)
-        ckpt.wait()
-        digest = training.digest()
+    with StepLoop(ctx, env, training.checkpoint_state(progress), seed=cfg.seed, total_steps=cfg.max_steps,
+                  before_save=training.sync_export) as loop:
+        start = loop.restore()
         if env.is_main:
-            write_json(ctx.stage_dir / FINAL_RECORD, {"step": progress["step"], "digest": digest,
-                                                      "evals": progress["evals"]})
-        distributed.barrier(env)
-    finally:
-        metrics.close()
-        if board is not None:
-            board.close()
+            print(f"audio2nerf.train: {training.sizes['total'] / 1e6:.2f}M parameters {training.sizes}, generator "
+                  f"{training.source['kind']} ({training.source['preset']}), {len(training.data.clips)} clips, "
+                  f"engine {cfg.engine} (ZeRO {cfg.zero_stage if cfg.engine == 'deepspeed' else '-'}), "
+                  f"{training.precision}, {env.world_size} x {cfg.batch_per_gpu} x {training.accumulation} sequences "
+                  f"of {cfg.seq_len}, from step {start} to {cfg.max_steps}", flush=True)
+        try:
+            if start == 0:
+                board = _evaluate(ctx, env, training, progress, loop.metrics, board)
+            window = Window()
+            for step in loop.steps():
+                window.add(training.step(step - 1))
+                progress["step"] = step
+                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                    _log(env, loop.metrics, step, window, cfg.batch_total)
+                if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                    training.sync_export()
+                    board = _evaluate(ctx, env, training, progress, loop.metrics, board)
+            loop.finish(digest=training.digest(), evals=progress["evals"])
+        finally:
+            if board is not None:
+                board.close()
+
+
+def _log(env: distributed.DistEnv, metrics: MetricsWriter, step: int, window: Window, batch_total: int) -> None:
+    """The mean losses since the last line (and the peak GPU memory) to metrics.jsonl and stdout."""
+    steps = window.steps
+    scalars = window.mean()
+    if env.device.type == "cuda":
+        scalars["peak_memory_gib"] = torch.cuda.max_memory_allocated(env.device) / 2 ** 30
+    metrics.log(step, items=steps * batch_total, **scalars)
+    if env.is_main:
+        print(f"step {step:<6d} " + " ".join(f"{k} {v:.4f}" for k, v in scalars.items()), flush=True)
 
 
 def _evaluate(ctx, env, training: Audio2NeRFTraining, progress: dict, metrics: MetricsWriter, board):

@@ -1,4 +1,4 @@
-"""How every training task starts: its config parsed, the process group joined, the stop request."""
+"""How every training task starts: its config parsed, the process group joined."""
 from __future__ import annotations
 
 import warnings
@@ -8,11 +8,10 @@ import torch
 
 from launcher.runtime import distributed
 from launcher.runtime.context import TaskContext
-from launcher.runtime.preemption import StopRequest
 
 
-def start(ctx: TaskContext, config_cls: Any, task: str) -> tuple[Any, distributed.DistEnv, StopRequest]:
-    """The config resolved for the world size, the distributed env and the stop request.
+def start(ctx: TaskContext, config_cls: Any, task: str) -> tuple[Any, distributed.DistEnv]:
+    """The config resolved for the world size and the distributed env.
 
     A bad config raises ValueError naming every problem (the launcher's validation normally
     caught it before submission).
@@ -25,5 +24,4 @@ def start(ctx: TaskContext, config_cls: Any, task: str) -> tuple[Any, distribute
     env = distributed.init(ctx.device)
     if parsed.threads:
         torch.set_num_threads(parsed.threads)
-    stop = ctx.stop if ctx.stop is not None else StopRequest()
-    return parsed.resolved(env.world_size), env, stop
+    return parsed.resolved(env.world_size), env

@@ -12,22 +12,19 @@ bitwise (the data position and every random generator are part of the checkpoint
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
-import random
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from launcher.atomic import write_bytes, write_json
+from launcher.atomic import write_bytes
 from launcher.runtime import checkpoint, distributed
 from launcher.runtime.context import TaskContext
-from launcher.runtime.metrics import MetricsWriter
-from launcher.runtime.preemption import StopForRequeue
+from launcher.runtime.loop import StepLoop, tensor_digest
+from launcher.runtime.metrics import MetricsWriter, Window
 from nerffacespeech.configs.stylenerf import TrainConfig, support_problems
 from nerffacespeech.metrics.evaluate import MetricSuite
 from nerffacespeech.models.stylenerf import Discriminator, Generator, count_parameters
@@ -37,7 +34,6 @@ from . import images as image_data
 from . import losses, startup
 from .engine import EngineSpec, Regulariser, Trainable, resolve_precision
 
-FINAL_RECORD = "final.json"
 W_AVG_BETA = 0.995
 
 
@@ -233,8 +229,8 @@ class StyleNeRFTraining:
         out = {}
         for name, trainable in (("G", self.g), ("D", self.d)):
             with trainable.gathered() as tensors:
-                out[name] = _digest(tensors)
-        out["G_ema"] = _digest(dict(self.g_ema.state_dict()))
+                out[name] = tensor_digest(tensors)
+        out["G_ema"] = tensor_digest(dict(self.g_ema.state_dict()))
         return out
 
 
@@ -249,14 +245,6 @@ def _load_initial_weights(path: str, modules: dict[str, torch.nn.Module]) -> Non
         if not state and name == "G_ema":
             state = {k[2:]: v for k, v in tensors.items() if k.startswith("G.")}
         module.load_state_dict(state, strict=True)
-
-
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(name.encode())
-        h.update(tensors[name].detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def path_length_regulariser(cfg: TrainConfig, stage: int, fade: float) -> Regulariser:
@@ -324,13 +312,6 @@ def _compiled_blocks_follow_swapped_weights() -> bool:
     return (int(major), int(minor)) >= (2, 5)
 
 
-def _seed_rank(seed: int, rank: int) -> None:
-    """Different random streams per rank (latents, cameras, ray jitter), reproducible per run."""
-    random.seed(seed * 1000 + rank)
-    np.random.seed(seed * 1000 + rank)
-    torch.manual_seed(seed * 1000 + rank + 1)
-
-
 # ---------------------------------------------------------------------- monitoring
 
 
@@ -338,14 +319,13 @@ class Monitor:
     """Progress lines, metrics.jsonl/TensorBoard scalars, image grids and metric evaluations (rank 0 writes)."""
 
     def __init__(self, ctx: TaskContext, env: distributed.DistEnv, training: StyleNeRFTraining, dataset,
-                 total_steps: int):
+                 total_steps: int, metrics: MetricsWriter):
         self.ctx, self.env, self.training, self.total_steps = ctx, env, training, total_steps
         cfg = training.cfg
-        self.metrics = MetricsWriter(ctx, env)
+        self.metrics = metrics
         self.suite = MetricSuite(cfg.metrics, dataset, cfg.metric_images, cfg.batch_per_gpu, env.rank,
                                  env.world_size, env.device, cfg.inception_path())
-        self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
+        self.window = Window()
         self.tick_start = time.time()
         self.tick_images = 0
         self.step_times: list[float] = []
@@ -358,23 +338,20 @@ class Monitor:
 
     def record(self, logs: dict, images: int) -> None:
         """Add a step's numbers; device tensors stay on the device (no synchronisation until the tick)."""
-        for key, value in logs.items():
-            value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
-            self.sums[key] = self.sums.get(key, 0) + value
-        self.count += 1
+        self.window.add(logs)
         self.tick_images += images
 
     def tick(self, run: RunState) -> None:
         """Averages since the last tick to stdout, metrics.jsonl and TensorBoard."""
-        if not self.count:
+        if not self.window.steps:
             return
         cfg, progress = self.training.cfg, run.progress
         now = time.time()
         seconds = now - self.tick_start
-        scalars = {k: float(v) / self.count for k, v in self.sums.items()}
+        remaining = (self.total_steps - progress["step"]) * seconds / self.window.steps
+        scalars = self.window.mean()
         kimg = progress["images"] / 1000
         sec_per_kimg = seconds / max(self.tick_images / 1000, 1e-9)
-        remaining = (self.total_steps - progress["step"]) * seconds / self.count
         scalars.update(kimg=kimg, tick=progress["tick"], sec_per_kimg=sec_per_kimg,
                        images_per_s=self.tick_images / max(seconds, 1e-9), lr_g=cfg.lr_g, lr_d=cfg.lr_d,
                        loss_scale_g=self.training.g.loss_scale, loss_scale_d=self.training.d.loss_scale)
@@ -391,7 +368,7 @@ class Monitor:
                   f"D {scalars.get('loss_d', 0):.3f} r1 {scalars.get('r1_penalty', 0):.4f} "
                   f"pl {scalars.get('pl_penalty', 0):.4f} nerf {scalars.get('nerf_path', 0):.4f}{memory} "
                   f"| ETA {_duration(remaining)}", flush=True)
-        self.sums, self.count, self.tick_images, self.tick_start = {}, 0, 0, now
+        self.tick_images, self.tick_start = 0, now
 
     def snapshot(self, run: RunState) -> dict[str, float]:
         """Image grid of the fixed seeds and the metrics; no effect on the training random streams."""
@@ -438,7 +415,6 @@ class Monitor:
         self.board.flush()
 
     def close(self) -> None:
-        self.metrics.close()
         if self.board is not None:
             self.board.close()
         if self.wandb is not None:
@@ -465,62 +441,46 @@ def _duration(seconds: float) -> str:
 
 
 def main(ctx: TaskContext) -> None:
-    """Train until `kimg` (or `max_steps`), checkpointing per ctx.checkpoint; stop cleanly on request."""
-    cfg, env, stop = startup.start(ctx, TrainConfig, "stylenerf.train")
+    """Train until `kimg` (or `max_steps`) on the runtime's step loop: checkpoints, stops, resume."""
+    cfg, env = startup.start(ctx, TrainConfig, "stylenerf.train")
     if any(m.startswith("fid") for m in cfg.metrics) and not Path(cfg.inception_path()).is_file():
         raise FileNotFoundError(f"FID needs the Inception weights {cfg.inception_path()} (python -m "
                                 "nerffacespeech.pretrained fetch, or set inception_weights); nothing is downloaded")
     training = StyleNeRFTraining(cfg, env)
-    _seed_rank(cfg.seed, env.rank)
     dataset = image_data.ImageDataset(cfg.data, training.model_cfg.resolution)
     run = RunState.fresh()
-    state = training.checkpoint_state(run)
-    ckpt = checkpoint.CheckpointManager(ctx.checkpoint_dir, env, ctx.checkpoint)
-    resumed_at = ckpt.restore_latest(state)
-    training.load_progress(run)
     total_steps = math.ceil(cfg.kimg * 1000 / cfg.batch_total)
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
-    if env.is_main:
-        print(f"stylenerf.train: preset {cfg.preset}, {training.sizes['G'] / 1e6:.2f}M G + "
-              f"{training.sizes['D'] / 1e6:.2f}M D parameters, engine {cfg.engine} "
-              f"(ZeRO {cfg.zero_stage if cfg.engine == 'deepspeed' else '-'}), {training.precision}, "
-              f"{env.world_size} x {cfg.batch_per_gpu} x {training.accumulation} images/step, "
-              f"{len(dataset)} training images, from step {run.progress['step']} to {total_steps}", flush=True)
-    sampler = image_data.PositionSampler(len(dataset), env.rank, env.world_size, cfg.batch_per_gpu, cfg.seed,
-                                         cfg.mirror, start_step=run.progress["step"] * training.accumulation)
-    batch_iter = image_data.batches(dataset, sampler, cfg.workers, pin_memory=env.device.type == "cuda",
-                                    worker_init=ctx.stop.shield_child)
-    monitor = Monitor(ctx, env, training, dataset, total_steps)
-    monitor.metrics.resume_at(resumed_at)
-    tick_images = cfg.tick_kimg * 1000
-    try:
-        if run.progress["step"] == 0:
-            monitor.snapshot(run)
-        while run.progress["step"] < total_steps:
-            logs = training.step(batch_iter, run)
-            monitor.record(logs, cfg.batch_total)
-            step = run.progress["step"]
-            end_of_tick = run.progress["images"] >= (run.progress["tick"] + 1) * tick_images or step == total_steps
-            if end_of_tick:
-                run.progress["tick"] += 1
-                monitor.tick(run)
-                if run.progress["tick"] % cfg.snapshot_ticks == 0 or step == total_steps:
-                    monitor.snapshot(run)
-            stopping = stop.agree(env)
-            if stopping or ckpt.due(step) or step == total_steps:
-                training.save_progress(run)
-                ckpt.save(step, state, blocking=True if stopping else None)
-            if stopping:
-                raise StopForRequeue(step)
-        ckpt.wait()
-        digests = training.digests()
+    with StepLoop(ctx, env, training.checkpoint_state(run), seed=cfg.seed, total_steps=total_steps,
+                  before_save=lambda: training.save_progress(run)) as loop:
+        loop.restore()
+        training.load_progress(run)
         if env.is_main:
-            write_json(ctx.stage_dir / FINAL_RECORD, {"step": run.progress["step"], "images": run.progress["images"],
-                                                      "digests": digests})
-        distributed.barrier(env)
-    finally:
-        monitor.close()
+            print(f"stylenerf.train: preset {cfg.preset}, {training.sizes['G'] / 1e6:.2f}M G + "
+                  f"{training.sizes['D'] / 1e6:.2f}M D parameters, engine {cfg.engine} "
+                  f"(ZeRO {cfg.zero_stage if cfg.engine == 'deepspeed' else '-'}), {training.precision}, "
+                  f"{env.world_size} x {cfg.batch_per_gpu} x {training.accumulation} images/step, "
+                  f"{len(dataset)} training images, from step {loop.step} to {total_steps}", flush=True)
+        sampler = image_data.PositionSampler(len(dataset), env.rank, env.world_size, cfg.batch_per_gpu, cfg.seed,
+                                             cfg.mirror, start_step=loop.step * training.accumulation)
+        batch_iter = image_data.batches(dataset, sampler, cfg.workers, pin_memory=env.device.type == "cuda",
+                                        worker_init=loop.stop.shield_child)
+        monitor = Monitor(ctx, env, training, dataset, total_steps, loop.metrics)
+        tick_images = cfg.tick_kimg * 1000
+        try:
+            if loop.step == 0:
+                monitor.snapshot(run)
+            for step in loop.steps():
+                monitor.record(training.step(batch_iter, run), cfg.batch_total)
+                if run.progress["images"] >= (run.progress["tick"] + 1) * tick_images or step == total_steps:
+                    run.progress["tick"] += 1
+                    monitor.tick(run)
+                    if run.progress["tick"] % cfg.snapshot_ticks == 0 or step == total_steps:
+                        monitor.snapshot(run)
+            loop.finish(images=run.progress["images"], digests=training.digests())
+        finally:
+            monitor.close()
 
 
 __all__ = ["main", "growth", "StyleNeRFTraining", "RunState", "path_length_regulariser", "r1_regulariser",
