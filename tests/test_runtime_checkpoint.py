@@ -18,12 +18,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from launcher.diagnose_train import SlowWrite
 from launcher.runtime import checkpoint
 from launcher.runtime.checkpoint import (
     CheckpointManager, ModuleState, OptimizerState, RNGState, committed_steps, steps_to_keep, verify)
 from launcher.runtime.context import CheckpointPolicy
 from launcher.runtime.distributed import single_process_env
-from launcher.diagnose_train import SlowWrite
 
 ENV = single_process_env()
 

@@ -19,3 +19,12 @@ def test_restore_repeats_the_draws_that_followed_the_capture(tmp_path):
     draws()
     rng.restore(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert draws() == expected
+
+
+def test_each_rank_gets_its_own_reproducible_streams():
+    def first_draws(seed: int, rank: int):
+        rng.seed_rank(seed, rank)
+        return draws()
+
+    assert first_draws(3, 1) == first_draws(3, 1)
+    assert first_draws(3, 0) != first_draws(3, 1) and first_draws(4, 0) != first_draws(3, 0)
