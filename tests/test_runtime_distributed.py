@@ -1,8 +1,10 @@
-"""Where a process sits in the job, read from torchrun's or Slurm's variables, and the
-TORCH_CUDA_ARCH_LIST repair DeepSpeed's op builder needs."""
+"""Where a process sits in the job, read from torchrun's or Slurm's variables, the
+TORCH_CUDA_ARCH_LIST repair DeepSpeed's op builder needs, and joining the process group once."""
 import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from launcher.runtime.distributed import (
     Layout, first_host, prepare_deepspeed_environ, read_layout, sanitized_cuda_arch_list)
@@ -94,3 +96,36 @@ def test_deepspeed_op_builder_accepts_the_repaired_arch_list():
                             env={**os.environ, "TORCH_CUDA_ARCH_LIST": "9.0a"})
     assert "raw fails: invalid literal for int() with base 10: '0a'" in result.stdout, result.stderr
     assert "compute_90" in result.stdout.splitlines()[-1]
+
+
+JOIN_TWICE = """
+import torch, torch.distributed as dist
+from launcher.runtime import distributed
+first = distributed.init("cpu")
+second = distributed.init("cpu")
+assert second.control_group is first.control_group is not None, "a second init made another group"
+flag = torch.ones(1)
+dist.all_reduce(flag, group=second.control_group)
+distributed.shutdown()
+again = distributed.init("cpu")                 # a new process group gets a new control group
+dist.all_reduce(flag, group=again.control_group)
+distributed.shutdown()
+print("sum", int(flag.item()))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_init_twice_joins_once_and_keeps_one_working_control_group():
+    """Two ranks started as torchrun would start them (its variables), without its agent."""
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    ranks = [subprocess.Popen([sys.executable, "-c", JOIN_TWICE], env={**base, "RANK": str(rank)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outputs = [rank.communicate(timeout=300)[0] for rank in ranks]
+    assert [rank.returncode for rank in ranks] == [0, 0], outputs
+    assert all("sum 4" in output for output in outputs), outputs

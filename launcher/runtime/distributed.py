@@ -48,7 +48,8 @@ class DistEnv:
     device: "torch.device"
     backend: str
     # Group for small CPU collectives (stop agreement, checkpoint coordination): gloo, so they
-    # never wait for queued GPU work. None means the default group (already gloo on CPU).
+    # never wait for queued GPU work; its own group on CPU too, so CPU runs take the GPU path.
+    # None for one process (no collectives) and for `single_process_env`.
     control_group: Any = None
 
     @property
@@ -161,8 +162,8 @@ def init(device: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
 
     Idempotent: a second call reuses the process group and its control group. The group exists
     for one process too, so collectives and `deepspeed.initialize` (which reuses it) work alike.
-    With NCCL, a gloo group for control messages is created as well, once (collective: all
-    ranks call init).
+    With several ranks a gloo group for control messages is created once as well (collective:
+    all ranks call init).
     """
     import torch
     import torch.distributed as dist
@@ -185,7 +186,7 @@ def init(device: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
         )
     else:
         backend = dist.get_backend()
-    control_group = _gloo_control_group() if backend != "gloo" and layout.world_size > 1 else None
+    control_group = _gloo_control_group() if layout.world_size > 1 else None
     return DistEnv(device=torch_device, backend=backend, control_group=control_group, **vars(layout))
 
 
