@@ -5,7 +5,8 @@ Every `eval_every` steps (and at step 0) the held-out tail of every clip is eval
 L1, lip-landmark error (px at 224), a lip-sync proxy (correlation of the predicted mouth opening
 with the audio energy envelope) and the photometric error of rendered frames; a grid of real vs
 rendered held-out frames goes to samples/ and TensorBoard. Checkpoints, stop requests and resume
-come from launcher.runtime; the data draw is a pure function of the step, so resume is bitwise.
+come from the step loop (launcher.runtime.loop); the data draw is a pure function of the step, so
+resume is bitwise.
 """
 from __future__ import annotations
 

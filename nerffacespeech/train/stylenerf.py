@@ -4,10 +4,10 @@ A step, top to bottom: the generator phase (non-saturating loss through a frozen
 the NeRF-path loss, and every `pl_every` steps the path-length penalty's weight gradients
 injected), then the discriminator phase (logistic loss on generated and real images, and every
 `r1_every` steps R1's weight gradients injected), then the EMA of G; on GPUs the two lazy
-regularisers replay from CUDA graphs. Every tick: a progress line
-and a metrics line; every `snapshot_ticks`: an image grid of fixed seeds and the metrics.
-Checkpoints, stop requests and resume come from `launcher.runtime`; a resumed run continues
-bitwise (the data position and every random generator are part of the checkpoint).
+regularisers replay from CUDA graphs. Every tick: a progress line and a metrics line; every
+`snapshot_ticks`: an image grid of fixed seeds and the metrics. Checkpoints, stop requests and
+resume come from the step loop (`launcher.runtime.loop`); a resumed run continues bitwise (the
+data position and every random generator are part of the checkpoint).
 """
 from __future__ import annotations
 
