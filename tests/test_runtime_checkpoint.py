@@ -209,9 +209,10 @@ def test_periodic_trigger_by_steps():
 
 
 def test_periodic_trigger_by_minutes_restarts_its_clock_at_each_save(tmp_path):
-    manager = CheckpointManager(tmp_path, ENV, CheckpointPolicy(every_steps=0, every_minutes=0.001))
+    # 0.5 s: a save under load (fsyncs on a busy disk) took more than the 60 ms this once allowed
+    manager = CheckpointManager(tmp_path, ENV, CheckpointPolicy(every_steps=0, every_minutes=0.5 / 60))
     assert not manager.due(1)
-    time.sleep(0.08)
+    time.sleep(0.55)
     assert manager.due(2)
     manager.save(2, {"progress": {}})
     assert not manager.due(3)
