@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -319,10 +320,22 @@ class Run:
             slurm.submit(self.dir, plan)
             return
         if not detach:
-            local_backend.LocalSupervisor(self.dir, echo=echo or (lambda m: None)).run_all()
+            self._supervise_here(echo or (lambda message: None))
             return
         self._supervisor_pid = local_backend.start_detached(self.dir, plan["python"])
         self._await_supervisor()
+
+    def _supervise_here(self, echo: Callable[[str], None]) -> None:
+        """Run the local supervisor in this process (main thread only: it handles Ctrl-C and the
+        stop signals while it runs), then give the caller its own signal handlers back."""
+        supervisor = local_backend.LocalSupervisor(self.dir, echo=echo)
+        stop_signals = {signal.SIGINT, signal.SIGTERM, supervisor.warning}
+        saved = {signum: signal.getsignal(signum) for signum in stop_signals}
+        try:
+            supervisor.run_all()
+        finally:
+            for signum, handler in saved.items():
+                signal.signal(signum, handler)
 
     def _await_supervisor(self) -> None:
         """Return once the detached supervisor holds the run (or has already ended), so that a
