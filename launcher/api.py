@@ -1,12 +1,13 @@
 """The launcher as a Python API, for notebooks and scripts; every CLI command is one call here.
 
     from launcher import api
-    run = api.submit("jobs/toy.yaml", overrides={"stages.train.config.steps": 20})
-    run.wait(timeout=600)           # {stage: state}
-    run.metrics("train")            # the rows of stages/train/metrics.jsonl
+    run = api.submit("jobs/demo.yaml", overrides={"stages.stylenerf.config.max_steps": 20})
+    run.wait(timeout=3600)          # {stage: state}
+    run.metrics("stylenerf")        # the rows of stages/stylenerf/metrics.jsonl
 
 It builds on the same functions as the CLI (spec loading, planning, the run directory, the
-backends, status) and imports neither torch, DeepSpeed nor the workload.
+backends, status). Importing it loads neither torch, DeepSpeed nor the workload; validating a
+spec loads its tasks' checks (entry points that import no torch).
 """
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ import yaml
 from . import plan as planner, policy, runlock, status
 from .backends import local as local_backend
 from .runs import RunDir, find_run
-from .spec import JobSpec, load_spec
+from .spec import JobSpec, SpecInvalid, load_spec
+
+__all__ = ["validate", "render", "submit", "open_run", "runs", "overview", "override_list",
+           "Run", "StageStatus", "Cancelled", "SpecInvalid", "UnknownStage", "NotResumable", "WaitTimeout"]
 
 DEFAULT_RUN_ROOT = "runs"
 SUPERVISOR_START_SECONDS = 60   # how long `submit` waits for a detached supervisor to hold its run
@@ -61,22 +65,17 @@ def override_list(overrides: Iterable[str] | Mapping[str, Any] | None) -> list[s
     return list(overrides)
 
 
-def load(spec: str | Path | dict, overrides: Iterable[str] | Mapping[str, Any] | None = None,
-         backend: str | None = None) -> JobSpec:
-    """The validated spec (a YAML file or a mapping, with overrides); raises SpecInvalid naming
-    the file (or `<dict spec>`), line and field of every problem, as `launcher validate` does."""
+def validate(spec: str | Path | dict, overrides: Iterable[str] | Mapping[str, Any] | None = None,
+             backend: str | None = None) -> JobSpec:
+    """`launcher validate`: the spec (a YAML file or a mapping, with overrides), typed; raises
+    SpecInvalid naming the file (or `<dict spec>`), line and field of every problem."""
     return load_spec(spec, override_list(overrides), backend=backend)
-
-
-def validate(spec: str | Path | dict, overrides=None, backend: str | None = None) -> JobSpec:
-    """`launcher validate`: the spec, or SpecInvalid."""
-    return load(spec, overrides, backend)
 
 
 def render(spec: str | Path | dict, overrides=None, backend: str | None = None) -> str:
     """`launcher render` (and `submit --dry-run`): exactly what submit would run."""
     from .cli import render as render_plan     # today's renderer; moves behind the backend interface
-    job = load(spec, overrides, backend)
+    job = validate(spec, overrides, backend)
     run_dir = str(Path(job.run_root).expanduser().resolve() / f"{job.name}-RUN_ID")
     return render_plan(planner.build(job, run_dir, sys.executable), job.local.max_parallel)
 
@@ -89,7 +88,7 @@ def submit(spec: str | Path | dict, overrides=None, backend: str | None = None, 
     runs the supervisor in this process until the run ends, printing through `echo`. Slurm
     stages are queued with their dependencies either way.
     """
-    job = load(spec, overrides, backend)
+    job = validate(spec, overrides, backend)
     run = RunDir.create(Path(job.run_root), job.name)
     run.write_spec(yaml.safe_dump(job.raw, sort_keys=False))
     plan = planner.build(job, str(run.path), sys.executable)

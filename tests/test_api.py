@@ -8,7 +8,6 @@ import sys
 import pytest
 
 from launcher import api
-from launcher.spec import SpecInvalid
 from tests.launcher_helpers import launcher, processed_items, training_spec, wait_until, write_spec
 
 TOY = "launcher.runtime.toy:main"
@@ -32,6 +31,8 @@ def test_importing_the_api_loads_neither_torch_deepspeed_nor_the_workload():
 
 def test_a_spec_file_runs_in_the_foreground_and_its_states_and_metrics_rows_are_read(tmp_path):
     spec = write_spec(tmp_path, training_spec("api-fg", TOY, {"steps": 6}, every_steps=5))
+    rendered = launcher("render", str(spec), "--set", f"run_root={tmp_path / 'runs'}", cwd=tmp_path, check=True)
+    assert rendered.stdout == api.render(spec, overrides=[f"run_root={tmp_path / 'runs'}"]) + "\n"
     lines, handler = [], signal.getsignal(signal.SIGINT)
     run = api.submit(spec, overrides=[f"run_root={tmp_path / 'runs'}"], detach=False, echo=lines.append)
     assert signal.getsignal(signal.SIGINT) is handler      # the caller's Ctrl-C is its own again
@@ -85,7 +86,7 @@ def test_bad_input_gets_the_same_refusals_as_the_cli(tmp_path):
             task: launcher.runtime.toy:main
             resources: {tasks_per_node: zero}
     """)
-    with pytest.raises(SpecInvalid) as from_api:
+    with pytest.raises(api.SpecInvalid) as from_api:
         api.validate(bad)
     cli = launcher("validate", str(bad), cwd=tmp_path)
     assert cli.returncode == 2
@@ -93,15 +94,15 @@ def test_bad_input_gets_the_same_refusals_as_the_cli(tmp_path):
     assert f"{bad}:2: name:" in str(from_api.value)
     assert f"{bad}:6: stages.train.resources.tasks_per_node:" in str(from_api.value)
 
-    with pytest.raises(SpecInvalid, match=r"nosuch\.yaml: <spec>: file not found"):
+    with pytest.raises(api.SpecInvalid, match=r"nosuch\.yaml: <spec>: file not found"):
         api.submit(tmp_path / "nosuch.yaml")
     spec = toy_spec("api-bad", 4)
     spec["stages"]["train"]["resources"]["tasks_per_node"] = "two"
-    with pytest.raises(SpecInvalid, match=r"<dict spec>: stages\.train\.resources\.tasks_per_node: must be an integer"):
+    with pytest.raises(api.SpecInvalid, match=r"<dict spec>: stages\.train\.resources\.tasks_per_node: must be an integer"):
         api.validate(spec)
-    with pytest.raises(SpecInvalid, match=r"--set\[2\]: stages\.train\.array: must be a number of shards"):
+    with pytest.raises(api.SpecInvalid, match=r"--set\[2\]: stages\.train\.array: must be a number of shards"):
         api.validate(toy_spec("api-bad", 4), overrides={"stages.train.config.steps": 2, "stages.train.array": -1})
-    with pytest.raises(SpecInvalid, match="<dict spec>: <spec>: holds a value that is not plain YAML"):
+    with pytest.raises(api.SpecInvalid, match="<dict spec>: <spec>: holds a value that is not plain YAML"):
         api.validate({**spec, "env": {"A": object()}})
     with pytest.raises(FileNotFoundError, match="no run 'nosuch'"):
         api.open_run("nosuch", run_root=tmp_path / "runs")
