@@ -29,53 +29,47 @@ def test_importing_the_api_loads_neither_torch_deepspeed_nor_the_workload():
     assert out.stdout.strip() == "[]"
 
 
-def test_a_spec_file_runs_in_the_foreground_and_its_states_and_metrics_rows_are_read(tmp_path):
-    spec = write_spec(tmp_path, training_spec("api-fg", TOY, {"steps": 6}, every_steps=5))
-    rendered = launcher("render", str(spec), "--set", f"run_root={tmp_path / 'runs'}", cwd=tmp_path, check=True)
-    assert rendered.stdout == api.render(spec, overrides=[f"run_root={tmp_path / 'runs'}"]) + "\n"
-    lines, handler = [], signal.getsignal(signal.SIGINT)
-    run = api.submit(spec, overrides=[f"run_root={tmp_path / 'runs'}"], detach=False, echo=lines.append)
-    assert signal.getsignal(signal.SIGINT) is handler      # the caller's Ctrl-C is its own again
-    assert "[train] attempt 0: completed -> completed (the task finished)" in lines, lines
-    assert run.wait(timeout=5) == {"train": "completed"} and run.done()
-    [stage] = run.stages
-    assert (stage.name, stage.state, stage.attempts, stage.checkpoint_step) == ("train", "completed", 1, 5)
-    assert stage.job.startswith("local:") and run.jobs() == {} and run.processes() == {}
-    rows = run.metrics("train")
-    assert steps(rows) == [1, 2, 3, 4, 5, 6] and all("loss" in row for row in rows)
-    assert run.attempts("train")[0]["exit_code"] == 0
-    assert any(p.name == "rank-1.log" for p in run.logs("train", rank=1))
-    opened = api.open_run(run.id, run_root=tmp_path / "runs")
-    assert opened.path == run.path and opened.states() == {"train": "completed"}
-    assert [r.id for r in api.runs(tmp_path / "runs")] == [run.id]
+def test_a_spec_file_with_overrides_renders_and_validates_as_through_the_cli(tmp_path):
+    spec = write_spec(tmp_path, training_spec("api-file", TOY, {"steps": 6}, every_steps=5))
+    overrides = [f"run_root={tmp_path / 'runs'}", "stages.train.config.steps=9"]
+    rendered = launcher("render", str(spec), *(f"--set={o}" for o in overrides), cwd=tmp_path, check=True)
+    assert rendered.stdout == api.render(spec, overrides) + "\n"
+    job = api.validate(spec, overrides, backend="slurm")
+    assert (job.backend, job.run_root, job.stages["train"].config) == ("slurm", str(tmp_path / "runs"), {"steps": 9})
 
 
-def test_a_dict_spec_with_overrides_is_cancelled_and_resumed_through_the_api(tmp_path):
-    spec = toy_spec("api-dict", 40)
-    run = api.submit(spec, overrides={"run_root": str(tmp_path / "runs"),
-                                      "stages.train.config.sleep_per_step": 0.15})
-    assert run.plan["stages"][0]["name"] == "train"
+def test_a_training_run_from_a_dict_is_waited_on_cancelled_resumed_and_its_metrics_read(tmp_path):
+    run = api.submit(toy_spec("api-dict", 30), overrides={"run_root": str(tmp_path / "runs"),
+                                                          "stages.train.config.sleep_per_step": 0.15})
     assert "sleep_per_step: 0.15" in (run.path / "spec.yaml").read_text()
     wait_until(lambda: len(run.metrics("train")) >= 6, 90, "six training steps")
-    assert list(run.processes()) == ["train"] and run.active()
+    assert list(run.processes()) == ["train"] and run.active() and run.jobs() == {}
     with pytest.raises(api.WaitTimeout) as timed_out:
         run.wait(timeout=0.2)
     assert timed_out.value.states == {"train": "running"}
 
-    elsewhere = api.open_run(run.path)           # as a second notebook would: no handle on the supervisor
+    elsewhere = api.open_run(run.id, run_root=tmp_path / "runs")    # as a second notebook would
     cancelled = elsewhere.cancel()
     assert cancelled.supervisor and "cancel requested" in str(cancelled)
     assert elsewhere.wait(timeout=90) == {"train": "cancelled"}
-    assert run.cancel_requested and 6 <= len(run.metrics("train")) < 40
+    assert run.cancel_requested and 6 <= len(run.metrics("train")) < 30
     assert str(elsewhere.cancel()) == "no local supervisor is running"
 
     with pytest.raises(api.UnknownStage, match="nosuch"):
         run.resume(fresh_start=["nosuch"])
-    run.resume()
-    assert run.wait(timeout=180) == {"train": "completed"}
-    assert steps(run.metrics("train")) == list(range(1, 41))    # each step once across the attempts
+    lines, handler = [], signal.getsignal(signal.SIGINT)
+    run.resume(detach=False, echo=lines.append)             # the supervisor in this process
+    assert signal.getsignal(signal.SIGINT) is handler       # the caller's Ctrl-C is its own again
+    assert "[train] attempt 1: completed -> completed (the task finished)" in lines, lines
+    assert run.wait(timeout=5) == {"train": "completed"} and run.done() and not run.cancel_requested
+    [stage] = run.stages
+    assert (stage.name, stage.state, stage.attempts, stage.checkpoint_step) == ("train", "completed", 2, 30)
+    assert stage.job.startswith("local:") and run.processes() == {}
+    rows = run.metrics("train")
+    assert steps(rows) == list(range(1, 31)) and all("loss" in row for row in rows)   # each step once
     assert [a["state"] for a in run.attempts("train")] == ["cancelled", "completed"]
-    assert not run.cancel_requested
+    assert any(p.name == "rank-1.log" for p in run.logs("train", rank=1))
+    assert [r.id for r in api.runs(tmp_path / "runs")] == [run.id]
 
 
 def test_bad_input_gets_the_same_refusals_as_the_cli(tmp_path):
