@@ -32,7 +32,7 @@ __all__ = ["validate", "render", "submit", "open_run", "runs", "overview", "over
 
 DEFAULT_RUN_ROOT = "runs"
 SUPERVISOR_START_SECONDS = 60   # how long `submit` waits for a detached supervisor to hold its run
-POLL_SECONDS = 1.0
+POLL_SECONDS = {"local": 0.5, "slurm": 5.0}    # `wait`: a lock test is free, an squeue is not
 
 
 class UnknownStage(ValueError):
@@ -230,6 +230,13 @@ class Run:
                 out[name] = pids
         return out
 
+    def supervisor(self) -> dict | None:
+        """Local: who supervises the run now ({host, pid, since}), None when no one does."""
+        if self.backend != "local":
+            return None
+        lock = local_backend.supervisor_lock(self.dir)
+        return (lock.holder() or {}) if lock.is_held() else None
+
     def active(self) -> bool:
         """True while something of the run can still change its state: a local supervisor holds
         it (or the one this process started has not exited), or Slurm holds one of its jobs."""
@@ -238,14 +245,16 @@ class Run:
             return bool(slurm.active_jobs(self.dir, self.plan))
         return self._own_supervisor_alive() or local_backend.supervisor_lock(self.dir).is_held()
 
-    def wait(self, timeout: float | None = None, poll: float = POLL_SECONDS) -> dict[str, str]:
-        """Block until the run is no longer active; its final {stage: state}. Raises WaitTimeout
-        (a TimeoutError, carrying the states) after `timeout` seconds; the run goes on."""
+    def wait(self, timeout: float | None = None, poll: float | None = None) -> dict[str, str]:
+        """Block until the run is no longer active, checking every `poll` seconds (by backend:
+        POLL_SECONDS); its final {stage: state}. Raises WaitTimeout (a TimeoutError, carrying
+        the states) after `timeout` seconds; the run goes on."""
+        interval = POLL_SECONDS[self.backend] if poll is None else poll
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.active():
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(self.id, timeout, self.states())
-            time.sleep(poll)
+            time.sleep(interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic())))
         return self.states()
 
     def done(self) -> bool:
@@ -283,9 +292,8 @@ class Run:
         if self.backend == "slurm":
             from .backends import slurm
             return Cancelled("slurm", slurm.cancel(self.dir, self.plan), None)
-        lock = local_backend.supervisor_lock(self.dir)
-        holder = runlock.describe(lock.holder()) if lock.is_held() else None
-        return Cancelled("local", [], holder)
+        holder = self.supervisor()
+        return Cancelled("local", [], None if holder is None else runlock.describe(holder))
 
     def resume(self, fresh_start: Iterable[str] = (), detach: bool = True,
                echo: Callable[[str], None] | None = None) -> "Run":

@@ -1,6 +1,7 @@
 """The Python API (launcher.api) on real parts: the toy training task under real torchrun and
 the local supervisor, a Slurm stage on the local cluster, and the same refusals as the CLI."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -44,6 +45,7 @@ def test_a_training_run_from_a_dict_is_waited_on_cancelled_resumed_and_its_metri
     assert "sleep_per_step: 0.15" in (run.path / "spec.yaml").read_text()
     wait_until(lambda: len(run.metrics("train")) >= 6, 90, "six training steps")
     assert list(run.processes()) == ["train"] and run.active() and run.jobs() == {}
+    assert run.supervisor()["pid"] != os.getpid()                 # a detached supervisor holds the run
     with pytest.raises(api.WaitTimeout) as timed_out:
         run.wait(timeout=0.2)
     assert timed_out.value.states == {"train": "running"}
@@ -64,7 +66,7 @@ def test_a_training_run_from_a_dict_is_waited_on_cancelled_resumed_and_its_metri
     assert run.wait(timeout=5) == {"train": "completed"} and run.done() and not run.cancel_requested
     [stage] = run.stages
     assert (stage.name, stage.state, stage.attempts, stage.checkpoint_step) == ("train", "completed", 2, 30)
-    assert stage.job.startswith("local:") and run.processes() == {}
+    assert stage.job.startswith("local:") and run.processes() == {} and run.supervisor() is None
     rows = run.metrics("train")
     assert steps(rows) == list(range(1, 31)) and all("loss" in row for row in rows)   # each step once
     assert [a["state"] for a in run.attempts("train")] == ["cancelled", "completed"]
