@@ -53,26 +53,29 @@ class WaitTimeout(TimeoutError):
 
 
 # -- specs ---------------------------------------------------------------------------------
-def override_list(overrides: Iterable[str] | Mapping[str, Any] | None) -> list[str]:
+Overrides = Iterable[str] | Mapping[str, Any] | None   # ["k.path=v", ...] as --set, or {"k.path": v}
+
+
+def override_list(overrides: Overrides) -> list[str]:
     """Overrides as the CLI's `--set key.path=value` strings; a mapping's values are written as
-    JSON (which is YAML), so they parse back to the same values."""
+    JSON (which is YAML), so they parse back to the same values (a path as its string)."""
     if overrides is None:
         return []
     if isinstance(overrides, Mapping):
-        return [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+        return [f"{key}={json.dumps(os.fspath(value) if isinstance(value, os.PathLike) else value)}"
+                for key, value in overrides.items()]
     if isinstance(overrides, str):
         raise TypeError("overrides: give a list of 'key=value' strings or a mapping, not one string")
     return list(overrides)
 
 
-def validate(spec: str | Path | dict, overrides: Iterable[str] | Mapping[str, Any] | None = None,
-             backend: str | None = None) -> JobSpec:
+def validate(spec: str | Path | dict, overrides: Overrides = None, backend: str | None = None) -> JobSpec:
     """`launcher validate`: the spec (a YAML file or a mapping, with overrides), typed; raises
     SpecInvalid naming the file (or `<dict spec>`), line and field of every problem."""
     return load_spec(spec, override_list(overrides), backend=backend)
 
 
-def render(spec: str | Path | dict, overrides=None, backend: str | None = None) -> str:
+def render(spec: str | Path | dict, overrides: Overrides = None, backend: str | None = None) -> str:
     """`launcher render` (and `submit --dry-run`): exactly what submit would run."""
     from .cli import render as render_plan     # today's renderer; moves behind the backend interface
     job = validate(spec, overrides, backend)
@@ -80,7 +83,7 @@ def render(spec: str | Path | dict, overrides=None, backend: str | None = None) 
     return render_plan(planner.build(job, run_dir, sys.executable), job.local.max_parallel)
 
 
-def submit(spec: str | Path | dict, overrides=None, backend: str | None = None, detach: bool = True,
+def submit(spec: str | Path | dict, overrides: Overrides = None, backend: str | None = None, detach: bool = True,
            echo: Callable[[str], None] | None = None) -> "Run":
     """`launcher submit`: validate, create the run directory, start the stages; the Run.
 
