@@ -42,6 +42,7 @@ def test_a_spec_file_with_overrides_renders_and_validates_as_through_the_cli(tmp
 def test_a_training_run_from_a_dict_is_waited_on_cancelled_resumed_and_its_metrics_read(tmp_path):
     run = api.submit(toy_spec("api-dict", 30), overrides={"run_root": tmp_path / "runs",
                                                           "stages.train.config.sleep_per_step": 0.15})
+    assert api.open_run(run.path).active()          # submit returned once the supervisor held the run
     assert "sleep_per_step: 0.15" in (run.path / "spec.yaml").read_text()
     wait_until(lambda: len(run.metrics("train")) >= 6, 90, "six training steps")
     assert list(run.processes()) == ["train"] and run.active() and run.jobs() == {}
