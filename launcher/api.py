@@ -71,7 +71,8 @@ def override_list(overrides: Overrides) -> list[str]:
 
 def validate(spec: str | Path | dict, overrides: Overrides = None, backend: str | None = None) -> JobSpec:
     """`launcher validate`: the spec (a YAML file or a mapping, with overrides), typed; raises
-    SpecInvalid naming the file (or `<dict spec>`), line and field of every problem."""
+    SpecInvalid naming the file (or `<dict spec>`), line and field of every problem. A mapping's
+    `include:` files are found from the current directory."""
     return load_spec(spec, override_list(overrides), backend=backend)
 
 

@@ -101,6 +101,8 @@ def test_bad_input_gets_the_same_refusals_as_the_cli(tmp_path):
         api.validate(toy_spec("api-bad", 4), overrides={"stages.train.config.steps": 2, "stages.train.array": -1})
     with pytest.raises(api.SpecInvalid, match="<dict spec>: <spec>: holds a value that is not plain YAML"):
         api.validate({**spec, "env": {"A": object()}})
+    with pytest.raises(api.SpecInvalid, match="<dict spec>: include: file not found: nosuch-base.yaml"):
+        api.validate({**spec, "include": "nosuch-base.yaml"})          # relative to the current directory
     with pytest.raises(FileNotFoundError, match="no run 'nosuch'"):
         api.open_run("nosuch", run_root=tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
