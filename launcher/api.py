@@ -5,6 +5,11 @@
     run.wait(timeout=3600)          # {stage: state}
     run.metrics("stylenerf")        # the rows of stages/stylenerf/metrics.jsonl
 
+CLI -> API: validate -> validate(); render, submit --dry-run -> render(); submit [--detach] ->
+submit(detach=); status RUN -> open_run(RUN).table() (typed: .stages); status, list -> overview()
+(typed: runs()); logs RUN -> open_run(RUN).logs(stage, rank) (printing and --follow stay in the
+CLI); cancel RUN -> open_run(RUN).cancel(); resume RUN -> open_run(RUN).resume(fresh_start, detach).
+
 It builds on the same functions as the CLI (spec loading, planning, the run directory, the
 backends, status). Importing it loads neither torch, DeepSpeed nor the workload; validating a
 spec loads its tasks' checks (entry points that import no torch).
