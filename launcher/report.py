@@ -236,6 +236,7 @@ table {{ border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.85em; }}
 th, td {{ border: 1px solid #cfd8dc; padding: 0.25em 0.5em; text-align: left; vertical-align: top; }}
 th {{ background: #eceff1; }}
 img {{ max-width: 100%; }}
+img.sample {{ min-width: 384px; image-rendering: pixelated; }}
 code {{ font-size: 0.9em; }}
 </style></head>
 <body>

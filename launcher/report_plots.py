@@ -112,7 +112,7 @@ def metrics(rows: list[dict], resumed_at: list[int]) -> bytes | None:
         return None
     figure = Figure(figsize=(11, 2.6 * len(panels)))
     for index, (title, keys) in enumerate(panels):
-        axes = figure.add_subplot(len(panels), 1, index + 1)
+        axes = figure.add_subplot(len(panels), 1, index + 1, sharex=figure.axes[0] if index else None)
         for key in keys:
             points = [(r["step"], r[key]) for r in rows if _is_number(r.get(key)) and "step" in r]
             axes.plot([p[0] for p in points], [p[1] for p in points], label=key, lw=1.2,

@@ -25,7 +25,8 @@ def chromium() -> str | None:
 @dataclass
 class PageLoad:
     errors: list[str]            # console errors, uncaught exceptions, failed loads, CSP violations
-    requests: list[str]          # every URL the page asked for, the page itself included
+    requests: list[str]          # every URL the page asked for, the page itself included (data: URLs cut
+                                 # to their first 40 characters)
     screenshot: bytes            # PNG of the whole page
     boxes: dict[str, dict]       # CSS selector -> {x, y, width, height, loaded} in screenshot pixels
 
@@ -150,4 +151,5 @@ def _errors(events: list[dict]) -> list[str]:
 
 
 def _requests(events: list[dict]) -> list[str]:
-    return [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
+    urls = [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
+    return [url[:40] if url.startswith("data:") else url for url in urls]
