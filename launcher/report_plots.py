@@ -83,9 +83,7 @@ def timeline(rows: list[tuple[str, list[dict], list[tuple[float, int]]]], origin
             seen_states[attempt["state"]] = None
             axes.barh(y, max(end - start, 1e-3), left=start, height=0.5,
                       color=state_color(attempt["state"]), edgecolor="#263238")
-            resumed = "-" if attempt["resumed_from"] is None else attempt["resumed_from"]
-            saved = "-" if attempt["saved_at"] is None else attempt["saved_at"]
-            axes.text(start, y + 0.3, f"#{attempt['attempt']} {attempt['state']}  ckpt {resumed}\u2192{saved}",
+            axes.text(start, y + 0.3, f"#{attempt['attempt']} {attempt['state']}: {_steps(attempt)}",
                       fontsize=8, va="bottom")
         for when, step in commits:
             axes.plot([(when - origin) / 60] * 2, [y - 0.3, y + 0.3], color="black", lw=1)
@@ -94,8 +92,16 @@ def timeline(rows: list[tuple[str, list[dict], list[tuple[float, int]]]], origin
     axes.set_xlabel("minutes since the run's first attempt (black ticks: checkpoints committed)")
     axes.grid(axis="x", alpha=0.3)
     axes.legend(handles=[Patch(color=state_color(s), label=s) for s in seen_states],
-                loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, title="attempt ended", title_fontsize=8)
+                loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, title="attempt", title_fontsize=8)
     return _png(figure)
+
+
+def _steps(attempt: dict) -> str:
+    """'from step 15, saved 30': the checkpoint an attempt resumed from and the one it left."""
+    start = "fresh" if attempt["resumed_from"] is None else f"from step {attempt['resumed_from']}"
+    if attempt["state"] == "running":
+        return start
+    return f"{start}, saved {'none' if attempt['saved_at'] is None else attempt['saved_at']}"
 
 
 def metrics(rows: list[dict], resumed_at: list[int]) -> bytes | None:

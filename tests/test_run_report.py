@@ -125,3 +125,50 @@ def test_status_names_the_report_without_importing_matplotlib(interrupted_run):
                             timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"report {run / 'report.html'}" in result.stdout
+
+
+PIPELINE = """
+    name: graph
+    run_root: runs
+    stages:
+      prep: {task: diagnose.items, array: 2}
+      train: {task: diagnose.allreduce, after: [prep], config: {steps: 100}}
+      evaluate: {task: diagnose.items, after: [prep]}
+      publish: {task: diagnose.items, after: [train, evaluate]}
+"""
+
+
+def test_a_pipeline_mid_run_renders_every_stage_shard_and_state(tmp_path, report_modules):
+    """A planned four-stage pipeline with ledger records as the supervisors write them (an array
+    stage, a running attempt, a state the report has no colour for): every stage and shard shows."""
+    report, report_plots = report_modules
+    from launcher import plan as planner
+    from launcher.runs import RunDir
+    from launcher.spec import load_spec
+    spec = load_spec(write_spec(tmp_path, PIPELINE))
+    run = RunDir.create(tmp_path / "runs", spec.name)
+    run.write_plan(planner.build(spec, str(run.path), sys.executable))
+    now = 1_000_000.0
+
+    def attempt(stage, shard, state, start, end):          # the fields the local supervisor writes
+        run.record(stage, f"shard-{shard}-attempt-0", {
+            "kind": "attempt", "stage": stage, "shard": shard, "attempt": 0, "backend": "local",
+            "job_id": f"local:{100 + shard}", "nodes": "here", "start": start, "end": end, "state": state,
+            "checkpoint_step": None})
+
+    attempt("prep", 0, "completed", now - 600, now - 300)
+    attempt("prep", 1, "hung", now - 600, now - 250)
+    attempt("train", 0, "running", now - 200, None)
+    (run.stage_dir("train")).mkdir(parents=True)
+    (run.stage_dir("train") / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "time": now - 100 + s, "steps_per_s": 1.0, "loss": 1 / s}) + "\n"
+                for s in range(1, 41)) + '{"step": 41, "ti')
+    views = report.collect(run)
+    assert [v.name for v in views] == ["prep", "train", "evaluate", "publish"]
+    assert [label for label, _ in report._shard_rows(views[0])] == ["prep[0]", "prep[1]"]
+    assert views[1].eta.startswith("1m 00s for 60 more step(s)") and len(views[1].metrics) == 40
+    assert report_plots.state_color("hung") == report_plots.OTHER_COLOR
+    html = report.render(run, views, now=now)
+    for stage in ("prep", "train", "evaluate", "publish"):
+        assert f"<h2 id='stage-{stage}'>" in html
+    assert html.count("<img class='metrics'") == 1 and "no attempts yet" in html
