@@ -22,6 +22,7 @@ from .runs import RunDir
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
                ".webp": "image/webp", ".svg": "image/svg+xml"}
 MAX_INLINE_IMAGE_BYTES = 8 * 2 ** 20     # a larger sample is linked by path, not inlined
+MAX_SHARD_ROWS = 16                      # a larger array stage gets one timeline row
 RATE_WINDOW = 20                         # metric lines whose steps_per_s give the ETA's rate
 
 
@@ -155,9 +156,12 @@ def render(run: RunDir, views: list[StageView], now: float) -> str:
 
 
 def _shard_rows(view: StageView) -> list[tuple[str, list[dict]]]:
+    """Timeline rows of a stage: one per shard, or one for all when it has more than MAX_SHARD_ROWS."""
     shards = sorted({a.get("shard", 0) for a in view.attempts})
     if len(shards) <= 1:
         return [(view.name, view.attempts)]
+    if len(shards) > MAX_SHARD_ROWS:
+        return [(f"{view.name} ({len(shards)} shards)", view.attempts)]
     return [(f"{view.name}[{s}]", [a for a in view.attempts if a.get("shard", 0) == s]) for s in shards]
 
 

@@ -12,12 +12,13 @@ from matplotlib.patches import Patch
 
 # Ledger and status states; anything else (a state added later) is drawn in OTHER_COLOR.
 STATE_COLORS = {
-    "completed": "#2e7d32", "running": "#42a5f5", "pending": "#b0bec5", "not started": "#eceff1",
+    "completed": "#2e7d32", "running": "#26c6da", "pending": "#b0bec5", "not started": "#eceff1",
     "continue": "#fb8c00", "preempted": "#8e24aa", "requeued": "#1e88e5", "stopped": "#757575",
     "cancelled": "#9e9e9e", "gave-up": "#c62828", "lost": "#6d4c41", "blocked": "#cfd8dc",
 }
 OTHER_COLOR = "#f06292"
 LIGHT_STATES = {"pending", "not started", "blocked"}     # drawn with black text
+MAX_LABELLED_ATTEMPTS = 8     # a row with more attempts than this is drawn without labels
 NOT_SCALARS = {"step", "time", "steps_per_s", "throughput", "total_steps"}
 
 
@@ -70,26 +71,29 @@ def dependency_graph(stages: list[dict]) -> bytes:
 def timeline(rows: list[tuple[str, list[dict], list[tuple[float, int]]]], origin: float, now: float) -> bytes:
     """One row per stage shard: a bar per attempt (start to end, coloured by how it ended, labelled
     with the checkpoint steps it resumed from and saved at) and a tick per committed checkpoint.
-    `rows`: [(label, attempts, [(commit time, step)])]; times are epoch seconds, drawn in minutes
-    since `origin`."""
+    `rows`: [(label, attempts, [(commit time, step)])]; times are epoch seconds, drawn in seconds,
+    minutes or hours since `origin`, whichever suits the run's length."""
+    span = max([(a["end"] or now) - origin for _, attempts, _ in rows for a in attempts], default=0)
+    scale, unit = (1, "seconds") if span < 120 else (60, "minutes") if span < 7200 else (3600, "hours")
     figure = Figure(figsize=(11, 0.9 + 0.75 * len(rows)))
     axes = figure.add_subplot()
     seen_states: dict[str, None] = {}
     for index, (label, attempts, commits) in enumerate(rows):
         y = len(rows) - 1 - index
         for attempt in attempts:
-            start = (attempt["start"] - origin) / 60
-            end = ((attempt["end"] or now) - origin) / 60
+            start = (attempt["start"] - origin) / scale
+            end = ((attempt["end"] or now) - origin) / scale
             seen_states[attempt["state"]] = None
             axes.barh(y, max(end - start, 1e-3), left=start, height=0.5,
                       color=state_color(attempt["state"]), edgecolor="#263238")
-            axes.text(start, y + 0.3, f"#{attempt['attempt']} {attempt['state']}: {_steps(attempt)}",
-                      fontsize=8, va="bottom")
+            if len(attempts) <= MAX_LABELLED_ATTEMPTS:
+                axes.text(start, y + 0.3, f"#{attempt['attempt']} {attempt['state']}: {_steps(attempt)}",
+                          fontsize=8, va="bottom")
         for when, step in commits:
-            axes.plot([(when - origin) / 60] * 2, [y - 0.3, y + 0.3], color="black", lw=1)
+            axes.plot([(when - origin) / scale] * 2, [y - 0.3, y + 0.3], color="black", lw=1)
     axes.set_yticks(range(len(rows)), [label for label, _, _ in reversed(rows)])
     axes.set_ylim(-0.6, len(rows) - 0.1 + 0.4)
-    axes.set_xlabel("minutes since the run's first attempt (black ticks: checkpoints committed)")
+    axes.set_xlabel(f"{unit} since the run's first attempt (black ticks: checkpoints committed)")
     axes.grid(axis="x", alpha=0.3)
     axes.legend(handles=[Patch(color=state_color(s), label=s) for s in seen_states],
                 loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, title="attempt", title_fontsize=8)

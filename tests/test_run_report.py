@@ -106,6 +106,15 @@ def test_checkpoint_steps_follow_each_shard_separately(report_modules):
     assert [(a["resumed_from"], a["saved_at"]) for a in attempts] == [(None, 10), (None, 4), (10, None), (4, 9)]
 
 
+def test_a_large_array_stage_gets_one_timeline_row(report_modules):
+    report, _ = report_modules
+    def view(shards):
+        attempts = [{"shard": s, "attempt": 0, "state": "completed"} for s in range(shards)]
+        return report.StageView("prep", [], {}, attempts, [], [], None, "done")
+    assert len(report._shard_rows(view(report.MAX_SHARD_ROWS))) == report.MAX_SHARD_ROWS
+    assert report._shard_rows(view(report.MAX_SHARD_ROWS + 1))[0][0] == f"prep ({report.MAX_SHARD_ROWS + 1} shards)"
+
+
 def test_eta_uses_the_recent_rate_and_the_total_steps(report_modules):
     report, _ = report_modules
     rows = [{"step": s, "time": s, "steps_per_s": 2.0} for s in range(1, 41)]
