@@ -105,6 +105,7 @@ def latest_sample(folder: Path) -> Path | None:
 def eta(metrics: list[dict], config: dict, state: str) -> str:
     """Time left at the recent rate (the mean steps/s of the last metric lines) to the total steps
     (the metrics' `total_steps`, else the stage config's `steps`)."""
+    state = plots.state_key(state)
     if state == "completed":
         return "done"
     if not metrics:
@@ -213,9 +214,9 @@ def _table(head: list[str], rows: list[list], state_column: int) -> str:
     return f"<table><tr>{cells}</tr>{''.join(body)}</table>"
 
 
-def _img(data: bytes, alt: str, css_id: str, mime: str = "image/png") -> str:
+def _img(data: bytes, alt: str, css_class: str, mime: str = "image/png") -> str:
     encoded = base64.b64encode(data).decode("ascii")
-    return f"<img class='{css_id}' alt='{_e(alt)}' src='data:{mime};base64,{encoded}'>"
+    return f"<img class='{css_class}' alt='{_e(alt)}' src='data:{mime};base64,{encoded}'>"
 
 
 def _clock(when: float | None) -> str:

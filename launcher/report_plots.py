@@ -10,24 +10,36 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-# Ledger and status states; anything else (a state added later) is drawn in OTHER_COLOR.
+# Ledger and status states (Slurm's in any case); anything else (a state added later) is drawn
+# in OTHER_COLOR.
 STATE_COLORS = {
     "completed": "#2e7d32", "running": "#26c6da", "pending": "#b0bec5", "not started": "#eceff1",
+    "not submitted": "#eceff1",
     "continue": "#fb8c00", "preempted": "#8e24aa", "requeued": "#1e88e5", "stopped": "#757575",
     "cancelled": "#9e9e9e", "gave-up": "#c62828", "lost": "#6d4c41", "blocked": "#cfd8dc",
 }
 OTHER_COLOR = "#f06292"
-LIGHT_STATES = {"pending", "not started", "blocked"}     # drawn with black text
+LIGHT_STATES = {"pending", "not started", "not submitted", "blocked"}     # drawn with black text
 MAX_LABELLED_ATTEMPTS = 8     # a row with more attempts than this is drawn without labels
 NOT_SCALARS = {"step", "time", "steps_per_s", "throughput", "total_steps"}
 
 
+def state_key(state: str) -> str:
+    """The palette's name for a state: lower case; an array's Slurm summary ('3 RUNNING, 5 PENDING')
+    counts as running while any shard runs, else as pending while any waits."""
+    state = state.lower()
+    for live in ("running", "pending"):
+        if "," in state and live in state:
+            return live
+    return state
+
+
 def state_color(state: str) -> str:
-    return STATE_COLORS.get(state, OTHER_COLOR)
+    return STATE_COLORS.get(state_key(state), OTHER_COLOR)
 
 
 def text_color(state: str) -> str:
-    return "black" if state in LIGHT_STATES else "white"
+    return "black" if state_key(state) in LIGHT_STATES else "white"
 
 
 def _png(figure: Figure) -> bytes:

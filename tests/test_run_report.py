@@ -124,6 +124,7 @@ def test_eta_uses_the_recent_rate_and_the_total_steps(report_modules):
     assert report.eta(rows, {}, "running") == "unknown (the task logs no total_steps)"
     assert report.eta([], {"steps": 9}, "pending") == "unknown (no metrics yet)"
     assert report.eta(rows, {"steps": 160}, "completed") == "done"
+    assert report.eta(rows, {"steps": 160}, "3 RUNNING, 1 PENDING") == report.eta(rows, {"steps": 160}, "running")
 
 
 def test_status_names_the_report_without_importing_matplotlib(interrupted_run):
