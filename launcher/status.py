@@ -76,7 +76,16 @@ def run_table(run: RunDir) -> str:
         head += "  (cancel requested)"
     table = _fmt_table(["stage", "job", "state", "attempts", "ckpt step", "progress", "last reason"],
                        stage_rows(run))
-    return head + "\n" + table
+    return head + "\n" + table + "\n" + report_line(run)
+
+
+def report_line(run: RunDir) -> str:
+    """Where the run's HTML report is; status never writes it (`launcher report` does)."""
+    try:
+        written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.report_path.stat().st_mtime))
+        return f"report {run.report_path} (written {written}; `python -m launcher report {run.run_id}` refreshes it)"
+    except FileNotFoundError:
+        return f"report {run.report_path} (not written yet: `python -m launcher report {run.run_id}`)"
 
 
 def runs_overview(root: Path) -> str:
