@@ -264,7 +264,6 @@ import sys, torch
 from launcher.runtime.checkpoint import CheckpointManager, ModuleState
 from launcher.runtime.context import CheckpointPolicy
 from launcher.runtime.distributed import single_process_env
-from launcher.runtime.rng import capture as capture_generators
 from launcher.runtime.toy import SlowWrite
 root, first = sys.argv[1], int(sys.argv[2])
 model = torch.nn.Linear(512, 512)
@@ -298,7 +297,6 @@ SIGNALLED_SAVER = """
 import sys, time, torch
 from launcher.runtime.checkpoint import CheckpointManager, ModuleState
 from launcher.runtime.distributed import single_process_env
-from launcher.runtime.rng import capture as capture_generators
 from launcher.runtime.preemption import StopRequest
 from launcher.runtime.toy import SlowWrite
 stop = StopRequest().install()
