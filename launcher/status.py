@@ -21,18 +21,18 @@ def _fmt_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _progress(metrics: dict | None) -> str:
+    """The last metrics line as progress, from the keys `MetricsWriter` and the tasks write:
+    the step, StyleNeRF's kimg, and the first rate present (images/s, items/s, steps/s)."""
     if not metrics:
         return "-"
     parts = []
     if "step" in metrics:
-        total = metrics.get("total_steps")
-        parts.append(f"step {metrics['step']}" + (f"/{total}" if total else ""))
-    for key in ("items_done", "kimg"):
+        parts.append(f"step {metrics['step']}")
+    if "kimg" in metrics:
+        parts.append(f"kimg {metrics['kimg']}")
+    for key, unit in (("images_per_s", "images"), ("throughput", "items"), ("steps_per_s", "steps")):
         if key in metrics:
-            parts.append(f"{key} {metrics[key]}")
-    for key in ("images_per_s", "samples_per_s", "steps_per_s", "items_per_s"):
-        if key in metrics:
-            parts.append(f"{metrics[key]:.3g} {key.replace('_per_s', '')}/s")
+            parts.append(f"{metrics[key]:.3g} {unit}/s")
             break
     return ", ".join(parts) or "-"
 
