@@ -41,12 +41,15 @@ PREPROCESS = [TORCH, "numpy>=1.24", "scipy>=1.10", "librosa>=0.10", "soundfile>=
               "dlib-bin>=20.0.1", "face-recognition-models>=0.3.0"]
 # Generation reuses preprocessing's audio, ffmpeg and face alignment, and loads safetensors.
 GENERATE = PREPROCESS + ["safetensors>=0.4", "tqdm>=4.60"]
+# `launcher report RUN` draws its plots with matplotlib (Agg); the rest of the CLI does not need it.
+REPORT = ["matplotlib>=3.7"]
 DEV = ["pytest>=8", "pytest-timeout>=2.2", "psutil>=5.9"]
 
 setup(extras_require={
     "train": TRAIN,
     "preprocess": PREPROCESS,
     "generate": GENERATE,
+    "report": REPORT,
     "dev": DEV,
-    "all": sorted(set(TRAIN + GENERATE + DEV)),
+    "all": sorted(set(TRAIN + GENERATE + REPORT + DEV)),
 })

@@ -55,7 +55,7 @@ def throughput(args, env) -> dict:
     from nerffacespeech.models.audio2nerf.deform import RayDeformation
     from nerffacespeech.models.audio2nerf.face import load_face_basis
     from nerffacespeech.train.a2n_objective import Objective, Renderer, Weights
-    from nerffacespeech.train.engine import EngineSpec, Trainable, resolve_precision
+    from nerffacespeech.train.engine import EngineSpec, make_trainable, resolve_precision
 
     from nerffacespeech.configs.stylenerf import PRESETS
 
@@ -67,7 +67,7 @@ def throughput(args, env) -> dict:
     precision = resolve_precision(cfg.precision, env.device)
     spec = EngineSpec("deepspeed", 2, precision, cfg.lr, tuple(cfg.betas), cfg.eps, cfg.batch_per_gpu, 1)
     factory = lambda: Objective(cfg.model, 8, cfg.nerf_dim, cfg.latent_lr_mult)
-    trainable = Trainable("A2N", factory(), factory, spec, env)
+    trainable = make_trainable("A2N", factory(), factory, spec, env)
     weights = Weights.of(cfg)
     b, s, r, dev = cfg.batch_per_gpu, cfg.seq_len, generator.cfg.resolution, env.device
     g = torch.Generator(device="cpu").manual_seed(0)

@@ -1,4 +1,4 @@
-"""`python -m launcher`: submit, validate, render, status, logs, cancel, resume, list.
+"""`python -m launcher`: submit, validate, render, status, logs, cancel, resume, report, list.
 
 Imports neither torch nor DeepSpeed nor the workload, so every command answers at once on a
 login node.
@@ -58,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh-start", metavar="STAGE", action="append", default=[],
                    help="let STAGE start over from step 0 when none of its checkpoints is usable")
     p.add_argument("--detach", action="store_true", help="local backend: run in the background")
+    p = sub.add_parser("report", help="write RUN/report.html: stages, attempt timeline, metrics plots, ETA")
+    p.add_argument("run")
     sub.add_parser("list", help="runs under the run root")
     return top
 
@@ -241,6 +243,18 @@ def _live_attempts(run: RunDir, plan: dict) -> str | None:
     return None
 
 
+def cmd_report(args) -> int:
+    run = _find(args)
+    try:
+        from .report import write_report       # matplotlib, only for this command
+    except ImportError as missing:
+        print(f"error: the report needs matplotlib ({missing}); pip install 'nerffacespeech[report]'",
+              file=sys.stderr)
+        return exitcodes.FAILED
+    print(f"report {write_report(run)}")
+    return exitcodes.OK
+
+
 COMMANDS = {"submit": cmd_submit, "validate": cmd_validate, "render": cmd_render,
             "status": cmd_status, "logs": cmd_logs, "cancel": cmd_cancel, "resume": cmd_resume,
-            "list": cmd_list}
+            "report": cmd_report, "list": cmd_list}

@@ -16,6 +16,7 @@ from pathlib import Path
 from . import atomic, checkpoint_health, exitcodes
 
 CANCEL_MARKER = "cancel-requested"
+REPORT_FILE = "report.html"
 
 
 def new_run_id(name: str) -> str:
@@ -44,6 +45,11 @@ class RunDir:
 
     def stage_dir(self, stage: str) -> Path:
         return self.path / "stages" / stage
+
+    @property
+    def report_path(self) -> Path:
+        """Where `launcher report` writes the run's HTML report."""
+        return self.path / REPORT_FILE
 
     # -- plan and spec -------------------------------------------------------------------
     def write_plan(self, plan: dict) -> None:

@@ -31,6 +31,7 @@ SIGNALS = signals.WARNING_SIGNALS
 BACKENDS = ("local", "slurm")
 DEVICES = ("cpu", "cuda", "auto")
 MAX_SHARDS = 100_000
+DICT_SOURCE = "<dict spec>"          # where problems of a spec given as a Python mapping point
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
@@ -151,9 +152,14 @@ class JobSpec:
 
 
 # -- loading: include, merge, overrides ------------------------------------------------------
-def load_merged(path: str | Path, overrides: list[str] = ()) -> tuple[dict, dict[tuple, Where]]:
-    """Read a spec with its `include:` chain and `--set` overrides applied, keeping positions."""
-    data, positions = _load_with_includes(Path(path), ())
+def load_merged(spec: str | Path | dict, overrides: list[str] = (),
+                base_dir: str | Path = ".") -> tuple[dict, dict[tuple, Where]]:
+    """Read a spec (a file, or a mapping whose `include:` names files under `base_dir`) with
+    its `include:` chain and `--set` overrides applied, keeping positions."""
+    if isinstance(spec, dict):
+        data, positions = _from_mapping(spec, Path(base_dir))
+    else:
+        data, positions = _load_with_includes(Path(spec), ())
     for index, text in enumerate(overrides, start=1):
         key, sep, value = text.partition("=")
         where = Where(f"--set[{index}]")
@@ -190,20 +196,38 @@ def _load_with_includes(path: Path, chain: tuple) -> tuple[dict, dict[tuple, Whe
         raise SpecInvalid([Problem(exc.where, "<yaml>", exc.message)]) from None
     if not isinstance(data, dict):
         raise SpecInvalid([Problem(Where(str(path), 1), "<spec>", "a spec must be a mapping")])
+    return _merge_includes(data, positions, Where(str(path)), path.parent, chain + (resolved,))
+
+
+def _from_mapping(spec: dict, base_dir: Path) -> tuple[dict, dict[tuple, Where]]:
+    """A spec given as a Python mapping: a copy of plain YAML values (what the run directory
+    freezes as spec.yaml), without line positions; problems name DICT_SOURCE and the field."""
+    where = Where(DICT_SOURCE)
+    try:
+        data = yaml.safe_load(yaml.safe_dump(spec, sort_keys=False))
+    except yaml.YAMLError as exc:
+        raise SpecInvalid([Problem(where, "<spec>", f"holds a value that is not plain YAML "
+                                                    f"(str, int, float, bool, None, list, dict): {exc}")]) from None
+    return _merge_includes(data, {}, where, base_dir, ())
+
+
+def _merge_includes(data: dict, positions: dict[tuple, Where], source: Where, folder: Path,
+                    chain: tuple) -> tuple[dict, dict[tuple, Where]]:
+    """`data` (read from `source`) merged over the files its `include:` names, relative to `folder`."""
     includes = data.pop("include", None)
     if includes is None:
         return data, positions
     if isinstance(includes, str):
         includes = [includes]
     if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
-        raise SpecInvalid([Problem(positions.get(("include",), Where(str(path))), "include",
+        raise SpecInvalid([Problem(positions.get(("include",), source), "include",
                                    "must be a file name or a list of file names")])
     merged, merged_pos = {}, {}
     for index, inc in enumerate(includes):
-        where = positions.get(("include", index)) or positions.get(("include",), Where(str(path)))
-        if not (path.parent / inc).is_file():
-            raise SpecInvalid([Problem(where, "include", f"file not found: {path.parent / inc}")])
-        base, base_pos = _load_included(path.parent / inc, chain + (resolved,), where)
+        where = positions.get(("include", index)) or positions.get(("include",), source)
+        if not (folder / inc).is_file():
+            raise SpecInvalid([Problem(where, "include", f"file not found: {folder / inc}")])
+        base, base_pos = _load_included(folder / inc, chain, where)
         _deep_merge(merged, base)
         merged_pos.update(base_pos)
     _deep_merge(merged, data)
@@ -230,15 +254,18 @@ def _deep_merge(into: dict, other: dict) -> None:
 
 
 # -- validation ------------------------------------------------------------------------------
-def load_spec(path: str | Path, overrides: list[str] = (), backend: str | None = None,
-              check_tasks: bool = True) -> JobSpec:
-    """Load, merge and validate a spec; raise SpecInvalid listing every problem."""
-    data, positions = load_merged(path, overrides)
+def load_spec(path: str | Path | dict, overrides: list[str] = (), backend: str | None = None,
+              check_tasks: bool = True, base_dir: str | Path = ".") -> JobSpec:
+    """Load, merge and validate a spec (a file, or a mapping whose relative paths are under
+    `base_dir`); raise SpecInvalid listing every problem."""
+    data, positions = load_merged(path, overrides, base_dir)
     if backend is not None:
         data["backend"] = backend
         positions[("backend",)] = Where("--backend")
     problems: list[Problem] = []
-    top = Reader(data, (), positions, problems, Where(str(path)))
+    source = DICT_SOURCE if isinstance(path, dict) else str(path)
+    spec_dir = Path(base_dir) if isinstance(path, dict) else Path(path).parent
+    top = Reader(data, (), positions, problems, Where(source))
     name = top.string("name", pattern=NAME, pattern_help=NAME_HELP)
     backend_name = top.choice("backend", BACKENDS, "local")
     run_root = top.string("run_root", "runs", pattern=RUN_ROOT, pattern_help=RUN_ROOT_HELP)
@@ -254,11 +281,11 @@ def load_spec(path: str | Path, overrides: list[str] = (), backend: str | None =
         sound = {sname: s for sname, s in stages.items() if sname not in unsound}
         _check_resources(top, backend_name, slurm, local, sound)
         if check_tasks:
-            _check_tasks(top, backend_name, local, sound, Path(path).parent)
+            _check_tasks(top, backend_name, local, sound, spec_dir)
     if problems:
         raise SpecInvalid(problems)
     return JobSpec(name=name, backend=backend_name, run_root=run_root, slurm=slurm, local=local,
-                   env=env, stages=stages, source=str(path), raw=data)
+                   env=env, stages=stages, source=source, raw=data)
 
 
 def _read_env(r: Reader) -> dict[str, str]:

@@ -21,18 +21,18 @@ def _fmt_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _progress(metrics: dict | None) -> str:
+    """The last metrics line as progress, from the keys `MetricsWriter` and the tasks write:
+    the step, StyleNeRF's kimg, and the first rate present (images/s, items/s, steps/s)."""
     if not metrics:
         return "-"
     parts = []
     if "step" in metrics:
-        total = metrics.get("total_steps")
-        parts.append(f"step {metrics['step']}" + (f"/{total}" if total else ""))
-    for key in ("items_done", "kimg"):
+        parts.append(f"step {metrics['step']}")
+    if "kimg" in metrics:
+        parts.append(f"kimg {metrics['kimg']}")
+    for key, unit in (("images_per_s", "images"), ("throughput", "items"), ("steps_per_s", "steps")):
         if key in metrics:
-            parts.append(f"{key} {metrics[key]}")
-    for key in ("images_per_s", "samples_per_s", "steps_per_s", "items_per_s"):
-        if key in metrics:
-            parts.append(f"{metrics[key]:.3g} {key.replace('_per_s', '')}/s")
+            parts.append(f"{metrics[key]:.3g} {unit}/s")
             break
     return ", ".join(parts) or "-"
 
@@ -76,7 +76,16 @@ def run_table(run: RunDir) -> str:
         head += "  (cancel requested)"
     table = _fmt_table(["stage", "job", "state", "attempts", "ckpt step", "progress", "last reason"],
                        stage_rows(run))
-    return head + "\n" + table
+    return head + "\n" + table + "\n" + report_line(run)
+
+
+def report_line(run: RunDir) -> str:
+    """Where the run's HTML report is; status never writes it (`launcher report` does)."""
+    try:
+        written = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.report_path.stat().st_mtime))
+        return f"report {run.report_path} (written {written}; `python -m launcher report {run.run_id}` refreshes it)"
+    except FileNotFoundError:
+        return f"report {run.report_path} (not written yet: `python -m launcher report {run.run_id}`)"
 
 
 def runs_overview(root: Path) -> str:

@@ -2,7 +2,8 @@
 # Set up everything this project needs on a fresh Debian machine: system packages (apt) and a
 # virtual environment with the project installed. Idempotent; fast when already done.
 #   scripts/setup.sh demo   what the demo needs (a C++ compiler for DeepSpeed's CPU ops)
-#   scripts/setup.sh test   plus Slurm + munge (local test cluster), espeak-ng and sox
+#   scripts/setup.sh test   plus Slurm + munge (local test cluster), espeak-ng, sox and chromium
+#                           (the run report is opened in headless Chromium)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 purpose=${1:-demo}
@@ -12,7 +13,7 @@ VENV=${VENV:-.venv}
 packages=(g++)
 $PYTHON -c 'import ensurepip' 2>/dev/null || packages+=(python3-venv)
 if [ "$purpose" = test ]; then
-  packages+=(slurmctld slurmd slurm-client munge espeak-ng sox)
+  packages+=(slurmctld slurmd slurm-client munge espeak-ng sox chromium)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -74,24 +74,42 @@ class Run:
         """The newest step logged after `since` (0 if none): progress of the current attempt."""
         return max([m["step"] for m in self.metrics() if m["time"] > since], default=0)
 
+    def keep_last(self) -> int:
+        """The stage's retention: how many newest checkpoints stay visible."""
+        plan = json.loads((self.path / "plan.json").read_text())
+        return next(s["checkpoint"]["keep_last"] for s in plan["stages"] if s["name"] == "train")
+
     def supervisor_running(self) -> bool:
         return launcher_helpers.supervisor_running(self.path)
 
 
 def assert_visible_checkpoints_complete(run: Run) -> None:
-    """Every visible step folder verifies (a folder renamed away meanwhile is not judged)."""
+    """Every visible step folder verifies. A folder may leave view while it is being checked only
+    as retention's: then `keep_last` newer ones are committed (they stay until newer ones come)."""
     for step in committed_steps(run.checkpoints):
         folder = run.checkpoints / step_dirname(step)
         problems = verify(folder)
-        assert not problems or not folder.exists(), f"visible but incomplete: {folder}: {problems}"
+        if problems:
+            newer = [s for s in committed_steps(run.checkpoints) if s > step]
+            assert not folder.exists() and len(newer) >= run.keep_last(), \
+                f"visible but incomplete: {folder}: {problems} (newer: {newer})"
+
+
+def assert_latest_names_a_visible_checkpoint(run: Run) -> None:
+    """`latest`, once written, names a visible folder. Race-free: retention removes the folder it
+    named only `keep_last` (2) commits after it moved on, and commits here are over a second apart."""
     latest = run.checkpoints / "latest"
-    if latest.exists():
-        assert (run.checkpoints / latest.read_text().strip()).is_dir() or not latest.exists()
+    try:
+        named = latest.read_text().strip()
+    except FileNotFoundError:
+        return                                       # nothing committed yet
+    assert (run.checkpoints / named).is_dir(), f"latest names {named!r}, which is not visible"
 
 
 def wait_checking(run: Run, predicate, timeout: float, what: str):
     def check_then_test():
         assert_visible_checkpoints_complete(run)
+        assert_latest_names_a_visible_checkpoint(run)
         return predicate()
     return wait_until(check_then_test, timeout, what, interval=0.05)
 

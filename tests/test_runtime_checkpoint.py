@@ -24,6 +24,7 @@ from launcher.runtime.checkpoint import (
     CheckpointManager, ModuleState, OptimizerState, RNGState, committed_steps, steps_to_keep, verify)
 from launcher.runtime.context import CheckpointPolicy
 from launcher.runtime.distributed import single_process_env
+from launcher.runtime.rng import capture as capture_generators
 
 ENV = single_process_env()
 
@@ -89,11 +90,25 @@ def test_a_checkpoint_folder_has_safetensors_weights_and_a_manifest_of_every_fil
     assert verify(folder) == []
 
 
-def test_optimizer_files_load_with_weights_only(tmp_path):
+def same(a, b) -> bool:
+    """Nested dicts, lists and tuples of tensors and plain values equal, types and dtypes included."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return type(b) is dict and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_optimizer_scheduler_and_rng_files_hold_their_state_loadable_with_weights_only(tmp_path):
     model, optimizer, scheduler = trained_model_and_optimizer()
+    generators = capture_generators()
     CheckpointManager(tmp_path, ENV).save(1, state_of(model, optimizer, scheduler, {}))
-    for name in ("optim.pt", "sched.pt", "rng.rank-00000.pt"):
-        torch.load(tmp_path / "step-000001" / name, weights_only=True)
+    folder = tmp_path / "step-000001"
+    assert same(torch.load(folder / "optim.pt", weights_only=True), optimizer.state_dict())
+    assert same(torch.load(folder / "sched.pt", weights_only=True), scheduler.state_dict())
+    assert same(torch.load(folder / "rng.rank-00000.pt", weights_only=True), generators)
 
 
 @pytest.fixture

@@ -1,11 +1,14 @@
 """Metrics: rank 0 appends flushed JSON lines (what `status` reads) and mirrors them to TensorBoard."""
 import dataclasses
 import json
+import re
 import time
 
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from launcher import status
+from launcher.runs import RunDir
 from launcher.runtime.context import TaskContext
 from launcher.runtime.distributed import single_process_env
 from launcher.runtime.metrics import MetricsWriter
@@ -83,3 +86,15 @@ def test_tensorboard_drops_the_redone_steps_of_an_earlier_attempt(tmp_path):
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("loss")] == [(s, 1.0) for s in range(1, 6)] + \
         [(s, 0.5) for s in range(6, 11)]
+
+
+def test_status_shows_the_items_per_second_a_task_logs(tmp_path):
+    """`status`'s progress column reads the writer's own keys: the throughput of a task's
+    `items` (audio2nerf's clips, the toy's samples) as items/s, not only steps/s."""
+    ctx = context(tmp_path)
+    with MetricsWriter(ctx, single_process_env(), tensorboard=False) as writer:
+        writer.log(1, items=32, loss=1.0)
+        time.sleep(0.01)
+        writer.log(2, items=32, loss=0.5)
+    progress = status._progress(RunDir(tmp_path).last_metrics("train"))
+    assert re.fullmatch(r"step 2, [0-9.e+]+ items/s", progress), progress

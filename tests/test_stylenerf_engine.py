@@ -6,6 +6,8 @@ One torchrun launch runs this file as a worker (`__main__` below). Each engine t
 step from the same weights on rank-specific data; Adam with beta1 = 0 and lr = eps = 1000 moves
 every weight by -lr * g / (|g| + eps), so the step reveals the gradient the engine used. That
 gradient must equal the float64 gradient of the same loss computed in one plain process.
+The naive route is held to the failure each stage documents (docs/STYLENERF.md), so a probe
+that breaks for another reason (an import, a changed API) or stops failing is seen.
 """
 import json
 import os
@@ -20,13 +22,19 @@ ROOT = Path(__file__).resolve().parents[1]
 LR, EPS, GAMMA, PL_WEIGHT = 1e3, 1e3, 5.0, 2.0   # update = -g * 1e3 / (|g| + 1e3), about -g
 ENGINES = [("ddp", 0), ("deepspeed", 0), ("deepspeed", 1), ("deepspeed", 2), ("deepspeed", 3)]
 ACCUMULATING = [("ddp", 0), ("deepspeed", 2), ("deepspeed", 3)]
+NAIVE_FAILURES = {      # DeepSpeed 0.19.8 on CPU, 2 ranks (gloo): the error and a fragment of its message
+    0: ("RuntimeError", "Direct calls to tensor.backward() are not supported"),
+    1: ("IndexError", "list index out of range"),
+    2: ("IndexError", "list index out of range"),
+    3: ("RuntimeError", "The size of tensor a (0) must match the size of tensor b"),
+}
 
 
 @pytest.fixture(scope="module")
 def outcome(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("engine") / "outcome.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                     __file__, str(out)], check=True, cwd=ROOT, env=env, timeout=600)
     return json.loads(out.read_text())
 
@@ -57,9 +65,11 @@ def test_every_engine_takes_the_same_step(outcome, regulariser):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("stage", sorted(NAIVE_FAILURES))
 def test_the_naive_double_backward_through_deepspeed_fails(outcome, stage):
-    assert outcome["naive"][str(stage)] != "ok"
+    error, message = outcome["naive"][str(stage)]
+    expected_error, fragment = NAIVE_FAILURES[stage]
+    assert error == expected_error and fragment in message, f"{error}: {message}"
 
 
 # ---------------------------------------------------------------------------------------- worker
@@ -71,7 +81,7 @@ def _worker(out_path: str) -> None:
     from nerffacespeech.configs.stylenerf import PRESETS
     from nerffacespeech.models.stylenerf import Discriminator, Generator
     from nerffacespeech.train import losses
-    from nerffacespeech.train.engine import EngineSpec, Trainable, deepspeed_config
+    from nerffacespeech.train.engine import EngineSpec, deepspeed_config, make_trainable
 
     torch.set_num_threads(1)
     env = distributed.init("cpu")
@@ -141,7 +151,7 @@ def _worker(out_path: str) -> None:
     for kind, stage in ACCUMULATING:
         module = fresh(Discriminator)
         before = {n: p.detach().double().clone() for n, p in module.named_parameters()}
-        net = Trainable("D", module, lambda: Discriminator(cfg), spec(kind, stage, 2, 2), env)
+        net = make_trainable("D", module, lambda: Discriminator(cfg), spec(kind, stage, 2, 2), env)
         real, fake = images(env.rank, 1), images(env.rank, 2)
         injected, _ = net.regulariser_grads(lambda run, x: (GAMMA * losses.r1_penalty(run, x["real"]), {}),
                                             {"real": real[:2]})
@@ -158,7 +168,7 @@ def _worker(out_path: str) -> None:
         for which, cls in (("r1", Discriminator), ("pl", Generator)):
             module = fresh(cls)
             before = {n: p.detach().double().clone() for n, p in module.named_parameters()}
-            net = Trainable(which, module, lambda cls=cls: cls(cfg), spec(kind, stage), env)
+            net = make_trainable(which, module, lambda cls=cls: cls(cfg), spec(kind, stage), env)
             if which == "r1":
                 injected, _ = net.regulariser_grads(lambda run, x: (GAMMA * losses.r1_penalty(run, x["real"]), {}),
                                                     {"real": images(env.rank, 1)})
@@ -191,9 +201,9 @@ def _worker(out_path: str) -> None:
             (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
             engine.backward(logits.mean() + grad.square().sum())
             engine.step()
-            outcome["naive"][str(stage)] = "ok"
-        except Exception as error:          # the failure being documented
-            outcome["naive"][str(stage)] = f"{type(error).__name__}: {str(error)[:120]}"
+            outcome["naive"][str(stage)] = ["none", "the naive double backward raised nothing"]
+        except Exception as error:          # recorded for the test to compare with the documented one
+            outcome["naive"][str(stage)] = [type(error).__name__, str(error)]
     if env.is_main:
         Path(out_path).write_text(json.dumps(outcome, indent=1))
     distributed.barrier(env)

@@ -34,7 +34,7 @@ from .a2n_augment import MelAugment
 from .a2n_data import TalkingData, batch_generator
 from .a2n_evaluate import evaluate
 from .a2n_objective import Objective, Renderer, Weights
-from .engine import EngineSpec, Trainable, resolve_precision
+from .engine import EngineSpec, make_trainable, resolve_precision
 
 
 def paths(cfg: TrainConfig, ctx: TaskContext) -> tuple[Path, str]:
@@ -84,10 +84,10 @@ class Audio2NeRFTraining:
                 print(f"audio encoder from SadTalker audio2exp: {len(report.mapped)} tensors", flush=True)
         self.sizes = parameter_counts(objective.net)
         self.export = Audio2NeRF(cfg.model).to(env.device).eval().requires_grad_(False)
-        spec = EngineSpec(cfg.engine, cfg.zero_stage if cfg.engine == "deepspeed" else 0, self.precision, cfg.lr,
+        spec = EngineSpec(cfg.engine, cfg.zero_stage, self.precision, cfg.lr,
                           tuple(cfg.betas), cfg.eps, cfg.batch_per_gpu, self.accumulation,
                           find_unused_parameters=cfg.render_batch == 0)
-        self.objective = Trainable("A2N", objective, factory, spec, env)
+        self.objective = make_trainable("A2N", objective, factory, spec, env)
         self.sync_export()
 
     def step(self, step: int) -> dict[str, torch.Tensor]:
@@ -135,9 +135,9 @@ def main(ctx: TaskContext) -> None:
         if env.is_main:
             print(f"audio2nerf.train: {training.sizes['total'] / 1e6:.2f}M parameters {training.sizes}, generator "
                   f"{training.source['kind']} ({training.source['preset']}), {len(training.data.clips)} clips, "
-                  f"engine {cfg.engine} (ZeRO {cfg.zero_stage if cfg.engine == 'deepspeed' else '-'}), "
-                  f"{training.precision}, {env.world_size} x {cfg.batch_per_gpu} x {training.accumulation} sequences "
-                  f"of {cfg.seq_len}, from step {start} to {cfg.max_steps}", flush=True)
+                  f"engine {training.objective.spec.label}, {training.precision}, {env.world_size} x "
+                  f"{cfg.batch_per_gpu} x {training.accumulation} sequences of {cfg.seq_len}, from step {start} to "
+                  f"{cfg.max_steps}", flush=True)
         try:
             if start == 0:
                 board = _evaluate(ctx, env, training, progress, loop.metrics, board)

@@ -1,30 +1,37 @@
-"""One network under its data-parallel engine (DeepSpeed ZeRO 0-3 or plain DDP), with the two
-extra ways of calling it that a GAN needs.
+"""One network under its data-parallel engine, behind one interface (`Trainable`) with the two
+extra ways of calling it that a GAN needs. `make_trainable` picks the engine once, from the spec:
+`DDPTrainable` (plain DistributedDataParallel), `DeepSpeedTrainable` (ZeRO 0-2) or
+`Zero3Trainable` (ZeRO-3, whose weights exist whole only while gathered).
 
+- `net(...)`, `backward(loss, injected=)`, `step()`: the training forward through the engine,
+  one micro-batch's backward, the optimizer step after the last micro-batch.
 - `frozen()`: run the network with its current weights detached, outside the engine: the
   generator's step runs the discriminator this way (and vice versa), so no gradient and no
   engine hook ever touches the other network.
 - `regulariser_grads()`: run a regulariser that needs a double backward (R1: the gradient of
   D(x) with respect to x; path length: of G(w) with respect to w) on leaf copies of the
   weights, differentiated with plain autograd, never inside the engine's hooks; on GPUs the
-  pass can replay from a CUDA graph (`graphs.CapturedGradients`). The resulting weight gradients
-  go back through `backward(loss, injected=...)`, which adds a zero whose gradient with respect
-  to each weight p is its g (`_InjectedGrads`), so the engine reduces, partitions and scales
-  them like any other.
+  pass can replay from a CUDA graph (`graphs.GraphSlot`). The resulting weight gradients go
+  back through `backward(loss, injected=...)`: DeepSpeed takes them as a zero whose gradient
+  with respect to each weight p is its g (`_InjectedGrads`), so the engine reduces, partitions
+  and scales them like any other; DDP adds them, averaged over the ranks, before the step.
+- `gathered()`, `loss_scale`, `checkpoint_state()`: full weights by name, the fp16 loss scale,
+  the checkpoint adapters.
 
-Both run a hook-free replica of the module (built on the meta device, so it owns no memory)
-through `torch.func.functional_call`; under ZeRO-3 the weights are gathered for the call. Each
-mode has its own replica, so the frozen one may be compiled (`frozen_replica`) while the
-double-backward one stays eager.
+Both calling modes run a hook-free replica of the module (built on the meta device, so it owns
+no memory) through `torch.func.functional_call`; under ZeRO-3 the weights are gathered for the
+call. Each mode has its own replica, so the frozen one may be compiled (`frozen_replica`) while
+the double-backward one stays eager.
 This is what makes R1 and path-length regularisation work at every ZeRO stage (the naive
 double backward through a DeepSpeed engine fails at all of them; docs/STYLENERF.md).
 """
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 from torch import nn
@@ -33,7 +40,7 @@ from torch.func import functional_call
 from launcher.runtime import checkpoint
 from launcher.runtime.distributed import DistEnv
 
-from .graphs import CapturedGradients
+from .graphs import GraphSlot
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -53,7 +60,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 @dataclass(frozen=True)
 class EngineSpec:
     kind: str                   # deepspeed | ddp
-    zero_stage: int
+    zero_stage: int             # DeepSpeed's ZeRO stage; 0 for DDP (the configs refuse another)
     precision: str              # bf16 | fp16 | fp32 (resolved)
     lr: float
     betas: tuple[float, float]
@@ -72,6 +79,11 @@ class EngineSpec:
     def reg_dtype(self) -> torch.dtype:
         """Regularisers differentiate twice; fp16 has too little range for that, so they run in fp32."""
         return torch.float32 if self.precision == "fp16" else self.dtype
+
+    @property
+    def label(self) -> str:
+        """The engine as a log line names it: `ddp`, `deepspeed (ZeRO 2)`."""
+        return f"deepspeed (ZeRO {self.zero_stage})" if self.kind == "deepspeed" else self.kind
 
 
 def deepspeed_config(spec: EngineSpec, world_size: int) -> dict:
@@ -107,13 +119,15 @@ def make_optimizer(params, spec: EngineSpec, device: torch.device) -> torch.opti
     return torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, eps=spec.eps, **kwargs)
 
 
-def _match_norm_buffers(module: nn.Module) -> None:
-    """Give BatchNorm running statistics their weights' dtype: DeepSpeed 0.19 casts parameters to
-    bf16/fp16 but keeps buffers fp32, and batch_norm refuses the mix (older releases cast both)."""
-    for norm in module.modules():
-        if isinstance(norm, nn.modules.batchnorm._NormBase) and norm.weight is not None and norm.track_running_stats:
-            norm.running_mean.data = norm.running_mean.to(norm.weight.dtype)
-            norm.running_var.data = norm.running_var.to(norm.weight.dtype)
+def make_trainable(name: str, module: nn.Module, factory: Callable[[], nn.Module], spec: EngineSpec,
+                   env: DistEnv) -> "Trainable":
+    """`module` (built by `factory`, which the replicas reuse) under the engine `spec` names;
+    the only place that reads the engine kind and the ZeRO stage."""
+    if spec.kind == "ddp":
+        return DDPTrainable(name, module, factory, spec, env)
+    if spec.kind != "deepspeed":
+        raise ValueError(f"{name}: engine must be 'ddp' or 'deepspeed', got {spec.kind!r}")
+    return (Zero3Trainable if spec.zero_stage == 3 else DeepSpeedTrainable)(name, module, factory, spec, env)
 
 
 class _InjectedGrads(torch.autograd.Function):
@@ -145,50 +159,33 @@ def _meta_replica(factory: Callable[[], nn.Module], like: nn.Module) -> nn.Modul
     return replica.train(like.training)
 
 
-class Trainable:
-    """A network, its optimizer and its engine; see the module docstring for the calling modes."""
+# ---------------------------------------------------------------------------------- the interface
 
-    def __init__(self, name: str, module: nn.Module, factory: Callable[[], nn.Module], spec: EngineSpec,
-                 env: DistEnv):
+class Trainable(abc.ABC):
+    """A network, its optimizer and its engine; see the module docstring for the calling modes.
+    Subclasses build the engine and supply its backward, step, precision and checkpoint state."""
+
+    def __init__(self, name: str, module: nn.Module, engine: Callable, optimizer: torch.optim.Optimizer,
+                 factory: Callable[[], nn.Module], spec: EngineSpec, env: DistEnv):
         self.name, self.spec, self.env = name, spec, env
-        self.scaler = None
-        module = module.to(env.device)
-        if spec.kind == "deepspeed":
-            import deepspeed
-
-            optimizer = make_optimizer(module.parameters(), spec, env.device)
-            self.engine, self.optimizer, _, _ = deepspeed.initialize(
-                model=module, optimizer=optimizer, config=deepspeed_config(spec, env.world_size),
-                dist_init_required=False)
-            self.module = self.engine.module
-            _match_norm_buffers(self.module)
-        else:
-            self.module = module
-            self.optimizer = make_optimizer(module.parameters(), spec, env.device)
-            if env.is_distributed:
-                device_ids = [env.device] if env.device.type == "cuda" else None
-                self.engine = nn.parallel.DistributedDataParallel(
-                    module, device_ids=device_ids, find_unused_parameters=spec.find_unused_parameters)
-            else:
-                self.engine = module
-            if spec.precision == "fp16":
-                self.scaler = torch.amp.GradScaler(env.device.type)
-        self.replica = _meta_replica(factory, self.module)
-        self.frozen_replica = _meta_replica(factory, self.module)
-        self._param_names = [n for n, _ in self.module.named_parameters()]
-        self._captured: tuple[Any, CapturedGradients] | None = None     # (graph key, regulariser graph)
+        self.module, self.engine, self.optimizer = module, engine, optimizer
+        self.replica = _meta_replica(factory, module)
+        self.frozen_replica = _meta_replica(factory, module)
+        self.graphs = GraphSlot(name)
+        self._param_names = [n for n, _ in module.named_parameters()]
         self._micro = 0
-        self._pending: list[torch.Tensor] | None = None        # DDP: injected gradients for the next step
 
     # ------------------------------------------------------------------ calling the network
 
-    def _autocast(self, dtype: torch.dtype | None = None, cache: bool = True):
-        """DDP trains fp32 weights under autocast; DeepSpeed's weights are already in their dtype.
-        (CUDA graph capture needs `cache` off.)"""
-        dtype = dtype or self.spec.dtype
-        if self.spec.kind == "ddp" and dtype != torch.float32:
-            return torch.autocast(self.env.device.type, dtype=dtype, cache_enabled=cache)
-        return contextlib.nullcontext()
+    @property
+    @abc.abstractmethod
+    def regulariser_weights_dtype(self) -> torch.dtype:
+        """The dtype of the weights' leaf copies a regulariser runs on."""
+
+    @abc.abstractmethod
+    def _autocast(self, dtype: torch.dtype | None = None, cache: bool = True) -> ContextManager:
+        """The context the network computes in at `dtype` (the spec's by default; CUDA graph
+        capture needs `cache` off)."""
 
     def __call__(self, *args, **kwargs):
         """The training forward, through the engine (its gradients reach this network's weights)."""
@@ -197,23 +194,18 @@ class Trainable:
 
     @contextlib.contextmanager
     def gathered(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Full weights and buffers by name (gathered under ZeRO-3), valid inside the context."""
-        params = dict(self.module.named_parameters())
-        buffers = dict(self.module.named_buffers())
-        if self.spec.kind == "deepspeed" and self.spec.zero_stage == 3:
-            import deepspeed
+        """Full weights and buffers by name, valid inside the context."""
+        yield {**dict(self.module.named_parameters()), **dict(self.module.named_buffers())}
 
-            with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None):
-                yield {**params, **buffers}
-        else:
-            yield {**params, **buffers}
+    def _detached(self) -> dict[str, torch.Tensor]:
+        """The current weights and buffers, detached; valid after the gather ends."""
+        with self.gathered() as tensors:
+            return {k: v.detach() for k, v in tensors.items()}
 
     @contextlib.contextmanager
     def frozen(self) -> Iterator[Callable]:
         """A function running the network on detached weights, outside the engine."""
-        copy = self.spec.kind == "deepspeed" and self.spec.zero_stage == 3   # gathered storage is freed on exit
-        with self.gathered() as tensors:
-            weights = {k: (v.detach().clone() if copy else v.detach()) for k, v in tensors.items()}
+        weights = self._detached()
 
         def run(*args, **kwargs):
             with self._autocast():
@@ -227,34 +219,21 @@ class Trainable:
         returns, and its other outputs (detached), for `backward(..., injected=)`.
 
         With a `graph_key` and CUDA graphs on, the pass replays from a graph captured for that
-        key and regulariser (one at a time: another key replaces it, no key frees it); the key
-        must name everything the pass fixes besides the tensors in `inputs` (resolution, batch,
-        fade). Results stay valid until the next call. Weights are copied inside the ZeRO-3
-        gather and the pass runs after it, so gathered weights and copies never coexist long.
+        key and regulariser (`GraphSlot`: one at a time); the key must name everything the pass
+        fixes besides the tensors in `inputs` (resolution, batch, fade). Results stay valid until
+        the next call. Weights are copied inside the ZeRO-3 gather and the pass runs after it,
+        so gathered weights and copies never coexist long.
         """
         key = (regulariser.__name__, graph_key) if graph_key is not None and self.spec.cuda_graphs else None
-        if key is None or self._captured is None or self._captured[0] != key:
-            self._captured = None                       # its memory pool goes before anything else is made
-            with self.gathered() as tensors:
-                weights = self._leaf_copies(tensors)
-            if key is None:
-                return self._regulariser_pass(regulariser, weights, inputs)
-            try:
-                graph = CapturedGradients(functools.partial(self._regulariser_pass, regulariser), weights, inputs)
-            except RuntimeError as error:
-                raise RuntimeError(f"{self.name}: capturing the regulariser's pass in a CUDA graph failed "
-                                   f"({error}); `cuda_graphs: false` runs it eagerly") from error
-            self._captured = (key, graph)
-        else:
-            with self.gathered() as tensors:
-                self._captured[1].load_weights(tensors)
-        return self._captured[1](inputs)
+        return self.graphs.run(key, functools.partial(self._regulariser_pass, regulariser), self.gathered,
+                               self._leaf_copies, inputs)
 
-    def _leaf_copies(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Copies of the weights (leaves that require grad) and buffers, in the regulariser dtype."""
-        weight_dtype = torch.float32 if self.spec.kind == "ddp" else self.spec.reg_dtype   # DDP: fp32, autocast
-        copies = {k: v.detach().to(weight_dtype if v.is_floating_point() else v.dtype, copy=True)
-                  for k, v in tensors.items()}
+    def _leaf_copies(self) -> dict[str, torch.Tensor]:
+        """Copies of the weights (leaves that require grad) and buffers, made inside the gather."""
+        with self.gathered() as tensors:
+            copies = {k: v.detach().to(self.regulariser_weights_dtype if v.is_floating_point() else v.dtype,
+                                       copy=True)
+                      for k, v in tensors.items()}
         for name in self._param_names:
             copies[name].requires_grad_()
         return copies
@@ -276,46 +255,72 @@ class Trainable:
     def backward(self, loss: torch.Tensor, injected: list[torch.Tensor] | None = None) -> None:
         """Backward of one micro-batch's mean loss, plus whole-step weight gradients `injected`
         (from `regulariser_grads`) on the first micro-batch of a step."""
-        accumulation = self.spec.accumulation
-        last = self._micro == accumulation - 1
-        inject = injected is not None and self._micro == 0
-        if self.spec.kind == "deepspeed":
-            with self._maybe_gathered(inject) as params:
-                if inject:
-                    # DeepSpeed divides the loss by the accumulation; the injected total must not be
-                    loss = loss + _InjectedGrads.apply(injected, *params) * accumulation
-                self.engine.backward(loss)
-            if not last:
-                self.engine.step()      # DeepSpeed counts micro-batches in step(); it updates only at the boundary
-        else:
-            if inject:
-                self._pending = _mean_over_ranks(injected, self.env)
-            loss = loss / accumulation
-            if self.scaler is not None:
-                loss = self.scaler.scale(loss)
-            sync = contextlib.nullcontext() if last or not hasattr(self.engine, "no_sync") else self.engine.no_sync()
-            with sync:
-                loss.backward()
+        last = self._micro == self.spec.accumulation - 1
+        self._backward(loss, injected if self._micro == 0 else None, last)
         self._micro = 0 if last else self._micro + 1
 
-    @contextlib.contextmanager
-    def _maybe_gathered(self, gather: bool) -> Iterator[list[torch.Tensor]]:
-        params = list(self.module.parameters())
-        if gather and self.spec.kind == "deepspeed" and self.spec.zero_stage == 3:
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-                yield params
-        else:
-            yield params
+    @abc.abstractmethod
+    def _backward(self, loss: torch.Tensor, injected: list[torch.Tensor] | None, last: bool) -> None:
+        """The engine's backward of one micro-batch (`last`: the step's last), `injected` on the first."""
 
     def step(self) -> None:
         """The optimizer step, after the last micro-batch's `backward`."""
         if self._micro != 0:
             raise RuntimeError(f"{self.name}: step() after {self._micro} of {self.spec.accumulation} micro-batches")
-        if self.spec.kind == "deepspeed":
-            self.engine.step()
-            return
+        self._step()
+
+    @abc.abstractmethod
+    def _step(self) -> None:
+        """The engine's optimizer step."""
+
+    @property
+    @abc.abstractmethod
+    def loss_scale(self) -> float:
+        """The dynamic fp16 loss scale (1.0 in bf16/fp32)."""
+
+    @abc.abstractmethod
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Adapters for launcher.runtime.checkpoint under this network's name."""
+
+
+# ---------------------------------------------------------------------------------- DDP
+
+class DDPTrainable(Trainable):
+    """Plain DistributedDataParallel (the module itself in one process): fp32 weights trained
+    under autocast, with a GradScaler in fp16."""
+
+    regulariser_weights_dtype = torch.float32          # the autocast casts them per operator
+
+    def __init__(self, name: str, module: nn.Module, factory: Callable[[], nn.Module], spec: EngineSpec,
+                 env: DistEnv):
+        module = module.to(env.device)
+        optimizer = make_optimizer(module.parameters(), spec, env.device)
+        engine = module
+        if env.is_distributed:
+            device_ids = [env.device] if env.device.type == "cuda" else None
+            engine = nn.parallel.DistributedDataParallel(
+                module, device_ids=device_ids, find_unused_parameters=spec.find_unused_parameters)
+        self.scaler = torch.amp.GradScaler(env.device.type) if spec.precision == "fp16" else None
+        self._pending: list[torch.Tensor] | None = None        # injected gradients for the next step
+        super().__init__(name, module, engine, optimizer, factory, spec, env)
+
+    def _autocast(self, dtype: torch.dtype | None = None, cache: bool = True) -> ContextManager:
+        dtype = dtype or self.spec.dtype
+        if dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.env.device.type, dtype=dtype, cache_enabled=cache)
+
+    def _backward(self, loss: torch.Tensor, injected: list[torch.Tensor] | None, last: bool) -> None:
+        if injected is not None:
+            self._pending = _mean_over_ranks(injected, self.env)
+        loss = loss / self.spec.accumulation
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        sync = contextlib.nullcontext() if last or not hasattr(self.engine, "no_sync") else self.engine.no_sync()
+        with sync:
+            loss.backward()
+
+    def _step(self) -> None:
         if self._pending is not None:
             # DDP marks every weight ready exactly once per backward, so the injected (already
             # averaged) gradients are added to the reduced ones here instead of through the loss
@@ -332,17 +337,9 @@ class Trainable:
 
     @property
     def loss_scale(self) -> float:
-        """The dynamic fp16 loss scale (1.0 in bf16/fp32)."""
-        if self.scaler is not None:
-            return float(self.scaler.get_scale())
-        if self.spec.kind == "deepspeed" and self.spec.precision == "fp16":
-            return float(getattr(self.optimizer, "cur_scale", getattr(self.optimizer, "loss_scale", 1.0)))
-        return 1.0
+        return float(self.scaler.get_scale()) if self.scaler is not None else 1.0
 
     def checkpoint_state(self) -> dict[str, Any]:
-        """Adapters for launcher.runtime.checkpoint under this network's name."""
-        if self.spec.kind == "deepspeed":
-            return {self.name: checkpoint.DeepSpeedState(self.engine)}
         state = {self.name: checkpoint.ModuleState(self.module),
                  f"{self.name}_optim": checkpoint.OptimizerState(self.optimizer)}
         if self.scaler is not None:
@@ -358,3 +355,78 @@ def _mean_over_ranks(tensors: list[torch.Tensor], env: DistEnv) -> list[torch.Te
     torch.distributed.all_reduce(flat)
     flat /= env.world_size
     return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+
+# ---------------------------------------------------------------------------------- DeepSpeed
+
+class DeepSpeedTrainable(Trainable):
+    """A DeepSpeed engine (ZeRO 0-2 here; 3 below): weights already in the training dtype, no
+    autocast; DeepSpeed scales, reduces and partitions the gradients and counts micro-batches."""
+
+    def __init__(self, name: str, module: nn.Module, factory: Callable[[], nn.Module], spec: EngineSpec,
+                 env: DistEnv):
+        import deepspeed
+
+        module = module.to(env.device)
+        optimizer = make_optimizer(module.parameters(), spec, env.device)
+        engine, optimizer, _, _ = deepspeed.initialize(
+            model=module, optimizer=optimizer, config=deepspeed_config(spec, env.world_size),
+            dist_init_required=False)
+        _match_norm_buffers(engine.module)
+        super().__init__(name, engine.module, engine, optimizer, factory, spec, env)
+
+    @property
+    def regulariser_weights_dtype(self) -> torch.dtype:
+        return self.spec.reg_dtype
+
+    def _autocast(self, dtype: torch.dtype | None = None, cache: bool = True) -> ContextManager:
+        return contextlib.nullcontext()
+
+    def _backward(self, loss: torch.Tensor, injected: list[torch.Tensor] | None, last: bool) -> None:
+        if injected is None:
+            self.engine.backward(loss)
+        else:
+            with self.gathered() as tensors:
+                params = [tensors[n] for n in self._param_names]
+                # DeepSpeed divides the loss by the accumulation; the injected total must not be
+                self.engine.backward(loss + _InjectedGrads.apply(injected, *params) * self.spec.accumulation)
+        if not last:
+            self.engine.step()      # DeepSpeed counts micro-batches in step(); it updates only at the boundary
+
+    def _step(self) -> None:
+        self.engine.step()
+
+    @property
+    def loss_scale(self) -> float:
+        if self.spec.precision != "fp16":
+            return 1.0
+        return float(getattr(self.optimizer, "cur_scale", getattr(self.optimizer, "loss_scale", 1.0)))
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {self.name: checkpoint.DeepSpeedState(self.engine)}
+
+
+class Zero3Trainable(DeepSpeedTrainable):
+    """ZeRO-3: each rank holds a partition of every weight, so full weights exist only inside
+    `GatheredParameters` (the injected gradients' zero is built there too)."""
+
+    @contextlib.contextmanager
+    def gathered(self) -> Iterator[dict[str, torch.Tensor]]:
+        import deepspeed
+
+        params = dict(self.module.named_parameters())
+        with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None):
+            yield {**params, **dict(self.module.named_buffers())}
+
+    def _detached(self) -> dict[str, torch.Tensor]:
+        with self.gathered() as tensors:
+            return {k: v.detach().clone() for k, v in tensors.items()}     # gathered storage is freed on exit
+
+
+def _match_norm_buffers(module: nn.Module) -> None:
+    """Give BatchNorm running statistics their weights' dtype: DeepSpeed 0.19 casts parameters to
+    bf16/fp16 but keeps buffers fp32, and batch_norm refuses the mix (older releases cast both)."""
+    for norm in module.modules():
+        if isinstance(norm, nn.modules.batchnorm._NormBase) and norm.weight is not None and norm.track_running_stats:
+            norm.running_mean.data = norm.running_mean.to(norm.weight.dtype)
+            norm.running_var.data = norm.running_var.to(norm.weight.dtype)

@@ -14,15 +14,19 @@ generator, which PyTorch advances at each replay by what the recorded kernels co
 Capturing runs the pass on a side stream first (cuBLAS and cuDNN pick their algorithms there)
 and does all of it under a forked RNG, so capturing draws no random numbers: a resumed run that
 captures at its first regularised step draws exactly what the uninterrupted run drew.
+
+`GraphSlot` is the one graph a network keeps, and decides per call whether to replay it,
+capture a new one or run eagerly.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, ContextManager, Hashable
 
 import torch
 
 Tensors = dict[str, torch.Tensor]
 Pass = Callable[[Tensors, Tensors], tuple[list[torch.Tensor], Tensors]]
+Result = tuple[list[torch.Tensor], Tensors]
 
 WARMUP_PASSES = 2       # eager passes before capture: algorithm selection, cuBLAS workspaces
 
@@ -61,9 +65,45 @@ class CapturedGradients:
         with torch.no_grad():
             torch._foreach_copy_(list(self.weights.values()), [weights[k] for k in self.weights])
 
-    def __call__(self, inputs: Tensors) -> tuple[list[torch.Tensor], Tensors]:
+    def __call__(self, inputs: Tensors) -> Result:
         """Replay on the loaded weights and these inputs."""
         with torch.no_grad():
             torch._foreach_copy_(list(self.inputs.values()), [inputs[k] for k in self.inputs])
         self.graph.replay()
         return self.outputs
+
+
+class GraphSlot:
+    """At most one captured pass, for the key it was captured with: a call with that key replays
+    it on the current weights, another key replaces it, no key (graphs off, or a pass that is
+    not repeated) frees it and runs eagerly. The old graph's memory pool is released before the
+    new weights are copied, so two graphs' pools never coexist."""
+
+    def __init__(self, owner: str):
+        self.owner = owner                  # the network's name, for errors
+        self._key: Hashable | None = None
+        self._graph: CapturedGradients | None = None
+
+    @property
+    def captured(self) -> bool:
+        return self._graph is not None
+
+    def run(self, key: Hashable | None, regulariser: Pass, current: Callable[[], ContextManager[Tensors]],
+            copies: Callable[[], Tensors], inputs: Tensors) -> Result:
+        """The pass's result on the network's weights: `current()` gives them (inside it they are
+        loaded into a replayed graph), `copies()` gives fresh leaf copies to run or capture on."""
+        if key is not None and self._graph is not None and self._key == key:
+            with current() as weights:
+                self._graph.load_weights(weights)
+            return self._graph(inputs)
+        self._key = self._graph = None
+        weights = copies()
+        if key is None:
+            return regulariser(weights, inputs)
+        try:
+            graph = CapturedGradients(regulariser, weights, inputs)
+        except RuntimeError as error:
+            raise RuntimeError(f"{self.owner}: capturing the regulariser's pass in a CUDA graph failed "
+                               f"({error}); `cuda_graphs: false` runs it eagerly") from error
+        self._key, self._graph = key, graph
+        return graph(inputs)

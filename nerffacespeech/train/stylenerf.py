@@ -32,7 +32,7 @@ from nerffacespeech.models.stylenerf.layers import resize_images
 
 from . import images as image_data
 from . import losses, startup
-from .engine import EngineSpec, Regulariser, Trainable, resolve_precision
+from .engine import EngineSpec, Regulariser, make_trainable, resolve_precision
 
 W_AVG_BETA = 0.995
 
@@ -89,7 +89,7 @@ class StyleNeRFTraining:
         self.progressive = bool(cfg.curriculum_kimg) and generator.stages > 0
 
         def spec(lr: float, unused_parameters: bool) -> EngineSpec:
-            return EngineSpec(cfg.engine, cfg.zero_stage if cfg.engine == "deepspeed" else 0, self.precision, lr,
+            return EngineSpec(cfg.engine, cfg.zero_stage, self.precision, lr,
                               tuple(cfg.betas), cfg.eps, cfg.batch_per_gpu, self.accumulation,
                               find_unused_parameters=unused_parameters,
                               cuda_graphs=cfg.captures_graphs(env.device.type))
@@ -99,8 +99,9 @@ class StyleNeRFTraining:
             _compile_blocks(generator, discriminator)
         # DDP must be told about weights a step may not use: G's upper blocks while growing,
         # D's half-resolution entry outside a fade-in
-        self.g = Trainable("G", generator, lambda: Generator(self.model_cfg), spec(cfg.lr_g, self.progressive), env)
-        self.d = Trainable("D", discriminator, lambda: Discriminator(self.model_cfg), spec(cfg.lr_d, True), env)
+        self.g = make_trainable("G", generator, lambda: Generator(self.model_cfg), spec(cfg.lr_g, self.progressive),
+                                env)
+        self.d = make_trainable("D", discriminator, lambda: Discriminator(self.model_cfg), spec(cfg.lr_d, True), env)
         if compiled and _compiled_blocks_follow_swapped_weights():
             # the frozen calls too (first-order only); the regularisers' replicas stay eager
             _compile_blocks(self.g.frozen_replica, self.d.frozen_replica)
@@ -458,8 +459,7 @@ def main(ctx: TaskContext) -> None:
         training.load_progress(run)
         if env.is_main:
             print(f"stylenerf.train: preset {cfg.preset}, {training.sizes['G'] / 1e6:.2f}M G + "
-                  f"{training.sizes['D'] / 1e6:.2f}M D parameters, engine {cfg.engine} "
-                  f"(ZeRO {cfg.zero_stage if cfg.engine == 'deepspeed' else '-'}), {training.precision}, "
+                  f"{training.sizes['D'] / 1e6:.2f}M D parameters, engine {training.g.spec.label}, {training.precision}, "
                   f"{env.world_size} x {cfg.batch_per_gpu} x {training.accumulation} images/step, "
                   f"{len(dataset)} training images, from step {loop.step} to {total_steps}", flush=True)
         sampler = image_data.PositionSampler(len(dataset), env.rank, env.world_size, cfg.batch_per_gpu, cfg.seed,
