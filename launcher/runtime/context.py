@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..layout import RunLayout, StageLayout
+
 
 @dataclass(frozen=True)
 class CheckpointPolicy:
@@ -33,21 +35,30 @@ class TaskContext:
     stop: Any = None                # launcher.runtime.preemption.StopRequest, installed by entry
 
     @property
+    def run_layout(self) -> RunLayout:
+        """The whole run's paths: earlier stages' outputs and the processed data."""
+        return RunLayout(Path(self.run_dir))
+
+    @property
+    def layout(self) -> StageLayout:
+        return self.run_layout.stage(self.stage)
+
+    @property
     def stage_dir(self) -> Path:
-        return self.run_dir / "stages" / self.stage
+        return self.layout.path
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.stage_dir / "checkpoints"
+        return self.layout.checkpoints
 
     @property
     def tensorboard_dir(self) -> Path:
-        return self.stage_dir / "tensorboard"
+        return self.layout.tensorboard
 
     @property
     def metrics_path(self) -> Path:
-        return self.stage_dir / "metrics.jsonl"
+        return self.layout.metrics
 
     @property
     def samples_dir(self) -> Path:
-        return self.stage_dir / "samples"
+        return self.layout.samples
