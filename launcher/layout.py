@@ -8,7 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-CHECKPOINTS = "checkpoints"
+
+def _under(*parts: str) -> property:
+    """A fixed path below the layout's own folder."""
+    return property(lambda self: self.path.joinpath(*parts))
 
 
 @dataclass(frozen=True)
@@ -17,35 +20,17 @@ class StageLayout:
 
     path: Path
 
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / CHECKPOINTS
-
-    @property
-    def latest_checkpoint(self) -> Path:
-        """The `latest` pointer the checkpoint manager moves on every commit."""
-        return self.checkpoints / "latest"
-
-    @property
-    def logs(self) -> Path:
-        return self.path / "logs"
+    checkpoints = _under("checkpoints")
+    latest_checkpoint = _under("checkpoints", "latest")   # moved by the checkpoint manager on each commit
+    logs = _under("logs")
+    tensorboard = _under("tensorboard")
+    metrics = _under("metrics.jsonl")
+    samples = _under("samples")
 
     def rank_log(self, attempt: int, shard: int | None, rank: int) -> Path:
         """attempt-<k>[/shard-<i>]/rank-<r>.log (the shard level only for array stages)."""
         folder = self.logs / f"attempt-{attempt}"
         return (folder / f"shard-{shard}" if shard is not None else folder) / f"rank-{rank}.log"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.path / "tensorboard"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def samples(self) -> Path:
-        return self.path / "samples"
 
     def shard_lock(self, shard: int) -> Path:
         return self.path / "locks" / f"shard-{shard}.lock"
@@ -61,33 +46,15 @@ class RunLayout:
 
     path: Path
 
-    @property
-    def spec(self) -> Path:
-        return self.path / "spec.yaml"
-
-    @property
-    def plan(self) -> Path:
-        return self.path / "plan.json"
+    spec = _under("spec.yaml")
+    plan = _under("plan.json")
+    cancel_marker = _under("cancel-requested")
+    supervisor_lock = _under("supervisor.lock")
+    supervisor_log = _under("supervisor.log")
+    processed_data = _under("data", "processed")   # `preprocess` writes it, `preprocess.merge` completes it
 
     def ledger(self, stage: str) -> Path:
         return self.path / "ledger" / stage
 
-    @property
-    def cancel_marker(self) -> Path:
-        return self.path / "cancel-requested"
-
-    @property
-    def supervisor_lock(self) -> Path:
-        return self.path / "supervisor.lock"
-
-    @property
-    def supervisor_log(self) -> Path:
-        return self.path / "supervisor.log"
-
     def stage(self, name: str) -> StageLayout:
         return StageLayout(self.path / "stages" / name)
-
-    @property
-    def processed_data(self) -> Path:
-        """Where `preprocess` writes and `preprocess.merge` completes the processed dataset."""
-        return self.path / "data" / "processed"

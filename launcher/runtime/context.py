@@ -43,22 +43,9 @@ class TaskContext:
     def layout(self) -> StageLayout:
         return self.run_layout.stage(self.stage)
 
-    @property
-    def stage_dir(self) -> Path:
-        return self.layout.path
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.layout.checkpoints
-
-    @property
-    def tensorboard_dir(self) -> Path:
-        return self.layout.tensorboard
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.layout.metrics
-
-    @property
-    def samples_dir(self) -> Path:
-        return self.layout.samples
+    # The stage's paths (launcher.layout) under the names tasks use.
+    stage_dir = property(lambda self: self.layout.path)
+    checkpoint_dir = property(lambda self: self.layout.checkpoints)
+    tensorboard_dir = property(lambda self: self.layout.tensorboard)
+    metrics_path = property(lambda self: self.layout.metrics)
+    samples_dir = property(lambda self: self.layout.samples)
