@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from nerffacespeech.preprocess import align, images, landmarks
-from nerffacespeech.pretrained.manifest import default_root
 from nerffacespeech.preprocess.errors import BadInput
+from nerffacespeech.pretrained.manifest import default_root
 
 
 def seed_styles(generator, seed: int, truncation: float) -> torch.Tensor:

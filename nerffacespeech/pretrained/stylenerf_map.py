@@ -27,6 +27,7 @@ class ModelShape(Protocol):
     frequencies: int
     upsampler_resolutions: Sequence[int]
 
+
 # Our tensors that no official tensor fills (the structure differs; they keep their init).
 GENERATOR_ALLOW_MISSING = (r"upsampler\.blocks\.\d+\.conv0\..+", r"upsampler\.blocks\.\d+\.bias0")
 DISCRIMINATOR_ALLOW_MISSING = (r"blocks\.\d+\.skip\.weight",)
