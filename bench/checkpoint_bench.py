@@ -177,12 +177,12 @@ def job_spec(cfg: dict, ranks: int, device: str) -> str:
 
 
 def _attempts(run: Path) -> list[dict]:
-    records = [json.loads(p.read_text()) for p in (run / "ledger" / "train").glob("shard-0-attempt-*.json")]
+    records = [json.loads(p.read_text()) for p in RunDir(run).ledger_dir("train").glob("shard-0-attempt-*.json")]
     return sorted(records, key=lambda r: r["attempt"])
 
 
 def _metrics(run: Path) -> list[dict]:
-    path = run / "stages" / "train" / "metrics.jsonl"
+    path = RunDir(run).stage("train").metrics
     lines = path.read_text().splitlines() if path.exists() else []
     return [json.loads(line) for line in lines if line.endswith("}")]
 
@@ -205,7 +205,7 @@ def bench_signal_and_restart(cfg: toy.ToyConfig, ranks: int, device: str, root: 
     out = subprocess.run([sys.executable, "-m", "launcher", "submit", str(spec), "--detach"],
                          capture_output=True, text=True, cwd=root, check=True).stdout
     run = Path(next(line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("directory ")))
-    latest = run / "stages" / "train" / "checkpoints" / "latest"
+    latest = RunDir(run).stage("train").latest_checkpoint
     _wait(lambda: len(_metrics(run)) >= 3, 900, "three training steps")
     top = psutil.Process(int(_attempts(run)[0]["job_id"].split(":")[1]))
     workers = [p for p in [top, *top.children(recursive=True)] if "launcher.entry" in p.cmdline()]

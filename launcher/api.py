@@ -274,7 +274,7 @@ class Run:
     def metrics(self, stage: str) -> list[dict]:
         """The rows of stages/<stage>/metrics.jsonl ({"step", "time", ...}), oldest first; a
         line still being written is left out."""
-        path = self.dir.stage_dir(self._stage(stage)) / "metrics.jsonl"
+        path = self.dir.stage(self._stage(stage)).metrics
         try:
             text = path.read_text(errors="replace")
         except FileNotFoundError:

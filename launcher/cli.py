@@ -140,7 +140,7 @@ def _start(run: RunDir, plan: dict, python: str, detach: bool) -> int:
         return exitcodes.OK
     if detach:
         pid = local_backend.start_detached(run, python)
-        print(f"local supervisor pid {pid} (log: {run.path / 'supervisor.log'})")
+        print(f"local supervisor pid {pid} (log: {run.layout.supervisor_log})")
         return exitcodes.OK
     return local_backend.LocalSupervisor(run, echo=lambda m: print(m, flush=True)).run_all()
 

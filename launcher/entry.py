@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     stop.stop_when_parent_dies()        # an orphaned rank checkpoints and exits
     ctx = build_context(run, stage, stop)
     if os.environ.get("NFS_RANK_LOGS") == "1":
-        shard = f"/shard-{ctx.shard_index}" if stage["array"] else ""
-        _redirect_output(ctx.stage_dir / "logs" / f"attempt-{ctx.attempt}{shard}" / f"rank-{rank}.log")
+        _redirect_output(ctx.layout.rank_log(ctx.attempt, ctx.shard_index if stage["array"] else None, rank))
     print(f"[launcher.entry] {stage['name']} rank {rank} shard {ctx.shard_index}/{ctx.shard_count} "
           f"attempt {ctx.attempt} task {stage['target']}", flush=True)
     outcome = {"rank": rank, "start": time.time()}

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from . import signals, tasks
+from .layout import RunLayout
 from .spec import JobSpec, StageSpec, format_minutes, processes_per_node
 
 # Filled in by the Slurm supervisor on the first node: its NodeAddr and a free port.
@@ -126,7 +128,7 @@ def slurm_step_command(plan: StagePlan, run_dir: str, python: str) -> list[str]:
 def sbatch_options(spec: JobSpec, plan: StagePlan, run_dir: str) -> list[str]:
     """The #SBATCH options of a stage; every value was validated to a plain Slurm word."""
     s = spec.slurm
-    logs = f"{run_dir}/stages/{plan.name}/logs"
+    logs = RunLayout(Path(run_dir)).stage(plan.name).logs
     opts = [f"--job-name={spec.name}.{plan.name}",
             # sbatch reads #SBATCH values itself: a double-quoted path may hold spaces.
             f'--output="{logs}/slurm-%A_%a.out"' if plan.array else f'--output="{logs}/slurm-%j.out"',

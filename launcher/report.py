@@ -46,12 +46,12 @@ def collect(run: RunDir) -> list[StageView]:
     views = []
     for stage in plan["stages"]:
         name = stage["name"]
-        metrics = read_metrics(run.stage_dir(name) / "metrics.jsonl")
+        metrics = read_metrics(run.stage(name).metrics)
         views.append(StageView(
             name=name, after=list(stage["after"]), row=rows[name],
             attempts=with_checkpoint_steps(run.attempts(name)),
-            commits=checkpoint_commits(run.stage_dir(name) / "checkpoints"), metrics=metrics,
-            sample=latest_sample(run.stage_dir(name) / "samples"),
+            commits=checkpoint_commits(run.stage(name).checkpoints), metrics=metrics,
+            sample=latest_sample(run.stage(name).samples),
             eta=eta(metrics, stage.get("config") or {}, rows[name]["state"])))
     return views
 

@@ -14,9 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import atomic, checkpoint_health, exitcodes
-
-CANCEL_MARKER = "cancel-requested"
-REPORT_FILE = "report.html"
+from .layout import RunLayout, StageLayout
 
 
 def new_run_id(name: str) -> str:
@@ -43,27 +41,34 @@ class RunDir:
     def run_id(self) -> str:
         return self.path.name
 
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.path)
+
+    def stage(self, name: str) -> StageLayout:
+        return self.layout.stage(name)
+
     def stage_dir(self, stage: str) -> Path:
-        return self.path / "stages" / stage
+        return self.stage(stage).path
 
     @property
     def report_path(self) -> Path:
         """Where `launcher report` writes the run's HTML report."""
-        return self.path / REPORT_FILE
+        return self.layout.report
 
     # -- plan and spec -------------------------------------------------------------------
     def write_plan(self, plan: dict) -> None:
-        atomic.write_json(self.path / "plan.json", plan)
+        atomic.write_json(self.layout.plan, plan)
 
     def read_plan(self) -> dict:
-        return json.loads((self.path / "plan.json").read_text())
+        return json.loads(self.layout.plan.read_text())
 
     def write_spec(self, text: str) -> None:
-        atomic.write_text(self.path / "spec.yaml", text)
+        atomic.write_text(self.layout.spec, text)
 
     # -- ledger --------------------------------------------------------------------------
     def ledger_dir(self, stage: str) -> Path:
-        return self.path / "ledger" / stage
+        return self.layout.ledger(stage)
 
     def record(self, stage: str, key: str, record: dict) -> None:
         """Write (or replace) one ledger record; `key` is owned by exactly one writer."""
@@ -125,7 +130,7 @@ class RunDir:
 
     # -- outcomes written by job processes ---------------------------------------------------
     def outcome_path(self, stage: str, shard: int, attempt: int) -> Path:
-        return self.stage_dir(stage) / "outcomes" / f"shard-{shard}-attempt-{attempt}.json"
+        return self.stage(stage).outcome(shard, attempt)
 
     def read_outcome(self, stage: str, shard: int, attempt: int) -> dict | None:
         try:
@@ -137,7 +142,7 @@ class RunDir:
     def checkpoint_step(self, stage: str) -> int | None:
         """Step of the newest committed checkpoint of a stage, from its `latest` pointer."""
         try:
-            text = (self.stage_dir(stage) / "checkpoints" / "latest").read_text()
+            text = self.stage(stage).latest_checkpoint.read_text()
         except OSError:
             return None
         digits = re.findall(r"\d+", text)
@@ -146,10 +151,10 @@ class RunDir:
     def quarantined_since(self, stage: str, since: float) -> list[str]:
         """One line per checkpoint of `stage` quarantined since `since`, for a supervisor to print."""
         return [f"checkpoint {q['name']} quarantined: {q['reason']}"
-                for q in checkpoint_health.quarantined(self.stage_dir(stage) / "checkpoints") if q.get("time", 0) >= since]
+                for q in checkpoint_health.quarantined(self.stage(stage).checkpoints) if q.get("time", 0) >= since]
 
     def last_metrics(self, stage: str) -> dict | None:
-        path = self.stage_dir(stage) / "metrics.jsonl"
+        path = self.stage(stage).metrics
         try:
             with open(path, "rb") as f:
                 f.seek(max(0, os.path.getsize(path) - 8192))
@@ -165,19 +170,19 @@ class RunDir:
 
     # -- markers ---------------------------------------------------------------------------
     def request_cancel(self) -> None:
-        atomic.write_text(self.path / CANCEL_MARKER, f"{time.time()}\n")
+        atomic.write_text(self.layout.cancel_marker, f"{time.time()}\n")
 
     @property
     def cancel_requested(self) -> bool:
-        return (self.path / CANCEL_MARKER).exists()
+        return self.layout.cancel_marker.exists()
 
     def allow_fresh_start(self, stage: str) -> None:
         """Let `stage` start from step 0 if none of its checkpoints is usable (read by the runtime)."""
-        atomic.write_text(self.stage_dir(stage) / "checkpoints" / checkpoint_health.FRESH_START, f"{time.time()}\n")
+        atomic.write_text(self.stage(stage).checkpoints / checkpoint_health.FRESH_START, f"{time.time()}\n")
 
     def clear_cancel(self) -> None:
         try:
-            (self.path / CANCEL_MARKER).unlink()
+            self.layout.cancel_marker.unlink()
         except FileNotFoundError:
             pass
 
@@ -185,14 +190,14 @@ class RunDir:
 def find_run(run: str, roots: list[Path]) -> RunDir:
     """A run given as a path or as an id under one of `roots` (FileNotFoundError otherwise)."""
     direct = Path(run).expanduser()
-    if (direct / "plan.json").is_file():
+    if RunLayout(direct).plan.is_file():
         return RunDir(direct.resolve())
     for root in roots:
         candidate = root / run
-        if (candidate / "plan.json").is_file():
+        if RunLayout(candidate).plan.is_file():
             return RunDir(candidate.resolve())
     matches = [p for root in roots if root.is_dir() for p in root.iterdir()
-               if p.name.startswith(run) and (p / "plan.json").is_file()]
+               if p.name.startswith(run) and RunLayout(p).plan.is_file()]
     if len(matches) == 1:
         return RunDir(matches[0].resolve())
     if len(matches) > 1:

@@ -59,7 +59,7 @@ def stage_rows(run: RunDir) -> list[list[str]]:
             state = local_backend.stage_state(run, stage) or ("pending" if alive else "not started")
             if state == "running" and not alive:
                 state, reason = "lost", LOST_REASON
-        quarantined = checkpoint_health.quarantined(run.stage_dir(name) / "checkpoints")
+        quarantined = checkpoint_health.quarantined(run.stage(name).checkpoints)
         if quarantined:
             reason = f"{len(quarantined)} checkpoint(s) quarantined, last: {quarantined[-1]['name']} " \
                      f"({quarantined[-1]['reason']}); " + reason
@@ -108,7 +108,7 @@ def log_files(run: RunDir, stage: str | None, rank: int | None) -> list[Path]:
     stages = [stage] if stage else [s["name"] for s in run.read_plan()["stages"]]
     files: list[Path] = []
     for name in stages:
-        logs = run.stage_dir(name) / "logs"
+        logs = run.stage(name).logs
         if not logs.is_dir():
             continue
         pattern = f"**/rank-{rank}.log" if rank is not None else "**/*.log"

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     shard = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
     job_id = this_job_id()
     step_runner = StepRunner(stage["stop_signals"])
-    lock = runlock.RunLock(run.stage_dir(stage_name) / "locks" / f"shard-{shard}.lock",
+    lock = runlock.RunLock(run.stage(stage_name).shard_lock(shard),
                            f"an attempt of stage {stage_name} shard {shard}")
     try:        # a requeued job can start while the step of its previous run is still ending
         lock.acquire(wait_s=STAGE_LOCK_WAIT_SECONDS)

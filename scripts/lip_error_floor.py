@@ -18,14 +18,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import soundfile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nerffacespeech.models.audio2nerf.face import lip_distance, load_face_basis  # noqa: E402
-from nerffacespeech.train.a2n_data import Clip, TalkingData  # noqa: E402
+from nerffacespeech.data.processed import ProcessedData  # noqa: E402
+from nerffacespeech.train.a2n_data import TalkingData, TrainingClip  # noqa: E402
 from nerffacespeech.train.a2n_evaluate import correlation  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def linear_fit(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-3):
     return lambda z: (z - x_mean) @ weight + y_mean
 
 
-def energy(clip: Clip) -> torch.Tensor:
+def energy(clip: TrainingClip) -> torch.Tensor:
     return clip.mel.mean(dim=(1, 2))[:, None]
 
 
@@ -52,11 +52,11 @@ def jaw_drive(sample: Path, processed: Path):
     """Features: the loudness that opened the jaw of each kept frame of a bundled sample clip."""
     import make_sample_data as maker               # a sibling script: scripts/ is sys.path[0]
 
-    def features(clip: Clip) -> torch.Tensor:
+    def features(clip: TrainingClip) -> torch.Tensor:
         person, name = clip.key.split("/")
         audio, _ = soundfile.read(sample / "audio" / person / f"{name}.wav", dtype="float32")
         n_frames = len(list((sample / "images" / person / name).glob("*.jpg")))
-        kept = np.load(processed / "clips" / clip.key / "clip.npz")["frame_index"].astype(int) - 1
+        kept = ProcessedData(processed).read_clip(clip.key).frame_index.astype(int) - 1
         return torch.from_numpy(maker.loudness(audio, n_frames)[kept]).float()[:, None]
     return features
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from nerffacespeech.data import layout, sharding
-from nerffacespeech.preprocess import outputs
+from nerffacespeech.data.processed import ProcessedData
 from tests.launcher_helpers import launcher, run_dir_from, wait_until, write_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
@@ -82,20 +82,20 @@ def worker_pids(run: Path, job_id: str) -> list[int]:
 
 def committed(out: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for line in outputs.read_processed(out):
+    for line in ProcessedData(out).read_processed():
         counts[line["key"]] = counts.get(line["key"], 0) + 1
     return counts
 
 
 def assert_same_outputs(ref: Path, got: Path, keys: list[str]) -> None:
     for key in keys:
-        assert outputs.read_outcome(got, key)["status"] == outputs.read_outcome(ref, key)["status"] == "done"
-        with zipfile.ZipFile(outputs.clip_dir(ref, key) / "frames.zip") as a, \
-                zipfile.ZipFile(outputs.clip_dir(got, key) / "frames.zip") as b:
+        assert ProcessedData(got).read_outcome(key)["status"] == ProcessedData(ref).read_outcome(key)["status"] == "done"
+        with zipfile.ZipFile(ProcessedData(ref).clip_dir(key) / "frames.zip") as a, \
+                zipfile.ZipFile(ProcessedData(got).clip_dir(key) / "frames.zip") as b:
             assert a.namelist() == b.namelist()
             assert all(a.read(n) == b.read(n) for n in a.namelist()), key
-        with np.load(outputs.clip_dir(ref, key) / "clip.npz") as a, \
-                np.load(outputs.clip_dir(got, key) / "clip.npz") as b:
+        with np.load(ProcessedData(ref).clip_dir(key) / "clip.npz") as a, \
+                np.load(ProcessedData(got).clip_dir(key) / "clip.npz") as b:
             assert sorted(a.files) == sorted(b.files)
             for name in a.files:
                 np.testing.assert_array_equal(a[name], b[name], err_msg=f"{key} {name}")
@@ -125,7 +125,7 @@ def test_requeued_array_tasks_give_the_uninterrupted_outputs_and_commit_each_cli
     deadline = time.time() + 240
     while len(interrupted) < 2 and time.time() < deadline:
         done = [0] * SHARDS
-        for line in outputs.read_processed(out):
+        for line in ProcessedData(out).read_processed():
             done[line["shard"]] += 1
         for a in attempts(run):
             if len(interrupted) == 2:                    # exactly two: one requeued, one killed
@@ -155,6 +155,6 @@ def test_requeued_array_tasks_give_the_uninterrupted_outputs_and_commit_each_cli
             assert "scontrol requeue" in runs[0]["reason"] and runs[0]["exit_code"] == 75, runs[0]
         else:                       # a failure retried: no stop-signal wording
             assert runs[0]["exit_code"] != 75 and "time limit" not in runs[0]["reason"], runs[0]
-        assert {line["attempt"] for line in outputs.read_processed(out) if line["shard"] == shard} == {0, 1}
+        assert {line["attempt"] for line in ProcessedData(out).read_processed() if line["shard"] == shard} == {0, 1}
     assert committed(out) == {k: 1 for k in keys}
     assert_same_outputs(ref_out, out, keys)

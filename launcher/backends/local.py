@@ -20,7 +20,6 @@ from pathlib import Path
 from .. import exitcodes, policy, runlock, signals
 from ..runs import RunDir
 
-LOCK_FILE = "supervisor.lock"
 POLL_SECONDS = 0.2
 ORPHAN_GRACE_SECONDS = 300      # a trainer left by a dead supervisor gets this long to checkpoint
 
@@ -131,9 +130,9 @@ class LocalSupervisor:
         number = len(self.run.attempts(stage["name"], shard))
         env = dict(os.environ)
         env.update(stage["env"])
-        env.update({"NFS_SHARD_INDEX": str(shard), "NFS_SHARD_COUNT": str(max(1, stage["array"])),
+        env.update({"NFS_SHARD_INDEX": str(shard),
                     "NFS_ATTEMPT": str(number), "NFS_RANK_LOGS": "1", "PYTHONUNBUFFERED": "1"})
-        log = self.run.stage_dir(stage["name"]) / "logs" / f"launcher-shard-{shard}.log"
+        log = self.run.stage(stage["name"]).logs / f"launcher-shard-{shard}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
             process = subprocess.Popen(stage["command"], env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -192,12 +191,12 @@ def stage_state(run: RunDir, stage: dict) -> str | None:
 
 def supervisor_lock(run: RunDir) -> runlock.RunLock:
     """The lock a local supervisor holds for as long as it runs `run`."""
-    return runlock.RunLock(run.path / LOCK_FILE, f"the local supervisor of run {run.run_id}")
+    return runlock.RunLock(run.layout.supervisor_lock, f"the local supervisor of run {run.run_id}")
 
 
 def start_detached(run: RunDir, python: str) -> int:
     """Start the supervisor in its own session; its output goes to RUN/supervisor.log."""
-    with open(run.path / "supervisor.log", "ab") as out:
+    with open(run.layout.supervisor_log, "ab") as out:
         process = subprocess.Popen([python, "-m", "launcher.backends.local", str(run.path)],
                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)

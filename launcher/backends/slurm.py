@@ -34,7 +34,7 @@ def submit(run: RunDir, plan: dict) -> dict[str, str]:
     for stage in plan["stages"]:
         script = run.stage_dir(stage["name"]) / "job.sbatch"
         atomic.write_text(script, planner.sbatch_script(plan, stage), mode=0o755)
-        (run.stage_dir(stage["name"]) / "logs").mkdir(parents=True, exist_ok=True)
+        run.stage(stage["name"]).logs.mkdir(parents=True, exist_ok=True)
         argv = ["sbatch", "--parsable"]
         if stage["after"]:
             argv += [f"--dependency=afterok:{':'.join(job_ids[d] for d in stage['after'])}",

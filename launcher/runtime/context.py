@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..layout import RunLayout, StageLayout
+
 
 @dataclass(frozen=True)
 class CheckpointPolicy:
@@ -33,21 +35,17 @@ class TaskContext:
     stop: Any = None                # launcher.runtime.preemption.StopRequest, installed by entry
 
     @property
-    def stage_dir(self) -> Path:
-        return self.run_dir / "stages" / self.stage
+    def run_layout(self) -> RunLayout:
+        """The whole run's paths: earlier stages' outputs and the processed data."""
+        return RunLayout(Path(self.run_dir))
 
     @property
-    def checkpoint_dir(self) -> Path:
-        return self.stage_dir / "checkpoints"
+    def layout(self) -> StageLayout:
+        return self.run_layout.stage(self.stage)
 
-    @property
-    def tensorboard_dir(self) -> Path:
-        return self.stage_dir / "tensorboard"
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.stage_dir / "metrics.jsonl"
-
-    @property
-    def samples_dir(self) -> Path:
-        return self.stage_dir / "samples"
+    # The stage's paths (launcher.layout) under the names tasks use.
+    stage_dir = property(lambda self: self.layout.path)
+    checkpoint_dir = property(lambda self: self.layout.checkpoints)
+    tensorboard_dir = property(lambda self: self.layout.tensorboard)
+    metrics_path = property(lambda self: self.layout.metrics)
+    samples_dir = property(lambda self: self.layout.samples)

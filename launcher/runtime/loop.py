@@ -23,8 +23,6 @@ from launcher.runtime.context import TaskContext
 from launcher.runtime.metrics import MetricsWriter
 from launcher.runtime.preemption import StopForRequeue, StopRequest
 
-FINAL_RECORD = "final.json"
-
 
 class StepLoop:
     """Restore, step, agree on stops, save, requeue and finish, the same way for every task.
@@ -67,7 +65,7 @@ class StepLoop:
         """Rank 0 writes the final record `{"step", **record}` (digests to compare runs by); all
         ranks wait for it, so none leaves before the record exists."""
         if self.env.is_main:
-            write_json(self.ctx.stage_dir / FINAL_RECORD, {"step": self.step, **record})
+            write_json(self.ctx.layout.final_record, {"step": self.step, **record})
         distributed.barrier(self.env)
 
     def close(self) -> None:

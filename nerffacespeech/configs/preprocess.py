@@ -5,7 +5,6 @@ is what the task runs in the job. Both report `(field path, message)` problems.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ class PreprocessConfig:
     min_image_size: int | None = None    # smaller frames are refused; default: resolution
     fps: int = 25
     landmarker: str = "auto"             # auto: FAN where its weights exist, else dlib
-    pretrained_dir: str | None = None    # default: $NFS_PRETRAINED_ROOT, else ./pretrained_networks
+    pretrained_dir: str | None = None    # default: $NFS_PRETRAINED_ROOT, else pretrained_networks/ (the manifest's folder)
     smooth_sigma_frames: float = 1.5     # temporal smoothing of landmarks (0: off)
     audio_sample_rates: tuple[int, ...] = (16_000, 22_050)
     silence_dbfs: float = -50.0
@@ -64,7 +63,9 @@ class PreprocessConfig:
     def pretrained_root(self) -> Path:
         if self.pretrained_dir:
             return Path(self.pretrained_dir)
-        return Path(os.environ.get("NFS_PRETRAINED_ROOT", "pretrained_networks"))
+        from nerffacespeech.pretrained.manifest import default_root
+
+        return default_root()
 
     @property
     def synthetic_face_model(self) -> bool:

@@ -159,8 +159,9 @@ class TrainConfig:
         """The FID Inception weights: the configured file, else the pretrained manifest's location."""
         if self.inception_weights:
             return self.inception_weights
-        root = os.environ.get("NFS_PRETRAINED_ROOT", "pretrained_networks")
-        return os.path.join(root, INCEPTION_FILE)
+        from nerffacespeech.pretrained.manifest import default_root
+
+        return str(default_root() / INCEPTION_FILE)
 
     @property
     def preset_numbers(self) -> Preset:

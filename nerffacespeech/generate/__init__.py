@@ -24,5 +24,5 @@ def main(ctx) -> None:
     clips = generate(cfg, Path(cfg.output_dir) if cfg.output_dir else ctx.samples_dir, ctx.run_dir)
     summary = [{"identity": c.identity, "video": str(c.video), "sheet": str(c.sheet), "frames": c.frames,
                 "render_seconds": round(c.render_seconds, 3)} for c in clips]
-    write_json(ctx.stage_dir / "outputs.json", {"clips": summary})
+    write_json(ctx.layout.outputs, {"clips": summary})
     print(json.dumps({"generated": summary}), flush=True)

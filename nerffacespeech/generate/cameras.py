@@ -7,12 +7,12 @@ so the head never jumps.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from nerffacespeech.data.processed import read_metadata_frames
 from nerffacespeech.preprocess.errors import BadInput
 
 
@@ -33,7 +33,7 @@ def from_poses_json(path: Path, n_frames: int, clip: str | None = None) -> np.nd
     """The yaw/pitch of a preprocessed driving clip's frames, in order, ping-ponged to n_frames."""
     path = Path(path)
     try:
-        frames = json.loads(path.read_text())["frames"]
+        frames = read_metadata_frames(path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BadInput("poses_unreadable", f"{path}: not a preprocess poses.json ({exc})") from None
     clips = sorted({key.rsplit("/", 1)[0] for key in frames})

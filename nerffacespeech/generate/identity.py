@@ -10,7 +10,6 @@ camera frontal. No per-identity fine-tuning of the generator (PTI) is done.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 
 from nerffacespeech.preprocess import align, images, landmarks
 from nerffacespeech.preprocess.errors import BadInput
+from nerffacespeech.pretrained.manifest import default_root
 
 
 def seed_styles(generator, seed: int, truncation: float) -> torch.Tensor:
@@ -32,7 +32,7 @@ def seed_styles(generator, seed: int, truncation: float) -> torch.Tensor:
 def find_face(path: Path, pretrained_root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The photo (H, W, 3) uint8 and its one face's 68 landmarks; BadInput if no usable face."""
     photo = images.load_frame(Path(path), min_size=32)
-    root = pretrained_root or Path(os.environ.get("NFS_PRETRAINED_ROOT", "pretrained_networks"))
+    root = pretrained_root or default_root()
     finder = landmarks.make_landmarker("auto", root)
     try:
         face = landmarks.single_face(finder.detect([photo])[0], finder.min_score)

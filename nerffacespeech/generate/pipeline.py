@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from launcher.layout import RunLayout
 from nerffacespeech.configs.generate import GenerateConfig
 from nerffacespeech.preprocess.audio import log_mel
 from nerffacespeech.preprocess.errors import BadInput
@@ -37,7 +38,7 @@ def checkpoint_paths(cfg: GenerateConfig, run_dir: Path | None) -> tuple[Path, P
     if cfg.audio2nerf:
         a2n = Path(cfg.audio2nerf)
     elif root is not None:
-        a2n = root / "stages" / cfg.audio2nerf_stage / "checkpoints"
+        a2n = RunLayout(root).stage(cfg.audio2nerf_stage).checkpoints
     else:
         raise BadInput("checkpoint_missing", "give audio2nerf (a checkpoint) or run_dir (a run with an "
                                              "audio2nerf stage)")

@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nerffacespeech.data.processed import COEFF_SLICES   # the layout the processed data store
+
 SHAPES = {"idBase": 80, "exBase": 64, "texBase": 80}
 REQUIRED = ("meanshape", "meantex", "idBase", "exBase", "texBase", "tri", "point_buf", "keypoints")
-N_COEFFS = 257
-SLICES = {"id": slice(0, 80), "exp": slice(80, 144), "tex": slice(144, 224),
-          "angles": slice(224, 227), "gamma": slice(227, 254), "trans": slice(254, 257)}
 CAMERA_DISTANCE = 10.0
 FOCAL_AT_224 = 1015.0
 
@@ -111,4 +110,4 @@ def save_mat(path: Path, arrays: dict) -> None:
 
 def split(coeffs: torch.Tensor) -> dict[str, torch.Tensor]:
     """Name the parts of (B, 257) coefficients."""
-    return {name: coeffs[:, s] for name, s in SLICES.items()}
+    return {name: coeffs[:, s] for name, s in COEFF_SLICES.items()}

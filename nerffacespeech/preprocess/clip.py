@@ -18,6 +18,7 @@ from PIL import Image
 
 from nerffacespeech.configs.preprocess import PreprocessConfig
 from nerffacespeech.data.layout import Clip
+from nerffacespeech.data.processed import COEFF_SLICES
 
 from . import align, audio, camera, images, landmarks, timeline, video
 from .errors import BadInput
@@ -80,7 +81,7 @@ def _process(key: str, paths, wav: Path, cfg: PreprocessConfig, marker, fitter) 
         fit = fitter.fit(fit_crops, aligned_landmarks * scale)
         arrays.update(coeffs=fit.coeffs.astype(np.float32),
                       fit_landmark_error=fit.landmark_error.astype(np.float32))
-        pose = camera.stylenerf_pose(fit.coeffs[:, 224:227], fit.coeffs[:, 254:257])
+        pose = camera.stylenerf_pose(fit.coeffs[:, COEFF_SLICES["angles"]], fit.coeffs[:, COEFF_SLICES["trans"]])
         arrays.update(poses=pose.angles.astype(np.float32), cam2world=pose.cam2world.astype(np.float32))
     return ClipResult(crops, arrays, skips, n_frames)
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from nerffacespeech.configs.preprocess import FitConfig
+from nerffacespeech.data.processed import COEFF_SLICES
 
 from . import bfm, landmark_fit, render
 from .bfm import MorphableModel
@@ -129,7 +130,7 @@ class ClipFitter:
             full = self._fit_lbfgs(anchors, torch.as_tensor(crops, device=self.device).float() / 255.0, target)
         with torch.no_grad():
             error = (self.face.landmarks(full) - target).norm(dim=-1).mean(-1)
-        coeffs = torch.cat([full[k] for k in bfm.SLICES], dim=1)
+        coeffs = torch.cat([full[k] for k in COEFF_SLICES], dim=1)
         return FitResult(coeffs.cpu().numpy(), error.cpu().numpy())
 
     def _fit_lm(self, anchors, target) -> dict[str, torch.Tensor]:

@@ -12,15 +12,12 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from launcher.atomic import write_json
 from launcher.runtime.preemption import StopForRequeue
 from nerffacespeech.configs.preprocess import PreprocessConfig
 from nerffacespeech.data import layout, sharding
+from nerffacespeech.data.processed import FORMAT_VERSION, ProcessedData, fingerprint
 
-from . import outputs
 from .errors import BadInput
-
-MANIFEST = "manifest.json"
 
 
 def load_config(ctx) -> PreprocessConfig:
@@ -30,8 +27,8 @@ def load_config(ctx) -> PreprocessConfig:
     return cfg
 
 
-def output_dir(ctx, cfg: PreprocessConfig) -> Path:
-    return Path(cfg.output_dir) if cfg.output_dir else Path(ctx.run_dir) / "data" / "processed"
+def output_data(ctx, cfg: PreprocessConfig) -> ProcessedData:
+    return ProcessedData(Path(cfg.output_dir) if cfg.output_dir else ctx.run_layout.processed_data)
 
 
 def shard_clips(cfg: PreprocessConfig, shard_index: int, shard_count: int) -> list[layout.Clip]:
@@ -41,44 +38,44 @@ def shard_clips(cfg: PreprocessConfig, shard_index: int, shard_count: int) -> li
 def run_shard(ctx) -> None:
     """Process this shard's clips; write its report to <out>/shards/shard-IIIII-of-NNNNN.json."""
     cfg = load_config(ctx)
-    out = output_dir(ctx, cfg)
+    out = output_data(ctx, cfg)
     clips = shard_clips(cfg, ctx.shard_index, ctx.shard_count)
-    print_ = outputs.fingerprint(cfg.fingerprint_fields())
+    settings = fingerprint(cfg.fingerprint_fields())
     tools = _Tools(cfg, ctx.device)
     finished_now = 0
     for clip in clips:
-        if outputs.finished(out, clip.key, print_):
+        if out.finished(clip.key, settings):
             continue
         if ctx.stop is not None and ctx.stop.requested:
-            _write_report(out, ctx, clips, print_)
+            _write_report(out, ctx, clips, settings)
             raise StopForRequeue(finished_now)
-        status = _process_one(clip, cfg, tools, out, print_)
-        outputs.log_processed(out, ctx.shard_index, {"key": clip.key, "status": status,
-                                                     "shard": ctx.shard_index, "attempt": ctx.attempt})
+        status = _process_one(clip, cfg, tools, out, settings)
+        out.log_processed(ctx.shard_index, {"key": clip.key, "status": status,
+                                            "shard": ctx.shard_index, "attempt": ctx.attempt})
         finished_now += 1
         print(f"[preprocess] shard {ctx.shard_index}: {clip.key} {status}", flush=True)
-    _write_report(out, ctx, clips, print_)
+    _write_report(out, ctx, clips, settings)
 
 
-def _process_one(clip, cfg, tools, out: Path, print_: str) -> str:
+def _process_one(clip, cfg, tools, out: ProcessedData, settings: str) -> str:
     from .clip import process_clip
 
-    outputs.remove_partials(out, clip.key)
+    out.remove_partials(clip.key)
     started = time.time()
-    record = {"version": outputs.FORMAT_VERSION, "fingerprint": print_, "key": clip.key,
+    record = {"version": FORMAT_VERSION, "fingerprint": settings, "key": clip.key,
               "person": clip.person, "clip": clip.name}
     try:
-        result = process_clip(clip, cfg, tools.landmarker, tools.fitter, scratch=out)
+        result = process_clip(clip, cfg, tools.landmarker, tools.fitter, scratch=out.root)
     except BadInput as bad:
         record.update(status="skipped", kind=bad.kind, detail=bad.detail, frames=len(clip.frames),
                       kept=0, frame_skips=[])
     else:
-        outputs.commit_clip(out, clip.key, result.crops, result.arrays)
+        out.commit_clip(clip.key, result.crops, result.arrays)
         record.update(status="done", frames=result.frames, kept=len(result.crops),
                       frame_skips=result.frame_skips, landmarker=tools.landmarker.name,
                       face_model=tools.model_name)
     record["seconds"] = round(time.time() - started, 3)
-    outputs.write_outcome(out, clip.key, record)
+    out.write_outcome(clip.key, record)
     return record["status"]
 
 
@@ -128,14 +125,14 @@ class _Tools:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _write_report(out: Path, ctx, clips, print_: str) -> None:
+def _write_report(out: ProcessedData, ctx, clips, settings: str) -> None:
     """Per-shard report: every item's outcome, and a per-identity summary of kept items."""
-    items = [outputs.read_outcome(out, c.key) for c in clips]
-    items = [i if i and i.get("fingerprint") == print_ else {"key": c.key, "status": "pending"}
+    items = [out.read_outcome(c.key) for c in clips]
+    items = [i if i and i.get("fingerprint") == settings else {"key": c.key, "status": "pending"}
              for c, i in zip(clips, items)]
-    write_json(out / "shards" / f"shard-{ctx.shard_index:05d}-of-{ctx.shard_count:05d}.json",
-               {"shard": ctx.shard_index, "shard_count": ctx.shard_count, "attempt": ctx.attempt,
-                "items": items, "summary": summarise(items)})
+    out.write_shard_report(ctx.shard_index, ctx.shard_count,
+                           {"shard": ctx.shard_index, "shard_count": ctx.shard_count, "attempt": ctx.attempt,
+                            "items": items, "summary": summarise(items)})
 
 
 def summarise(items: list[dict]) -> dict:
@@ -161,10 +158,10 @@ def merge(ctx) -> None:
     import numpy as np
 
     cfg = load_config(ctx)
-    out = output_dir(ctx, cfg)
-    print_ = outputs.fingerprint(cfg.fingerprint_fields())
+    out = output_data(ctx, cfg)
+    settings = fingerprint(cfg.fingerprint_fields())
     clips = layout.find_clips(Path(cfg.data_dir))
-    items = [outputs.finished(out, c.key, print_) for c in clips]
+    items = [out.finished(c.key, settings) for c in clips]
     missing = [c.key for c, i in zip(clips, items) if i is None]
     if missing:
         raise RuntimeError(f"{len(missing)} items have no outcome (unfinished shards?): {missing[:5]}")
@@ -172,22 +169,22 @@ def merge(ctx) -> None:
     for item in items:
         if item["status"] != "done":
             continue
-        with np.load(outputs.clip_dir(out, item["key"]) / "clip.npz") as arrays:
-            for j, frame in enumerate(arrays["frame_index"].tolist()):
-                name = f"{item['key']}/{frame:05d}"
-                marks[name] = np.round(arrays["landmarks_aligned"][j], 2).tolist()
-                if "poses" in arrays:
-                    yaw, pitch, radius = arrays["poses"][j].tolist()
-                    poses[name] = {"yaw": round(yaw, 6), "pitch": round(pitch, 6), "radius": round(radius, 6)}
-                    expressions[name] = np.round(arrays["coeffs"][j, 80:144], 5).tolist()
+        clip = out.read_clip(item["key"])
+        for j, frame in enumerate(clip.frame_index.tolist()):
+            name = f"{item['key']}/{frame:05d}"
+            marks[name] = np.round(clip.arrays["landmarks_aligned"][j], 2).tolist()
+            if clip.fitted:
+                yaw, pitch, radius = clip.arrays["poses"][j].tolist()
+                poses[name] = {"yaw": round(yaw, 6), "pitch": round(pitch, 6), "radius": round(radius, 6)}
+                expressions[name] = np.round(clip.expressions[j], 5).tolist()
     convention = {"poses": "StyleNeRF angular camera: yaw θ, pitch φ in radians (frontal π/2, π/2), "
                            "radius relative to the nominal distance; FOV 12°",
                   "expressions": "BFM09 expression coefficients (64, Deep3DFaceRecon)",
                   "landmarks": f"68 points (iBUG order) in aligned-crop pixels at {cfg.resolution}"}
     for name, data in (("poses", poses), ("expressions", expressions), ("landmarks", marks)):
-        write_json(out / "metadata" / f"{name}.json", {"convention": convention[name], "frames": data})
-    write_json(out / MANIFEST, {
-        "version": outputs.FORMAT_VERSION, "fingerprint": print_, "settings": cfg.fingerprint_fields(),
+        out.write_metadata(name, convention[name], data)
+    out.write_manifest({
+        "version": FORMAT_VERSION, "fingerprint": settings, "settings": cfg.fingerprint_fields(),
         "data_dir": str(cfg.data_dir), "resolution": cfg.resolution,
         "clips": [{"key": i["key"], "status": i["status"], "frames": i["frames"], "kept": i["kept"],
                    **({"kind": i["kind"], "detail": i["detail"]} if i["status"] == "skipped" else {})}

@@ -70,7 +70,7 @@ class Manifest:
 
 
 def default_root(manifest_path: Path | None = None) -> Path:
-    """$NFS_PRETRAINED_ROOT, else the folder of the manifest."""
+    """$NFS_PRETRAINED_ROOT, else the folder of the manifest: the one place that variable is read."""
     env = os.environ.get(ROOT_ENV)
     if env:
         return Path(env)

@@ -1,6 +1,8 @@
 """The name map from the official StyleNeRF networks (facebookresearch/StyleNeRF, `conf/model/
 stylenerf_ffhq.yaml`: `training.networks.Generator` with `training.stylenerf.NeRFSynthesisNetwork`,
-`training.stylenerf.Discriminator`) onto ours, for one `ModelConfig`.
+`training.stylenerf.Discriminator`) onto ours, for one model shape (`ModelShape`: what
+`nerffacespeech.configs.stylenerf.ModelConfig` provides; not imported, since configs import
+`pretrained` to check the weights a stage needs).
 
 Each table row is (official name pattern, our name template or None to drop, layout transform,
 why). Where the architectures differ (docs/PRETRAINED.md says how), the official tensors are
@@ -8,11 +10,23 @@ dropped on purpose and ours stay as initialised: `*_ALLOW_MISSING` lists them fo
 """
 from __future__ import annotations
 
+from typing import Protocol, Sequence
+
 import torch
 
-from nerffacespeech.configs.stylenerf import ModelConfig
-
 from .name_map import Rule
+
+
+class ModelShape(Protocol):
+    """The architecture numbers the name map depends on."""
+
+    resolution: int
+    nerf_resolution: int
+    fg_blocks: int
+    bg_blocks: int
+    frequencies: int
+    upsampler_resolutions: Sequence[int]
+
 
 # Our tensors that no official tensor fills (the structure differs; they keep their init).
 GENERATOR_ALLOW_MISSING = (r"upsampler\.blocks\.\d+\.conv0\..+", r"upsampler\.blocks\.\d+\.bias0")
@@ -51,7 +65,7 @@ def _then(*fns):
     return transform
 
 
-def generator_rules(cfg: ModelConfig) -> tuple[Rule, ...]:
+def generator_rules(cfg: ModelShape) -> tuple[Rule, ...]:
     """Official `G`/`G_ema` state-dict names -> our `Generator`'s."""
     rows = [
         (r"mapping\.fc(\d+)\.(weight|bias)", r"mapping.layers.\1.\2", None,
@@ -97,7 +111,7 @@ def generator_rules(cfg: ModelConfig) -> tuple[Rule, ...]:
     return tuple(Rule(pattern, target, why, transform) for pattern, target, transform, why in rows)
 
 
-def discriminator_rules(cfg: ModelConfig) -> tuple[Rule, ...]:
+def discriminator_rules(cfg: ModelShape) -> tuple[Rule, ...]:
     """Official `D` state-dict names -> our `Discriminator`'s."""
     rows = [(r"alpha", None, "progressive-growing state")]
     res = cfg.resolution

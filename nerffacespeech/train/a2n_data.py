@@ -7,10 +7,7 @@ exactly the sequences an uninterrupted one would.
 """
 from __future__ import annotations
 
-import io
-import json
 import math
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nerffacespeech.data.processed import ProcessedClip, ProcessedData
 from nerffacespeech.preprocess.audio import frame_window
 
 from .a2n_augment import MelAugment
@@ -26,7 +24,9 @@ MOUTH_PAD = 0.25               # mouth box margin, fraction of its size
 
 
 @dataclass
-class Clip:
+class TrainingClip:
+    """One processed clip as training tensors, at the generator's resolution."""
+
     key: str
     mel: torch.Tensor          # (K, 80, 16) windows
     exp: torch.Tensor          # (K, 64) fitted expressions
@@ -44,16 +44,12 @@ class Clip:
 
 class TalkingData:
     def __init__(self, root: Path, resolution: int, holdout: float):
-        root = Path(root)
-        manifest = json.loads((root / "manifest.json").read_text())
-        keys = [c["key"] for c in manifest["clips"] if c["status"] == "done"]
+        data = ProcessedData(Path(root))
+        keys = data.done_keys()
         if not keys:
             raise ValueError(f"{root}: no processed clips")
-        models = {json.loads((root / "outcomes" / f"{k}.json").read_text()).get("face_model") for k in keys}
-        if len(models) != 1:
-            raise ValueError(f"{root}: clips fitted with different face models {sorted(map(str, models))}")
-        self.face_model = models.pop()
-        self.clips = [_load_clip(root / "clips" / k, k, resolution, holdout) for k in keys]
+        self.face_model = data.face_model(keys)
+        self.clips = [_training_clip(data.read_clip(k), resolution, holdout) for k in keys]
 
     def train_batch(self, generator: torch.Generator, n: int, seq_len: int,
                     augment: MelAugment | None = None) -> dict[str, torch.Tensor]:
@@ -90,25 +86,21 @@ def batch_generator(seed: int, step: int, rank: int, micro: int) -> torch.Genera
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 4096 + rank) * 64 + micro)
 
 
-def _load_clip(folder: Path, key: str, resolution: int, holdout: float) -> Clip:
-    from PIL import Image
-
-    z = np.load(folder / "clip.npz")
-    k = len(z["frame_index"])
+def _training_clip(clip: ProcessedClip, resolution: int, holdout: float) -> TrainingClip:
+    z = clip.arrays
+    k = len(clip.frame_index)
     n_train = max(2, int(math.floor(k * (1 - holdout))))
     mel = np.stack([frame_window(z["mel"], int(s)).T for s in z["mel_starts"]]).astype(np.float32)
     poses = z["poses"].astype(np.float32)
     angles = np.stack([poses[:, 0] - math.pi / 2, math.pi / 2 - poses[:, 1]], 1)
-    with zipfile.ZipFile(folder / "frames.zip") as zf:
-        names = {int(n.split(".")[0]): n for n in zf.namelist()}
-        images = [np.asarray(Image.open(io.BytesIO(zf.read(names[int(f)]))).convert("RGB")) for f in z["frame_index"]]
-    frames = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    frames = torch.from_numpy(clip.images()).permute(0, 3, 1, 2).float() / 127.5 - 1
     crop = frames.shape[-1]
     frames = F.interpolate(frames, size=(resolution, resolution), mode="area") if crop != resolution else frames
     landmarks = torch.from_numpy(z["landmarks_aligned"].astype(np.float32)) * (resolution / crop)
-    return Clip(key=key, mel=torch.from_numpy(mel), exp=torch.from_numpy(z["coeffs"][:, 80:144].astype(np.float32)),
-                angles=torch.from_numpy(angles), frames=frames, mouth=_mouth_boxes(landmarks, resolution),
-                blink=_eye_ratio(landmarks), n_train=n_train)
+    return TrainingClip(key=clip.key, mel=torch.from_numpy(mel),
+                        exp=torch.from_numpy(clip.expressions.astype(np.float32)),
+                        angles=torch.from_numpy(angles), frames=frames, mouth=_mouth_boxes(landmarks, resolution),
+                        blink=_eye_ratio(landmarks), n_train=n_train)
 
 
 def _mouth_boxes(landmarks: torch.Tensor, resolution: int) -> torch.Tensor:

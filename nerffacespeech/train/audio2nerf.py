@@ -28,6 +28,7 @@ from nerffacespeech.models.audio2nerf.deform import RayDeformation
 from nerffacespeech.models.audio2nerf.face import load_face_basis
 from nerffacespeech.models.audio2nerf.network import Audio2NeRF, parameter_counts
 from nerffacespeech.models.audio2nerf.talking_head import EXPORT, PROGRESS
+from nerffacespeech.pretrained.manifest import default_root
 
 from . import startup
 from .a2n_augment import MelAugment
@@ -39,15 +40,13 @@ from .engine import EngineSpec, make_trainable, resolve_precision
 
 def paths(cfg: TrainConfig, ctx: TaskContext) -> tuple[Path, str]:
     """The processed data folder and the generator spec, defaulting to this run's earlier stages."""
-    data = Path(cfg.data) if cfg.data else ctx.run_dir / "data" / "processed"
-    generator = cfg.generator or str(ctx.run_dir / "stages" / DEFAULT_GENERATOR_STAGE / "checkpoints")
+    data = Path(cfg.data) if cfg.data else ctx.run_layout.processed_data
+    generator = cfg.generator or str(ctx.run_layout.stage(DEFAULT_GENERATOR_STAGE).checkpoints)
     return data, generator
 
 
 def pretrained_root() -> Path:
-    import os
-
-    return Path(os.environ.get("NFS_PRETRAINED_ROOT", "pretrained_networks")).resolve()
+    return default_root().resolve()
 
 
 class Audio2NeRFTraining:

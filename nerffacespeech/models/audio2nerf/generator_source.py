@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from launcher.layout import RunLayout
 from nerffacespeech.configs.stylenerf import PRESETS
 from nerffacespeech.models.stylenerf import Generator
 
@@ -44,7 +45,7 @@ def describe(spec: str, preset: str, seed: int = 0) -> dict:
     if not (folder / G_FILE).is_file():
         raise FileNotFoundError(f"{folder} has no {G_FILE}: not a stylenerf.train checkpoint")
     stage_dir = folder.parent.parent
-    plan = json.loads((stage_dir.parent.parent / "plan.json").read_text())
+    plan = json.loads(RunLayout(stage_dir.parent.parent).plan.read_text())
     config = next(s["config"] for s in plan["stages"] if s["name"] == stage_dir.name)
     return {"kind": "checkpoint", "path": str(folder), "preset": config.get("preset", "tiny"),
             "model": dict(config.get("model", {}))}
