@@ -13,7 +13,7 @@ import torch
 from launcher.runtime.checkpoint import RNGState, committed_steps
 from launcher.runtime.context import CheckpointPolicy, TaskContext
 from launcher.runtime.distributed import single_process_env
-from launcher.runtime.loop import FINAL_RECORD, StepLoop, tensor_digest
+from launcher.runtime.loop import StepLoop, tensor_digest
 from launcher.runtime.preemption import StopForRequeue, StopRequest
 
 ENV = single_process_env()
@@ -48,7 +48,7 @@ def logged_steps(ctx: TaskContext) -> list[int]:
 
 
 def final(ctx: TaskContext) -> dict:
-    return json.loads((ctx.stage_dir / FINAL_RECORD).read_text())
+    return json.loads(ctx.layout.final_record.read_text())
 
 
 def test_saves_when_due_and_at_the_last_step_then_writes_the_final_record(tmp_path):
