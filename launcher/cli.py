@@ -1,7 +1,8 @@
 """`python -m launcher`: submit, validate, render, status, logs, cancel, resume, list.
 
-Imports neither torch nor DeepSpeed nor the workload, so every command answers at once on a
-login node.
+Imports neither torch nor DeepSpeed, so every command answers at once on a login node; spec
+validation loads the workload's task checks by entry point (no torch either). Each command talks
+to the run's backend only through launcher.backends.
 """
 from __future__ import annotations
 

@@ -74,3 +74,11 @@ def test_render_prints_the_script_of_a_spec_whose_weights_are_missing_under_its_
     assert sbatch_options(script)["gpus-per-node"] == "8"
     refused = launcher("submit", spec, *data, cwd=tmp_path)
     assert refused.returncode == 2 and "FID needs" in refused.stderr and not (tmp_path / "runs").exists()
+
+
+def test_local_render_shows_how_many_shards_run_at_once(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: par\nlocal: {max_parallel: 2}\nstages:\n"
+                    "  shards: {task: diagnose.items, array: 5, config: {items: 5}}\n")
+    shown = launcher("render", str(spec), cwd=tmp_path, check=True).stdout
+    assert "# local: 5 shards, 2 at once, 1 process(es)" in shown

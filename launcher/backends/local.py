@@ -91,7 +91,7 @@ class LocalSupervisor:
     def run_stage(self, stage: StagePlan) -> str:
         name = stage.name
         todo = [s for s in stage.shards if shard_state(self.run, name, s) != policy.COMPLETED]
-        limit = self._parallelism(stage)
+        limit = parallelism(self.plan, stage)
         final: dict[int, str] = {s: policy.COMPLETED for s in stage.shards if s not in todo}
         self.echo(f"[{name}] starting: {len(todo)} of {len(stage.shards)} shard(s), "
                   f"{stage.processes_per_node} process(es) each")
@@ -123,12 +123,6 @@ class LocalSupervisor:
         self.echo(f"[{name}] {result}")
         return result
 
-    def _parallelism(self, stage: StagePlan) -> int:
-        if not stage.array:
-            return 1
-        cap = self.plan.local_max_parallel or os.cpu_count() or 1
-        return max(1, min(cap, stage.array_parallelism or cap))
-
     def _start(self, stage: StagePlan, shard: int) -> Attempt:
         number = len(self.run.attempts(stage.name, shard))
         env = dict(os.environ)
@@ -146,6 +140,14 @@ class LocalSupervisor:
             checkpoint_step=self.run.checkpoint_step(stage.name))
         record.write(self.run)
         return Attempt(record, process)
+
+
+def parallelism(plan: Plan, stage: StagePlan) -> int:
+    """How many shards of `stage` run at once here: the spec's caps, else the CPUs."""
+    if not stage.array:
+        return 1
+    cap = plan.local_max_parallel or os.cpu_count() or 1
+    return max(1, min(cap, stage.array_parallelism or cap))
 
 
 def shard_state(run: RunDir, stage: str, shard: int) -> str | None:
@@ -182,7 +184,7 @@ class LocalBackend(Backend):
     def render(self, plan: Plan) -> str:
         out = []
         for stage in plan.stages:
-            shards = f"{stage.array} shards, " if stage.array else ""
+            shards = f"{stage.array} shards, {parallelism(plan, stage)} at once, " if stage.array else ""
             out += [f"### stage {stage.name} (task {stage.task} -> {stage.target})",
                     f"# local: {shards}{stage.processes_per_node} process(es); "
                     f"after: {', '.join(stage.after) or '-'}; restarts <= {stage.max_restarts}",
