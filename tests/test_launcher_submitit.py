@@ -1,8 +1,11 @@
 """The seams between submitit and our Slurm supervisor, without a cluster: who handles the
 signals in the batch step, and how job states are read when accounting is off."""
 import json
+import logging
 import subprocess
 import sys
+
+import pytest
 
 from launcher.backends.slurm import QueueWatcher
 
@@ -59,3 +62,15 @@ def test_job_states_without_accounting_come_from_one_squeue_call_per_update():
                              "42_[1-2%2]|PENDING|\n")
     assert {job: info[job]["State"] for job in ("41", "42_0", "42_1", "42_2")} == {
         "41": "RUNNING", "42_0": "RUNNING", "42_1": "PENDING", "42_2": "PENDING"}
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_cluster")
+def test_jobs_gone_from_the_queue_read_as_unknown_without_a_warning(caplog):
+    watcher = QueueWatcher()
+    watcher._use_sacct = False
+    watcher.register_job("987654321")                # squeue: "Invalid job id specified", exit 1
+    with caplog.at_level(logging.WARNING, logger="submitit"):
+        watcher.update()
+    assert watcher.num_calls == 1 and watcher.get_state("987654321", mode="cache") == "UNKNOWN"
+    assert not caplog.records

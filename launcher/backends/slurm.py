@@ -59,6 +59,19 @@ class QueueWatcher(submitit_slurm.SlurmInfoWatcher):
         ids = sorted({x.split("_")[0] for x in self._registered - self._finished})
         return ["squeue", "--array", "-o", "%i|%T|%N", "-j", ",".join(ids)] if ids else None
 
+    def update(self) -> None:
+        """submitit's update, except that squeue's "Invalid job id" (every job asked for has
+        left the queue) answers "none queued" instead of being warned about as an error."""
+        command = self._make_command()
+        if command is None or command[0] != "squeue":
+            return super().update()
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0 and "Invalid job id" not in result.stderr:
+            return super().update()     # a real failure: submitit warns, states stay unknown
+        self._num_calls += 1
+        self._info_dict.update(self.read_info(result.stdout))
+        self._last_status_check = time.time()
+
     def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
         text = string.decode() if isinstance(string, bytes) else string
         if text.startswith("JOBID|"):           # squeue's header: name the columns as sacct does
