@@ -108,9 +108,8 @@ class StageExecutor(submitit_slurm.SlurmExecutor):
         params = dict(self.parameters)
         if self.stage.array > 1:                # submitit submits one job for an array of one
             params["map_count"] = self.stage.array
-        return self._make_sbatch(params)
-
-    def _make_sbatch(self, params: dict) -> str:
+        # What submitit's _submit_command writes: _make_submission_file_text(command) calls this
+        # with the executor's (for an array, a copy's) parameters and _submitit_command_str.
         return submitit_slurm._make_sbatch_string(command=self._submitit_command_str, folder=self.folder,
                                                   **params)
 
