@@ -29,6 +29,7 @@ import yaml
 
 from . import plan as planner, policy, runlock, status
 from .backends import local as local_backend
+from .layout import RunLayout
 from .runs import RunDir, find_run
 from .spec import JobSpec, SpecInvalid, load_spec
 
@@ -117,7 +118,7 @@ def open_run(run: str | Path, run_root: str | Path | None = None) -> "Run":
 def runs(run_root: str | Path | None = None) -> list["Run"]:
     """`launcher list`: the runs under `run_root`, newest first."""
     root = _root(run_root)
-    paths = [p for p in root.glob("*") if (p / "plan.json").is_file()] if root.is_dir() else []
+    paths = [p for p in root.glob("*") if RunLayout(p).plan.is_file()] if root.is_dir() else []
     return [Run(RunDir(p)) for p in sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True)]
 
 

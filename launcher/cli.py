@@ -1,7 +1,8 @@
 """`python -m launcher`: submit, validate, render, status, logs, cancel, resume, report, list.
 
-Imports neither torch nor DeepSpeed nor the workload, so every command answers at once on a
-login node.
+Imports neither torch nor DeepSpeed, so every command answers at once on a login node; spec
+validation loads the workload's task checks by entry point (no torch either). Each command talks
+to the run's backend only through launcher.backends.
 """
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from . import exitcodes, plan as planner, runlock
-from .backends import local as local_backend
+from . import backends, exitcodes, plan as planner, runlock
 from .runs import RunDir, find_run
-from .spec import SpecInvalid, load_spec
+from .spec import JobSpec, SpecInvalid, load_spec
 
 DEFAULT_ROOT = os.environ.get("NFS_RUN_ROOT", "runs")
 
@@ -83,66 +83,48 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.FAILED
 
 
-def _load(args) -> tuple:
-    spec = load_spec(args.spec, args.overrides, backend=args.backend)
-    return spec, sys.executable
+def _load(args) -> JobSpec:
+    return load_spec(args.spec, args.overrides, backend=args.backend)
 
 
 def cmd_validate(args) -> int:
-    spec, _ = _load(args)
+    spec = _load(args)
     print(f"{args.spec}: ok ({len(spec.stages)} stage(s): {', '.join(spec.stage_order())}; "
           f"backend {spec.backend})")
     return exitcodes.OK
 
 
 def cmd_render(args) -> int:
-    spec, python = _load(args)
+    """Print what submit would run. A spec that only the task checks refuse (weights missing on
+    this machine, say) is still rendered, its problems listed above the script."""
+    try:
+        spec, problems = _load(args), []
+    except SpecInvalid as invalid:
+        spec = load_spec(args.spec, args.overrides, backend=args.backend, check_tasks=False)
+        problems = invalid.problems
     run_dir = str(Path(spec.run_root).expanduser().resolve() / f"{spec.name}-RUN_ID")
-    print(render(planner.build(spec, run_dir, python), spec.local.max_parallel))
+    plan = planner.build(spec, run_dir, sys.executable)
+    if problems:
+        print(f"# submit refuses this spec as it stands here ({len(problems)} problem(s)):")
+        print("\n".join(f"#   {problem}" for problem in problems) + "\n")
+    print(backends.for_plan(plan).render(plan))
     return exitcodes.OK
 
 
-def render(plan: dict, max_parallel: int = 0) -> str:
-    out = []
-    for stage in plan["stages"]:
-        out.append(f"### stage {stage['name']} (task {stage['task']} -> {stage['target']})")
-        if plan["backend"] == "slurm":
-            out.append(f"# sbatch {stage['name']}.sbatch" + (
-                f" --dependency=afterok:<job ids of {','.join(stage['after'])}>" if stage["after"] else ""))
-            out.append(planner.sbatch_script(plan, stage))
-        else:
-            shards = f"{stage['array']} shards, " if stage["array"] else ""
-            out.append(f"# local: {shards}{stage['processes_per_node']} process(es); "
-                       f"after: {', '.join(stage['after']) or '-'}; restarts <= {stage['max_restarts']}")
-            out.append(" ".join(planner.shlex.quote(w) for w in stage["command"]))
-        out.append("")
-    return "\n".join(out)
-
-
 def cmd_submit(args) -> int:
-    spec, python = _load(args)
+    spec = _load(args)
     if args.dry_run:
         return cmd_render(args)
     run = RunDir.create(Path(spec.run_root), spec.name)
     run.write_spec(yaml.safe_dump(spec.raw, sort_keys=False))
-    plan = planner.build(spec, str(run.path), python)
-    plan["local_max_parallel"] = spec.local.max_parallel
-    run.write_plan(plan)
+    plan = planner.build(spec, str(run.path), sys.executable)
+    run.write_plan(plan.to_json())
     print(f"run {run.run_id}\ndirectory {run.path}")
-    return _start(run, plan, python, detach=args.detach)
+    return _start(run, plan, detach=args.detach)
 
 
-def _start(run: RunDir, plan: dict, python: str, detach: bool) -> int:
-    if plan["backend"] == "slurm":
-        from .backends import slurm
-        for stage, job_id in slurm.submit(run, plan).items():
-            print(f"stage {stage}: slurm job {job_id}")
-        return exitcodes.OK
-    if detach:
-        pid = local_backend.start_detached(run, python)
-        print(f"local supervisor pid {pid} (log: {run.layout.supervisor_log})")
-        return exitcodes.OK
-    return local_backend.LocalSupervisor(run, echo=lambda m: print(m, flush=True)).run_all()
+def _start(run: RunDir, plan: planner.Plan, detach: bool) -> int:
+    return backends.for_plan(plan).submit(run, plan, detach=detach, echo=lambda m: print(m, flush=True))
 
 
 def _find(args) -> RunDir:
@@ -165,9 +147,16 @@ def cmd_list(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from .status import log_files
     run = _find(args)
-    files = log_files(run, args.stage, args.rank)
+    plan = planner.load(run.path)
+    names = [s.name for s in plan.stages]
+    if args.stage is not None and args.stage not in names:
+        print(f"error: run {run.run_id} has no stage {args.stage!r} (stages: {', '.join(names)})",
+              file=sys.stderr)
+        return exitcodes.BAD_SPEC
+    backend = backends.for_plan(plan)
+    files = [f for name in ([args.stage] if args.stage else names)
+             for f in backend.log_files(run, name, args.rank)]
     if not files:
         print("no logs yet", file=sys.stderr)
         return exitcodes.FAILED
@@ -196,51 +185,33 @@ def _follow(path: Path) -> None:
 
 def cmd_cancel(args) -> int:
     run = _find(args)
+    plan = planner.load(run.path)
+    backend = backends.for_plan(plan)
+    if backend.live(run, plan) is None:
+        states = ", ".join(f"{name} {st.state}" for name, st in backend.describe(run, plan).items())
+        print(f"run {run.run_id} is not running ({states or 'nothing started'}): nothing to cancel")
+        return exitcodes.OK
     run.request_cancel()
-    plan = run.read_plan()
-    if plan["backend"] == "slurm":
-        from .backends import slurm
-        cancelled = slurm.cancel(run, plan)
-        print(f"cancelled slurm jobs: {', '.join(cancelled) or 'none active'}")
-    else:
-        lock = local_backend.supervisor_lock(run)
-        if lock.is_held():
-            print(f"cancel requested: the local supervisor ({runlock.describe(lock.holder())}) "
-                  f"stops its attempts within a second; ranks checkpoint, nothing restarts")
-        else:
-            print("no local supervisor is running")
+    print(backend.cancel(run, plan))
     return exitcodes.OK
 
 
 def cmd_resume(args) -> int:
     run = _find(args)
-    plan = run.read_plan()
-    unknown = sorted(set(args.fresh_start) - {s["name"] for s in plan["stages"]})
+    plan = planner.load(run.path)
+    unknown = sorted(set(args.fresh_start) - {s.name for s in plan.stages})
     if unknown:
         print(f"error: --fresh-start: no stage {', '.join(unknown)} in run {run.run_id}", file=sys.stderr)
         return exitcodes.BAD_SPEC
-    refusal = _live_attempts(run, plan)
-    if refusal:
-        print(f"error: not resumed: {refusal}", file=sys.stderr)
+    live = backends.for_plan(plan).live(run, plan)
+    if live:
+        print(f"error: not resumed: {live}", file=sys.stderr)
         return exitcodes.FAILED
     run.clear_cancel()
     for stage in args.fresh_start:
         run.allow_fresh_start(stage)
     print(f"resuming run {run.run_id}")
-    return _start(run, plan, plan["python"], detach=args.detach)
-
-
-def _live_attempts(run: RunDir, plan: dict) -> str | None:
-    """Why `run` cannot be resumed now (something of it is still live), or None."""
-    if plan["backend"] == "slurm":
-        from .backends import slurm
-        active = slurm.active_jobs(run, plan)
-        return (f"Slurm still holds job(s) {', '.join(active)} of run {run.run_id}; "
-                f"wait for them or `cancel` first") if active else None
-    lock = local_backend.supervisor_lock(run)
-    if lock.is_held():
-        return f"run {run.run_id} is held by the local supervisor, {runlock.describe(lock.holder())}"
-    return None
+    return _start(run, plan, detach=args.detach)
 
 
 def cmd_report(args) -> int:

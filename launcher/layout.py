@@ -26,6 +26,7 @@ class StageLayout:
     tensorboard = _under("tensorboard")
     metrics = _under("metrics.jsonl")
     samples = _under("samples")
+    submitit_folder = _under("submitit")          # submitit's pickles and job records (Slurm)
     final_record = _under("final.json")            # a training stage's last step and state digests
     outputs = _under("outputs.json")               # what `generate` wrote
 

@@ -1,17 +1,18 @@
 """Spec → plan: per stage, the resources, environment and exact command lines to run.
 
 Pure and deterministic: the same spec, run directory and interpreter give the same plan, and
-`render` prints from it exactly what `submit` runs.
+`render` prints from it exactly what `submit` runs. The plan is typed (`Plan`, `StagePlan`)
+until it is written to plan.json, and typed again when a supervisor reads it back.
 """
 from __future__ import annotations
 
-import shlex
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from . import signals, tasks
 from .layout import RunLayout
-from .spec import JobSpec, StageSpec, format_minutes, processes_per_node
+from .spec import JobSpec, StageSpec, processes_per_node
 
 # Filled in by the Slurm supervisor on the first node: its NodeAddr and a free port.
 RDZV_PLACEHOLDER = "{rdzv_endpoint}"
@@ -39,19 +40,57 @@ class StagePlan:
     partition: str | None
     env: dict[str, str]
     command: list[str]               # what runs on each node (local: the whole attempt)
-    sbatch: list[str] = field(default_factory=list)   # #SBATCH options (slurm backend)
+    slurm: dict = field(default_factory=dict)   # sbatch parameters, as submitit takes them
 
     @property
     def world_size(self) -> int:
         return self.nodes * self.processes_per_node
 
+    @property
+    def shards(self) -> list[int]:
+        """The shard indices of the stage: 0..array-1, or just 0 for a stage that is no array."""
+        return list(range(self.array)) if self.array else [0]
 
-def build(spec: JobSpec, run_dir: str, python: str) -> dict:
-    """The plan as a JSON-able dict: {run_id, run_dir, backend, python, stages: [...]}."""
-    stages = [asdict(stage_plan(spec, spec.stages[name], run_dir, python))
-              for name in spec.stage_order()]
-    return {"version": 1, "name": spec.name, "run_dir": run_dir, "backend": spec.backend,
-            "python": python, "warning_signal": spec.slurm.signal, "stages": stages}
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    run_dir: str
+    backend: str                     # "local" or "slurm": picks the module in launcher.backends
+    python: str
+    warning_signal: str
+    stages: list[StagePlan]
+    local_max_parallel: int = 0      # parallel array shards of the local backend; 0 = CPUs
+    version: int = 1
+
+    def stage(self, name: str) -> StagePlan:
+        """The stage called `name` (KeyError naming the stages when there is none)."""
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(f"no stage {name!r} (stages: {', '.join(s.name for s in self.stages)})")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Plan":
+        known = {f.name for f in fields(StagePlan)}
+        stages = [StagePlan(**{k: v for k, v in s.items() if k in known}) for s in data["stages"]]
+        top = {f.name for f in fields(cls)} - {"stages"}
+        return cls(stages=stages, **{k: v for k, v in data.items() if k in top})
+
+
+def load(run_dir: str | Path) -> Plan:
+    """The typed plan of a run directory (its plan.json)."""
+    return Plan.from_json(json.loads(RunLayout(Path(run_dir)).plan.read_text()))
+
+
+def build(spec: JobSpec, run_dir: str, python: str) -> Plan:
+    stages = [stage_plan(spec, spec.stages[name], run_dir, python) for name in spec.stage_order()]
+    return Plan(name=spec.name, run_dir=run_dir, backend=spec.backend, python=python,
+                warning_signal=spec.slurm.signal, stages=stages,
+                local_max_parallel=spec.local.max_parallel)
 
 
 def stage_plan(spec: JobSpec, stage: StageSpec, run_dir: str, python: str) -> StagePlan:
@@ -80,8 +119,8 @@ def stage_plan(spec: JobSpec, stage: StageSpec, run_dir: str, python: str) -> St
         partition=stage.partition or spec.slurm.partition, env=env, command=[])
     command = (local_command(plan, run_dir, python) if local
                else slurm_step_command(plan, run_dir, python))
-    sbatch = [] if local else sbatch_options(spec, plan, run_dir)
-    return StagePlan(**{**asdict(plan), "command": command, "sbatch": sbatch})
+    slurm = {} if local else sbatch_parameters(spec, plan, run_dir)
+    return StagePlan(**{**asdict(plan), "command": command, "slurm": slurm})
 
 
 def _target(task: str) -> str:
@@ -125,57 +164,36 @@ def slurm_step_command(plan: StagePlan, run_dir: str, python: str) -> list[str]:
     return srun + torchrun
 
 
-def sbatch_options(spec: JobSpec, plan: StagePlan, run_dir: str) -> list[str]:
-    """The #SBATCH options of a stage; every value was validated to a plain Slurm word."""
+def sbatch_parameters(spec: JobSpec, plan: StagePlan, run_dir: str) -> dict:
+    """The sbatch parameters of a stage, named as submitit's SlurmExecutor.update_parameters
+    takes them; every value was validated to a plain Slurm word. `additional_parameters` holds
+    what submitit has no name for, and overrides its defaults (its log paths, its USR2 signal)."""
     s = spec.slurm
     logs = RunLayout(Path(run_dir)).stage(plan.name).logs
-    opts = [f"--job-name={spec.name}.{plan.name}",
-            # sbatch reads #SBATCH values itself: a double-quoted path may hold spaces.
-            f'--output="{logs}/slurm-%A_%a.out"' if plan.array else f'--output="{logs}/slurm-%j.out"',
-            "--open-mode=append",
-            f"--nodes={plan.nodes}",
-            f"--ntasks-per-node=1",
-            f"--cpus-per-task={plan.cpus_per_task * plan.processes_per_node}",
-            f"--time={format_minutes(plan.time_minutes)}",
-            f"--signal={s.signal}@{s.signal_seconds}",
-            "--requeue"]
+    extra: dict = {
+        "output": f"{logs}/slurm-%A_%a.out" if plan.array > 1 else f"{logs}/slurm-%j.out",
+        "signal": f"{s.signal}@{s.signal_seconds}",
+        "requeue": True}
+    for option in s.extra_sbatch:
+        key, _, value = option[2:].partition("=")
+        extra[key] = value or True
+    params = {"job_name": f"{spec.name}.{plan.name}", "nodes": plan.nodes, "ntasks_per_node": 1,
+              "cpus_per_task": plan.cpus_per_task * plan.processes_per_node,
+              "time": plan.time_minutes, "stderr_to_stdout": True, "use_srun": False,
+              # The batch shell waits for submitit's python (our supervisor) and must outlive
+              # the stop signals Slurm sends the batch step: its end would end the job.
+              "setup": [f"trap '' {' '.join(plan.stop_signals)}"],
+              "additional_parameters": extra}
     if plan.gpus_per_node:
-        opts.append(f"--gpus-per-node={plan.gpus_per_node}")
+        params["gpus_per_node"] = plan.gpus_per_node
     if plan.mem_gb:
-        opts.append(f"--mem={int(plan.mem_gb * 1024)}M")
-    if plan.partition:
-        opts.append(f"--partition={plan.partition}")
-    for flag, value in (("account", s.account), ("qos", s.qos), ("constraint", s.constraint)):
+        params["mem"] = f"{int(plan.mem_gb * 1024)}MB"
+    if plan.array_parallelism:
+        params["array_parallelism"] = plan.array_parallelism
+    for key, value in (("partition", plan.partition), ("account", s.account), ("qos", s.qos),
+                       ("constraint", s.constraint)):
         if value:
-            opts.append(f"--{flag}={value}")
+            params[key] = value
     if s.exclusive:
-        opts.append("--exclusive")
-    if plan.array:
-        cap = f"%{plan.array_parallelism}" if plan.array_parallelism else ""
-        opts.append(f"--array=0-{plan.array - 1}{cap}")
-    opts.extend(s.extra_sbatch)
-    return opts
-
-
-def sbatch_script(plan: dict, stage: dict) -> str:
-    """The batch script of one stage: #SBATCH lines, quoted exports, then the supervisor."""
-    q = shlex.quote
-    lines = ["#!/bin/bash"] + [f"#SBATCH {opt}" for opt in stage["sbatch"]]
-    lines += ["", "# Written by `python -m launcher submit`; every value below is shell-quoted.",
-              "set -euo pipefail"]
-    lines += [f"export {key}={q(value)}" for key, value in sorted(stage["env"].items())]
-    step = " ".join(_quote_step_word(word) for word in stage["command"])
-    lines += ["",
-              "# The supervisor records the attempt in the ledger, fills in {rdzv_endpoint} (NodeAddr",
-              "# of the first node and a free port), runs the step, and requeues once when the step",
-              "# stopped for a checkpointed preemption or time limit.",
-              f"exec {q(plan['python'])} -m launcher.supervise {q(plan['run_dir'])} {q(stage['name'])} -- \\",
-              f"    {step}", ""]
-    return "\n".join(lines)
-
-
-def _quote_step_word(word: str) -> str:
-    """Quote a step word, leaving the one Slurm variable we use for the shell to expand."""
-    if word == "--rdzv_id=$SLURM_JOB_ID":
-        return '--rdzv_id="$SLURM_JOB_ID"'
-    return shlex.quote(word)
+        params["exclusive"] = True
+    return params

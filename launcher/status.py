@@ -1,16 +1,13 @@
-"""Tables for `status` and `list`, and log lookup for `logs`; reads the run directory only
-(plus squeue/scontrol for Slurm runs)."""
+"""Tables for `status` and `list`: the run directory's ledger, checkpoints and metrics, with
+each stage's job and state as the run's backend describes them (launcher.backends)."""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from . import checkpoint_health
-from .backends import local as local_backend
+from . import backends, checkpoint_health, plan as planner
+from .layout import RunLayout
 from .runs import RunDir
-
-
-LOST_REASON = "its supervisor is gone without recording the end; `resume` continues from the checkpoint"
 
 
 def _fmt_table(header: list[str], rows: list[list[str]]) -> str:
@@ -38,27 +35,15 @@ def _progress(metrics: dict | None) -> str:
 
 
 def stage_rows(run: RunDir) -> list[list[str]]:
-    plan = run.read_plan()
-    slurm_states = {}
-    if plan["backend"] == "slurm":
-        from .backends import slurm
-        slurm_states = slurm.job_states(run, plan)
-    alive = plan["backend"] == "local" and local_backend.supervisor_lock(run).is_held()
+    plan = planner.load(run.path)
+    described = backends.for_plan(plan).describe(run, plan)
     rows = []
-    for stage in plan["stages"]:
-        name = stage["name"]
+    for stage in plan.stages:
+        name = stage.name
         attempts = run.attempts(name)
-        last = attempts[-1] if attempts else None
-        reason = (last or {}).get("reason") or ""
-        if plan["backend"] == "slurm":
-            job, state = slurm_states.get(name, ("-", "not submitted"))
-            if state == "running":          # the ledger says so, but Slurm no longer holds the job
-                state, reason = "lost", LOST_REASON
-        else:
-            job = last["job_id"] if last else "-"
-            state = local_backend.stage_state(run, stage) or ("pending" if alive else "not started")
-            if state == "running" and not alive:
-                state, reason = "lost", LOST_REASON
+        now = described.get(name, backends.StageState("-", "not submitted"))
+        job, state = now.job, now.state
+        reason = now.reason or (attempts[-1].get("reason") if attempts else None) or ""
         quarantined = checkpoint_health.quarantined(run.stage(name).checkpoints)
         if quarantined:
             reason = f"{len(quarantined)} checkpoint(s) quarantined, last: {quarantined[-1]['name']} " \
@@ -70,8 +55,7 @@ def stage_rows(run: RunDir) -> list[list[str]]:
 
 
 def run_table(run: RunDir) -> str:
-    plan = run.read_plan()
-    head = f"run {run.run_id}  backend {plan['backend']}  dir {run.path}"
+    head = f"run {run.run_id}  backend {planner.load(run.path).backend}  dir {run.path}"
     if run.cancel_requested:
         head += "  (cancel requested)"
     table = _fmt_table(["stage", "job", "state", "attempts", "ckpt step", "progress", "last reason"],
@@ -89,7 +73,7 @@ def report_line(run: RunDir) -> str:
 
 
 def runs_overview(root: Path) -> str:
-    runs = sorted((p for p in root.glob("*") if (p / "plan.json").is_file()),
+    runs = sorted((p for p in root.glob("*") if RunLayout(p).plan.is_file()),
                   key=lambda p: p.stat().st_mtime, reverse=True) if root.is_dir() else []
     if not runs:
         return f"no runs under {root}"
@@ -97,23 +81,7 @@ def runs_overview(root: Path) -> str:
     for path in runs:
         run = RunDir(path)
         states = [r[2] for r in stage_rows(run)]
-        rows.append([run.run_id, run.read_plan()["backend"],
+        rows.append([run.run_id, planner.load(path).backend,
                      time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime)),
                      ", ".join(states)])
     return _fmt_table(["run", "backend", "modified", "stage states"], rows)
-
-
-def log_files(run: RunDir, stage: str | None, rank: int | None) -> list[Path]:
-    """Log files of a run, oldest attempt first; narrowed to a stage and a rank if given."""
-    stages = [stage] if stage else [s["name"] for s in run.read_plan()["stages"]]
-    files: list[Path] = []
-    for name in stages:
-        logs = run.stage(name).logs
-        if not logs.is_dir():
-            continue
-        pattern = f"**/rank-{rank}.log" if rank is not None else "**/*.log"
-        found = list(logs.glob(pattern))
-        if rank is None:
-            found += list(logs.glob("**/*.out"))
-        files += sorted(set(found), key=lambda p: p.stat().st_mtime)
-    return files

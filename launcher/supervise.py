@@ -1,14 +1,15 @@
-"""`python -m launcher.supervise RUN STAGE -- STEP...`: the batch step of every Slurm job.
+"""The supervisor of every Slurm job: submitit's batch step calls `attempt(RUN, STAGE)`.
 
-It records the attempt in the ledger, fills in the rendezvous endpoint, runs the srun step,
-and then decides once (policy.py) whether to requeue. It is the only layer that requeues:
-never when Slurm is already requeueing a preempted job, never after `launcher cancel`, never
-when the cap or the loop guard says stop.
+It takes the stop signals from submitit's handlers, records the attempt in the ledger, fills in
+the rendezvous endpoint, runs the stage's step, and then decides once (attempts.finish_attempt)
+whether to requeue. It is the only layer that requeues: never when Slurm is already requeueing a
+preempted job, never after `launcher cancel`, never when the cap or the loop guard says stop.
 """
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -17,10 +18,13 @@ import time
 import zlib
 from pathlib import Path
 
-from . import exitcodes, plan as planner, policy, runlock, signals
+from . import attempts, exitcodes, plan as planner, policy, runlock, signals
 from .runs import RunDir
 
 PORT_RANGE = (20000, 60000)
+# The signals submitit's batch step (`submitit.core._submit`) handles: USR2 checkpoints and
+# requeues, TERM and CONT are logged. Back to their defaults before ours are installed.
+SUBMITIT_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGCONT)
 STAGE_LOCK_WAIT_SECONDS = 300
 
 
@@ -65,68 +69,66 @@ def this_job_id() -> str:
     return f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID", "?")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    run_dir, stage_name, sep, *step = args
-    assert sep == "--", "usage: python -m launcher.supervise RUN STAGE -- STEP..."
-    run = RunDir(Path(run_dir))
-    stage = next(s for s in run.read_plan()["stages"] if s["name"] == stage_name)
+def quote_step(step: list[str]) -> list[str]:
+    """The step's words shell-quoted, as `render` shows them."""
+    return [shlex.quote(word) for word in step]
+
+
+def attempt(run_dir: str, stage_name: str) -> int:
+    """Run one attempt of `stage_name` in this Slurm job (submitit's batch step calls it).
+
+    Raises SystemExit with a non-zero code when the job must not count as a success (so an
+    `afterok` dependent never starts after a failure); returns 0 when the stage finished.
+    """
+    plan = planner.load(run_dir)
+    stage = plan.stage(stage_name)
+    step_runner = StepRunner(stage.stop_signals)     # first: submitit's handlers go
+    code = _supervise(RunDir(Path(run_dir)), stage, step_runner)
+    if code != exitcodes.OK:
+        raise SystemExit(code)
+    return code
+
+
+def _supervise(run: RunDir, stage: planner.StagePlan, step_runner: "StepRunner") -> int:
     shard = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
     job_id = this_job_id()
-    step_runner = StepRunner(stage["stop_signals"])
-    lock = runlock.RunLock(run.stage(stage_name).shard_lock(shard),
-                           f"an attempt of stage {stage_name} shard {shard}")
+    os.environ.update(stage.env)
+    lock = runlock.RunLock(run.stage(stage.name).shard_lock(shard),
+                           f"an attempt of stage {stage.name} shard {shard}")
     try:        # a requeued job can start while the step of its previous run is still ending
         lock.acquire(wait_s=STAGE_LOCK_WAIT_SECONDS)
     except runlock.LockHeld as held:
         print(f"[launcher.supervise] not started: {held}", flush=True)
         return exitcodes.FAILED
-    for lost in run.settle_lost_attempts(stage_name, shard):
+    for lost in run.settle_lost_attempts(stage.name, shard):
         print(f"[launcher.supervise] attempt {lost['attempt']} (job {lost['job_id']}): {lost['reason']}",
               flush=True)
-    attempt = len(run.attempts(stage_name, shard))
-
+    number = len(run.attempts(stage.name, shard))
     endpoint = f"{head_node_address(os.environ.get('SLURM_JOB_NODELIST', ''))}:{free_port(job_id)}"
-    step = [w.replace(planner.RDZV_PLACEHOLDER, endpoint) for w in step]
-    os.environ.update({"NFS_ATTEMPT": str(attempt), "NFS_RANK_LOGS": "1", "PYTHONUNBUFFERED": "1",
+    step = [w.replace(planner.RDZV_PLACEHOLDER, endpoint)
+             .replace("$SLURM_JOB_ID", os.environ.get("SLURM_JOB_ID", "0")) for w in stage.command]
+    os.environ.update({"NFS_ATTEMPT": str(number), "NFS_RANK_LOGS": "1", "PYTHONUNBUFFERED": "1",
                        "NFS_SHARD_INDEX": str(shard)})
-    key = f"shard-{shard}-attempt-{attempt}"
-    record = {"kind": "attempt", "stage": stage_name, "shard": shard, "attempt": attempt,
-              "backend": "slurm", "job_id": job_id, "nodes": os.environ.get("SLURM_JOB_NODELIST"),
-              "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
-              "start": time.time(), "end": None, "state": "running",
-              "checkpoint_step": run.checkpoint_step(stage_name), "step_command": step}
-    run.record(stage_name, key, record)
-    print(f"[launcher.supervise] {stage_name} shard {shard} attempt {attempt} job {job_id}: "
+    record = attempts.AttemptRecord(
+        stage=stage.name, shard=shard, attempt=number, backend="slurm", job_id=job_id,
+        nodes=os.environ.get("SLURM_JOB_NODELIST"), start=time.time(),
+        checkpoint_step=run.checkpoint_step(stage.name),
+        extra={"restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")), "step_command": step})
+    record.write(run)
+    print(f"[launcher.supervise] {stage.name} shard {shard} attempt {number} job {job_id}: "
           f"{' '.join(step)}", flush=True)
 
     code = step_runner.run(step)
-    outcome = run.read_outcome(stage_name, shard, attempt) or {}
-    exit_code = outcome.get("exit", code)
-    if exit_code == exitcodes.OK and code != 0:
-        exit_code = code
-    previous = run.attempts(stage_name, shard)[-2:-1]
-    step_done = run.checkpoint_step(stage_name)
-    decision = policy.decide(
-        exit_code, error=outcome.get("error"), checkpoint_step=step_done, restarts_used=attempt,
-        max_restarts=stage["max_restarts"], previous=previous[0] if previous else None,
-        cancel_requested=run.cancel_requested, operator_stop=False)
-    fields = job_fields(job_id)
-    reason = decision.reason
-    action = decision.action
-    if action == policy.CONTINUE:
-        action, reason = _requeue(job_id, fields, reason, stopped=exit_code == exitcodes.STOPPED_FOR_REQUEUE)
-    record.update(end=time.time(), exit_code=exit_code, outcome=exitcodes.describe(exit_code),
-                  error=outcome.get("error"), signal=outcome.get("signal"),
-                  checkpoint_step=step_done, state=action, reason=reason,
-                  sigterm_seen=bool(step_runner.signalled))
-    problem = run.try_record(stage_name, key, record)
-    for line in ([problem] if problem else []) + run.quarantined_since(stage_name, record["start"]):
-        print(f"[launcher.supervise] {line}", flush=True)
-    error = f": {outcome['error']}" if outcome.get("error") else ""
-    print(f"[launcher.supervise] {exitcodes.describe(exit_code)}{error} -> {action}: {reason}", flush=True)
-    return exitcodes.OK if action == policy.COMPLETED else (
-        exitcodes.STOPPED_FOR_REQUEUE if action in ("requeued", "preempted") else exitcodes.FAILED)
+    record.extra["sigterm_seen"] = bool(step_runner.signalled)
+
+    def requeue(decision: policy.Decision, stopped: bool) -> tuple[str, str]:
+        return _requeue(job_id, job_fields(job_id), decision.reason, stopped=stopped)
+
+    decision = attempts.finish_attempt(
+        run, stage, record, code, end=time.time(), on_continue=requeue,
+        echo=lambda line: print(f"[launcher.supervise] {line}", flush=True))
+    return exitcodes.OK if decision.action == policy.COMPLETED else (
+        exitcodes.STOPPED_FOR_REQUEUE if decision.action in ("requeued", "preempted") else exitcodes.FAILED)
 
 
 class StepRunner:
@@ -142,6 +144,8 @@ class StepRunner:
         self.stop_signals = stop_signals
         self.signalled: list[tuple[float, int]] = []
         self.process: subprocess.Popen | None = None
+        for signum in SUBMITIT_SIGNALS:     # submitit's checkpoint-and-requeue handler goes
+            signal.signal(signum, signal.SIG_DFL)
         for name in stop_signals:
             signal.signal(signals.number(name), self._on_signal)
 
@@ -198,7 +202,3 @@ def _requeue(job_id: str, fields: dict[str, str], why: str, stopped: bool) -> tu
     if result.returncode != 0:
         return policy.GAVE_UP, f"could not requeue: {result.stderr.strip() or 'scontrol failed'}"
     return "requeued", (("time limit near; " if near_limit else "stop signal; ") if stopped else "") + why
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -64,6 +64,11 @@ def test_status_and_logs_show_a_finished_local_run(tmp_path):
     assert status.count("completed") == 2
     logs = launcher("logs", run.name, "--stage", "reduce", "--rank", "1", cwd=tmp_path, check=True).stdout
     assert "reduce rank 1" in logs and "exit 0 (completed)" in logs
+    nosuch = launcher("logs", run.name, "--stage", "nosuch", cwd=tmp_path)
+    assert nosuch.returncode == 2 and "has no stage 'nosuch'" in nosuch.stderr and "reduce" in nosuch.stderr
+    cancel = launcher("cancel", run.name, cwd=tmp_path, check=True).stdout
+    assert "is not running" in cancel and "nothing to cancel" in cancel
+    assert "cancel requested" not in launcher("status", run.name, cwd=tmp_path, check=True).stdout
 
 
 def test_cancel_then_resume_processes_every_item_exactly_once(tmp_path):

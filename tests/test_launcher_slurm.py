@@ -145,6 +145,10 @@ def test_a_time_limited_job_stops_on_the_warning_signal_requeues_itself_and_fini
     assert "time limit near" in history[0]["reason"]
     assert [a["restart_count"] for a in history] == list(range(len(history)))
     assert processed_items(run, "work") == list(range(90))
+    # The warning (USR2) reached our supervisor's handler, never submitit's checkpoint-and-requeue
+    # one (which logs "Caught signal"): one layer requeued, once per attempt (restart counts above).
+    logs = "".join(p.read_text() for p in (run / "stages/work/logs").glob("slurm-*.out"))
+    assert "submitit" in logs and "Caught signal" not in logs
 
 
 @pytest.mark.slow
@@ -252,6 +256,10 @@ def test_render_shows_exactly_the_script_that_submit_hands_to_sbatch(tmp_path):
     """)
     shown = launcher("render", str(spec), cwd=tmp_path, check=True).stdout
     run = submit(tmp_path, spec.read_text())
-    written = (run / "stages/reduce/job.sbatch").read_text()
-    assert written in shown.replace("t-render-RUN_ID", run.name)
+    job = json.loads(next((run / "ledger/reduce").glob("submission-*.json")).read_text())["job_id"]
+    submitted = subprocess.run(["scontrol", "write", "batch_script", job, "-"], capture_output=True,
+                               text=True, check=True).stdout        # what sbatch handed to Slurm
+    rendered = shown.replace("t-render-RUN_ID", run.name).split("# the batch script, as submitted:\n", 1)[1]
+    assert rendered == submitted + "\n"                          # + the newline print adds
+    assert (run / f"stages/reduce/submitit/{job}_submission.sh").read_text() == submitted
     wait_until(lambda: finished(run, "reduce"), 120, "the job")

@@ -26,8 +26,9 @@ def sbatch_options(script: str) -> dict[str, str]:
 
 
 def step_line(script: str) -> list[str]:
-    line = script.split("launcher.supervise", 1)[1].split("\n", 1)[1].strip()
-    return shlex.split(line)
+    """The step launcher.supervise runs, as render shows it above the batch script."""
+    line = script.split("launcher.supervise, which runs:", 1)[1].split("\n", 2)[1]
+    return shlex.split(line.lstrip("# "))
 
 
 @pytest.mark.parametrize("spec,nodes", [("stylenerf_8gpu.yaml", 1), ("stylenerf_4x8gpu.yaml", 4)])
@@ -69,3 +70,21 @@ def test_the_multinode_spec_checks_the_total_batch_against_the_world_size():
     assert result.returncode == 2
     assert "stages.train.config" in result.stderr and "32" in result.stderr
 
+
+
+def test_render_prints_the_script_of_a_spec_whose_weights_are_missing_under_its_problems(tmp_path):
+    spec, data = str(ROOT / "jobs" / "stylenerf_8gpu.yaml"), WITHOUT_FID[2:]    # FID kept
+    shown = launcher("render", spec, *data, cwd=tmp_path, check=True).stdout
+    problems, script = shown.split("#!/bin/bash", 1)
+    assert "submit refuses this spec" in problems and "FID needs pretrained_networks/pt_inception" in problems
+    assert sbatch_options(script)["gpus-per-node"] == "8"
+    refused = launcher("submit", spec, *data, cwd=tmp_path)
+    assert refused.returncode == 2 and "FID needs" in refused.stderr and not (tmp_path / "runs").exists()
+
+
+def test_local_render_shows_how_many_shards_run_at_once(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: par\nlocal: {max_parallel: 2}\nstages:\n"
+                    "  shards: {task: diagnose.items, array: 5, config: {items: 5}}\n")
+    shown = launcher("render", str(spec), cwd=tmp_path, check=True).stdout
+    assert "# local: 5 shards, 2 at once, 1 process(es)" in shown

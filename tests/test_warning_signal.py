@@ -33,8 +33,8 @@ def test_slurm_signal_decides_the_batch_script_the_stop_signals_and_what_torchru
 def test_the_plan_tells_every_rank_to_stop_on_the_warning_signal_sigterm_and_sigint(tmp_path):
     spec = write_spec(tmp_path, TWO_RANKS.replace("backend: slurm", "backend: local"))
     plan = planner.build(load_spec(str(spec), []), "/runs/x", sys.executable)
-    assert plan["warning_signal"] == "USR1"
-    assert plan["stages"][0]["stop_signals"] == ["USR1", "TERM", "INT"]
+    assert plan.warning_signal == "USR1"
+    assert plan.stages[0].stop_signals == ["USR1", "TERM", "INT"]
 
 
 def test_a_stage_level_stop_signals_list_is_refused_with_file_and_line(tmp_path):

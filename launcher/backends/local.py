@@ -9,6 +9,7 @@ the background.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -17,8 +18,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import exitcodes, policy, runlock, signals
+from .. import attempts, exitcodes, plan as planner, policy, runlock, signals
+from ..plan import Plan, StagePlan
 from ..runs import RunDir
+from . import LOST_REASON, Backend, StageState
 
 POLL_SECONDS = 0.2
 ORPHAN_GRACE_SECONDS = 300      # a trainer left by a dead supervisor gets this long to checkpoint
@@ -26,20 +29,18 @@ ORPHAN_GRACE_SECONDS = 300      # a trainer left by a dead supervisor gets this 
 
 @dataclass
 class Attempt:
-    shard: int
-    number: int
+    record: attempts.AttemptRecord
     process: subprocess.Popen
-    start: float
 
 
 class LocalSupervisor:
     def __init__(self, run: RunDir, echo=print):
         self.run = run
-        self.plan = run.read_plan()
+        self.plan = planner.load(run.path)
         self.echo = echo
         self.stop_signals = 0           # how many times the operator asked us to stop
         self.running: dict[int, Attempt] = {}
-        self.warning = signals.number(self.plan.get("warning_signal", signals.DEFAULT_WARNING))
+        self.warning = signals.number(self.plan.warning_signal)
 
     # -- signals ---------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
@@ -56,9 +57,9 @@ class LocalSupervisor:
             signal.signal(signum, self._on_signal)
         with supervisor_lock(self.run).acquire(wait_s=2):
             self._stop_orphans()
-            for stage in self.plan["stages"]:
-                for record in self.run.settle_lost_attempts(stage["name"]):
-                    self.echo(f"[{stage['name']}] attempt {record['attempt']}: {record['reason']}")
+            for stage in self.plan.stages:
+                for record in self.run.settle_lost_attempts(stage.name):
+                    self.echo(f"[{stage.name}] attempt {record['attempt']}: {record['reason']}")
             return self._run_stages()
 
     def _stop_orphans(self) -> None:
@@ -71,9 +72,9 @@ class LocalSupervisor:
 
     def _run_stages(self) -> int:
         results: dict[str, str] = {}
-        for stage in self.plan["stages"]:
-            name = stage["name"]
-            blocked = [d for d in stage["after"] if results.get(d) != policy.COMPLETED]
+        for stage in self.plan.stages:
+            name = stage.name
+            blocked = [d for d in stage.after if results.get(d) != policy.COMPLETED]
             if stage_state(self.run, stage) == policy.COMPLETED:
                 results[name] = policy.COMPLETED
             elif blocked:
@@ -86,14 +87,13 @@ class LocalSupervisor:
         ok = all(r == policy.COMPLETED for r in results.values())
         return exitcodes.OK if ok else exitcodes.FAILED
 
-    def run_stage(self, stage: dict) -> str:
-        name = stage["name"]
-        shards = list(range(stage["array"])) if stage["array"] else [0]
-        todo = [s for s in shards if shard_state(self.run, name, s) != policy.COMPLETED]
-        limit = self._parallelism(stage)
-        final: dict[int, str] = {s: policy.COMPLETED for s in shards if s not in todo}
-        self.echo(f"[{name}] starting: {len(todo)} of {len(shards)} shard(s), "
-                  f"{stage['processes_per_node']} process(es) each")
+    def run_stage(self, stage: StagePlan) -> str:
+        name = stage.name
+        todo = [s for s in stage.shards if shard_state(self.run, name, s) != policy.COMPLETED]
+        limit = parallelism(self.plan, stage)
+        final: dict[int, str] = {s: policy.COMPLETED for s in stage.shards if s not in todo}
+        self.echo(f"[{name}] starting: {len(todo)} of {len(stage.shards)} shard(s), "
+                  f"{stage.processes_per_node} process(es) each")
         while todo or self.running:
             if self.run.cancel_requested and not self.stop_signals:
                 self.echo(f"[{name}] cancel requested: stopping")
@@ -109,7 +109,9 @@ class LocalSupervisor:
                 if attempt.process.poll() is None:
                     continue
                 del self.running[shard]
-                decision = self._finish(stage, attempt)
+                decision = attempts.finish_attempt(
+                    self.run, stage, attempt.record, attempt.process.returncode, end=time.time(),
+                    operator_stop=bool(self.stop_signals), echo=lambda m: self.echo(f"[{name}] {m}"))
                 if decision.action == policy.CONTINUE and not self.stop_signals:
                     todo.append(shard)
                 else:
@@ -120,73 +122,44 @@ class LocalSupervisor:
         self.echo(f"[{name}] {result}")
         return result
 
-    def _parallelism(self, stage: dict) -> int:
-        if not stage["array"]:
-            return 1
-        cap = self.plan.get("local_max_parallel") or os.cpu_count() or 1
-        return max(1, min(cap, stage.get("array_parallelism") or cap))
-
-    def _start(self, stage: dict, shard: int) -> Attempt:
-        number = len(self.run.attempts(stage["name"], shard))
+    def _start(self, stage: StagePlan, shard: int) -> Attempt:
+        number = len(self.run.attempts(stage.name, shard))
         env = dict(os.environ)
-        env.update(stage["env"])
+        env.update(stage.env)
         env.update({"NFS_SHARD_INDEX": str(shard),
                     "NFS_ATTEMPT": str(number), "NFS_RANK_LOGS": "1", "PYTHONUNBUFFERED": "1"})
-        log = self.run.stage(stage["name"]).logs / f"launcher-shard-{shard}.log"
+        log = self.run.stage(stage.name).logs / f"launcher-shard-{shard}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
-            process = subprocess.Popen(stage["command"], env=env, stdout=out, stderr=subprocess.STDOUT,
+            process = subprocess.Popen(stage.command, env=env, stdout=out, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
-        start = time.time()
-        self.run.record(stage["name"], f"shard-{shard}-attempt-{number}", {
-            "kind": "attempt", "stage": stage["name"], "shard": shard, "attempt": number,
-            "backend": "local", "job_id": f"local:{process.pid}", "nodes": socket.gethostname(),
-            "start": start, "end": None, "state": "running",
-            "checkpoint_step": self.run.checkpoint_step(stage["name"])})
-        return Attempt(shard, number, process, start)
+        record = attempts.AttemptRecord(
+            stage=stage.name, shard=shard, attempt=number, backend="local",
+            job_id=f"local:{process.pid}", nodes=socket.gethostname(), start=time.time(),
+            checkpoint_step=self.run.checkpoint_step(stage.name))
+        record.write(self.run)
+        return Attempt(record, process)
 
-    def _finish(self, stage: dict, attempt: Attempt) -> policy.Decision:
-        name = stage["name"]
-        outcome = self.run.read_outcome(name, attempt.shard, attempt.number) or {}
-        code = outcome.get("exit", attempt.process.returncode)
-        if code == exitcodes.OK and attempt.process.returncode != 0:
-            code = attempt.process.returncode     # rank 0 finished but another rank did not
-        previous = self.run.attempts(name, attempt.shard)[-2:-1]
-        step = self.run.checkpoint_step(name)
-        decision = policy.decide(
-            code, error=outcome.get("error"), checkpoint_step=step,
-            restarts_used=attempt.number, max_restarts=stage["max_restarts"],
-            previous=previous[0] if previous else None,
-            cancel_requested=self.run.cancel_requested, operator_stop=bool(self.stop_signals))
-        problem = self.run.try_record(name, f"shard-{attempt.shard}-attempt-{attempt.number}", {
-            "kind": "attempt", "stage": name, "shard": attempt.shard, "attempt": attempt.number,
-            "backend": "local", "job_id": f"local:{attempt.process.pid}",
-            "nodes": socket.gethostname(), "start": attempt.start, "end": time.time(),
-            "exit_code": code, "outcome": exitcodes.describe(code), "error": outcome.get("error"),
-            "signal": outcome.get("signal"), "checkpoint_step": step,
-            "state": decision.action, "reason": decision.reason})
-        for line in ([problem] if problem else []) + self.run.quarantined_since(name, attempt.start):
-            self.echo(f"[{name}] {line}")
-        label = f"[{name}]" + (f" shard {attempt.shard}" if stage["array"] else "")
-        error = f": {outcome['error']}" if outcome.get("error") else ""
-        self.echo(f"{label} attempt {attempt.number}: {exitcodes.describe(code)}{error} -> "
-                  f"{decision.action} ({decision.reason})")
-        return decision
+
+def parallelism(plan: Plan, stage: StagePlan) -> int:
+    """How many shards of `stage` run at once here: the spec's caps, else the CPUs."""
+    if not stage.array:
+        return 1
+    cap = plan.local_max_parallel or os.cpu_count() or 1
+    return max(1, min(cap, stage.array_parallelism or cap))
 
 
 def shard_state(run: RunDir, stage: str, shard: int) -> str | None:
-    attempts = run.attempts(stage, shard)
-    return attempts[-1].get("state") if attempts else None
+    attempts_ = run.attempts(stage, shard)
+    return attempts_[-1].get("state") if attempts_ else None
 
 
-def stage_state(run: RunDir, stage: dict) -> str | None:
+def stage_state(run: RunDir, stage: StagePlan) -> str | None:
     """completed when every shard completed; otherwise the state of the latest attempt."""
-    shards = range(stage["array"]) if stage["array"] else [0]
-    states = [shard_state(run, stage["name"], s) for s in shards]
-    if all(s == policy.COMPLETED for s in states):
+    if all(shard_state(run, stage.name, s) == policy.COMPLETED for s in stage.shards):
         return policy.COMPLETED
-    attempts = run.attempts(stage["name"])
-    return attempts[-1].get("state") if attempts else None
+    attempts_ = run.attempts(stage.name)
+    return attempts_[-1].get("state") if attempts_ else None
 
 
 def supervisor_lock(run: RunDir) -> runlock.RunLock:
@@ -201,6 +174,54 @@ def start_detached(run: RunDir, python: str) -> int:
                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
     return process.pid
+
+
+class LocalBackend(Backend):
+    """Runs the plan here, under LocalSupervisor (in the foreground, or detached)."""
+    name = "local"
+
+    def render(self, plan: Plan) -> str:
+        out = []
+        for stage in plan.stages:
+            shards = f"{stage.array} shards, {parallelism(plan, stage)} at once, " if stage.array else ""
+            out += [f"### stage {stage.name} (task {stage.task} -> {stage.target})",
+                    f"# local: {shards}{stage.processes_per_node} process(es); "
+                    f"after: {', '.join(stage.after) or '-'}; restarts <= {stage.max_restarts}",
+                    " ".join(shlex.quote(w) for w in stage.command), ""]
+        return "\n".join(out)
+
+    def submit(self, run: RunDir, plan: Plan, *, detach: bool, echo) -> int:
+        if detach:
+            pid = start_detached(run, plan.python)
+            echo(f"local supervisor pid {pid} (log: {run.path / 'supervisor.log'})")
+            return exitcodes.OK
+        return LocalSupervisor(run, echo=echo).run_all()
+
+    def describe(self, run: RunDir, plan: Plan) -> dict[str, StageState]:
+        alive = supervisor_lock(run).is_held()
+        states = {}
+        for stage in plan.stages:
+            history = run.attempts(stage.name)
+            state = stage_state(run, stage) or ("pending" if alive else "not started")
+            lost = state == "running" and not alive
+            states[stage.name] = StageState(history[-1]["job_id"] if history else "-",
+                                            "lost" if lost else state, LOST_REASON if lost else None)
+        return states
+
+    def live(self, run: RunDir, plan: Plan) -> str | None:
+        lock = supervisor_lock(run)
+        if lock.is_held():
+            return f"run {run.run_id} is held by the local supervisor, {runlock.describe(lock.holder())}"
+        return None
+
+    def cancel(self, run: RunDir, plan: Plan) -> str:
+        return (f"cancel requested: the local supervisor ({runlock.describe(supervisor_lock(run).holder())}) "
+                f"stops its attempts within a second; ranks checkpoint, nothing restarts")
+
+    supervisor_logs = ()            # launcher-shard-<i>.log is found with the rank logs (*.log)
+
+
+BACKEND = LocalBackend()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,18 +1,32 @@
-"""Slurm backend: one generated sbatch script per stage, chained with afterok dependencies.
+"""Slurm backend on submitit: one submitit SlurmExecutor per stage, chained with afterok.
 
-Why not submitit's executor: it pickles a callable and owns requeueing from rank 0 on its
-own signal handler; we need `render` to show the exact script, srun + torchrun across nodes,
-and exactly one layer that decides about requeueing (launcher.supervise). So scripts go to
-`sbatch` directly and states come from squeue/scontrol.
+What goes through submitit: the batch script (`_make_sbatch_string`, from the executor's
+parameters), submission (`submit`, and `submit_array` for arrays with their `%` cap), the
+dependencies (its `dependency` parameter) and job states (a submitit InfoWatcher that batches
+one query for all jobs: `sacct` when accounting is on, `squeue` when it is off). The batch step
+runs submitit's `submitit.core._submit`, which calls `launcher.supervise.attempt`; that
+supervisor replaces submitit's signal handlers with its own before the step starts, so it stays
+the only layer that requeues. What does not: `cancel` (submitit's `job.cancel()` is a plain
+`scancel`, a job termination that srun turns into SIGKILL; ours signals the step so the ranks
+checkpoint) and the requeue itself (`scontrol requeue` by the supervisor, which alone knows
+whether Slurm is already requeueing a preempted job).
 """
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
-from .. import atomic, plan as planner, signals
+from submitit.core import utils as submitit_utils
+from submitit.slurm import slurm as submitit_slurm
+
+from .. import exitcodes, supervise
+from ..layout import RunLayout
+from ..plan import Plan, StagePlan
 from ..runs import RunDir
+from . import LOST_REASON, Backend, StageState
 
 ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_FED",
           "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "PREEMPTED"}
@@ -22,99 +36,197 @@ class SlurmUnavailable(RuntimeError):
     pass
 
 
-def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
-    if shutil.which(argv[0]) is None:
-        raise SlurmUnavailable(f"{argv[0]} not found: is this a Slurm login node?")
-    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=60)
-
-
-def submit(run: RunDir, plan: dict) -> dict[str, str]:
-    """sbatch every stage in dependency order; return {stage: job id}."""
-    job_ids: dict[str, str] = {}
-    for stage in plan["stages"]:
-        script = run.stage_dir(stage["name"]) / "job.sbatch"
-        atomic.write_text(script, planner.sbatch_script(plan, stage), mode=0o755)
-        run.stage(stage["name"]).logs.mkdir(parents=True, exist_ok=True)
-        argv = ["sbatch", "--parsable"]
-        if stage["after"]:
-            argv += [f"--dependency=afterok:{':'.join(job_ids[d] for d in stage['after'])}",
-                     "--kill-on-invalid-dep=yes"]
-        result = _run(argv + [str(script)], check=False)
-        if result.returncode != 0:
-            if job_ids:                 # all or nothing: withdraw the stages already queued
-                _run(["scancel", *job_ids.values()], check=False)
-            raise SlurmUnavailable(f"sbatch refused stage {stage['name']}: {result.stderr.strip()}"
-                                   + (f" (withdrew jobs {', '.join(job_ids.values())})" if job_ids else ""))
-        job_id = result.stdout.strip().split(";")[0]
-        job_ids[stage["name"]] = job_id
-        run.record(stage["name"], f"submission-{job_id}", {
-            "kind": "submission", "stage": stage["name"], "job_id": job_id, "start": time.time(),
-            "argv": argv + [str(script)]})
-    return job_ids
-
-
-def latest_job_ids(run: RunDir, plan: dict) -> dict[str, str]:
-    ids = {}
-    for stage in plan["stages"]:
-        subs = run.submissions(stage["name"])
-        if subs:
-            ids[stage["name"]] = subs[-1]["job_id"]
-    return ids
-
-
-def squeue_states(job_ids: list[str]) -> dict[str, list[str]]:
-    """{job id: [states of it and its array tasks]} for jobs squeue still knows."""
-    if not job_ids:
-        return {}
-    out = _run(["squeue", "-h", "-j", ",".join(job_ids), "-o", "%F|%T"], check=False).stdout
-    states: dict[str, list[str]] = {}
-    for line in out.splitlines():
-        if "|" in line:
-            job, state = line.strip().split("|", 1)
-            states.setdefault(job, []).append(state)
-    return states
-
-
-def job_states(run: RunDir, plan: dict) -> dict[str, tuple[str, str]]:
-    """{stage: (job id, state)}; live states from squeue, finished ones from the ledger."""
-    ids = latest_job_ids(run, plan)
+def accounting_enabled() -> bool:
+    """Whether `sacct` answers here (slurmdbd runs); without it, states come from squeue."""
     try:
-        live = squeue_states(list(ids.values()))
-    except SlurmUnavailable:
-        live = {}
-    result = {}
-    for stage in plan["stages"]:
-        name = stage["name"]
-        if name not in ids:
-            continue
-        states = live.get(ids[name])
-        if states:
-            summary = ", ".join(f"{states.count(s)} {s}" if len(states) > 1 else s
-                                for s in sorted(set(states)))
-        else:
+        return subprocess.run(["sacct", "-X", "-n", "-j", "1"], capture_output=True,
+                              timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+class QueueWatcher(submitit_slurm.SlurmInfoWatcher):
+    """submitit's state watcher (one batched query for every registered job), asking `squeue`
+    instead of `sacct` on clusters without accounting, where sacct only errors."""
+
+    def __init__(self, delay_s: int = 60) -> None:
+        super().__init__(delay_s)
+        self._use_sacct: bool | None = None
+
+    def _make_command(self) -> list[str] | None:
+        if self._use_sacct is None:
+            self._use_sacct = accounting_enabled()
+        if self._use_sacct:
+            return super()._make_command()
+        ids = sorted({x.split("_")[0] for x in self._registered - self._finished})
+        return ["squeue", "--array", "-o", "%i|%T|%N", "-j", ",".join(ids)] if ids else None
+
+    def update(self) -> None:
+        """submitit's update, except that squeue's "Invalid job id" (every job asked for has
+        left the queue) answers "none queued" instead of being warned about as an error."""
+        command = self._make_command()
+        if command is None or command[0] != "squeue":
+            return super().update()
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0 and "Invalid job id" not in result.stderr:
+            return super().update()     # a real failure: submitit warns, states stay unknown
+        self._num_calls += 1
+        self._info_dict.update(self.read_info(result.stdout))
+        self._last_status_check = time.time()
+
+    def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
+        text = string.decode() if isinstance(string, bytes) else string
+        if text.startswith("JOBID|"):           # squeue's header: name the columns as sacct does
+            text = "JobID|State|NodeList" + text[len("JOBID|STATE|NODELIST"):]
+        return super().read_info(text)
+
+
+class StageJob(submitit_slurm.SlurmJob):
+    watcher = QueueWatcher()
+
+
+class StageExecutor(submitit_slurm.SlurmExecutor):
+    """submitit's executor for one stage: its parameters from the plan; logs and the submitted
+    pickles under `stages/<stage>/submitit/`, the job's output under `stages/<stage>/logs/`."""
+
+    job_class = StageJob
+
+    def __init__(self, run_dir: str, stage: StagePlan, after_ids: list[str] | None) -> None:
+        folder = RunLayout(Path(run_dir)).stage(stage.name).submitit_folder
+        super().__init__(folder=str(folder), max_num_timeout=0)
+        self.stage = stage
+        params = dict(stage.slurm)
+        extra = dict(params.pop("additional_parameters"))
+        if after_ids is not None:
+            params["dependency"] = f"afterok:{':'.join(after_ids)}"
+            extra["kill-on-invalid-dep"] = "yes"
+        self.update_parameters(**params, additional_parameters=extra)
+
+    @classmethod
+    def affinity(cls) -> int:
+        return 2        # renders anywhere (a laptop); submission looks for sbatch itself
+
+    def script(self) -> str:
+        """The batch script submitit hands to sbatch for this stage (an array's included)."""
+        params = dict(self.parameters)
+        if self.stage.array > 1:                # submitit submits one job for an array of one
+            params["map_count"] = self.stage.array
+        # What submitit's _submit_command writes: _make_submission_file_text(command) calls this
+        # with the executor's (for an array, a copy's) parameters and _submitit_command_str.
+        return submitit_slurm._make_sbatch_string(command=self._submitit_command_str, folder=self.folder,
+                                                  **params)
+
+    def submit_stage(self, run_dir: str) -> str:
+        """Submit the stage's supervisor (one per array task); the Slurm job id."""
+        attempt = functools.partial(supervise.attempt, run_dir, self.stage.name)
+        if self.stage.array > 1:
+            return self.submit_array([attempt] * self.stage.array)[0].job_id.split("_")[0]
+        return self.submit(attempt).job_id
+
+
+def _dependency_placeholder(stage: StagePlan) -> list[str] | None:
+    return [f"<{name}>" for name in stage.after] or None
+
+
+class SlurmBackend(Backend):
+    name = "slurm"
+    supervisor_logs = ("slurm-*.out",)
+
+    def render(self, plan: Plan) -> str:
+        out = []
+        for stage in plan.stages:
+            script = StageExecutor(plan.run_dir, stage, _dependency_placeholder(stage)).script()
+            out += [f"### stage {stage.name} (task {stage.task} -> {stage.target})",
+                    "# in the batch step, submitit's _submit calls launcher.supervise, which runs:",
+                    "#   " + " ".join(supervise.quote_step(stage.command)),
+                    *(["# <" + "> <".join(stage.after) + ">: the job ids of those stages, at submission"]
+                      if stage.after else []),
+                    "# the batch script, as submitted:", script]
+        return "\n".join(out)
+
+    def submit(self, run: RunDir, plan: Plan, *, detach: bool, echo) -> int:
+        if shutil.which("sbatch") is None:
+            raise SlurmUnavailable("sbatch not found: is this a Slurm login node?")
+        job_ids: dict[str, str] = {}
+        for stage in plan.stages:
+            run.stage(stage.name).logs.mkdir(parents=True, exist_ok=True)
+            after = [job_ids[d] for d in stage.after] or None
+            executor = StageExecutor(str(run.path), stage, after)
+            try:
+                job_id = executor.submit_stage(str(run.path))
+            except submitit_utils.FailedJobError as refused:
+                for queued in job_ids.values():   # all or nothing: withdraw the stages already queued
+                    StageJob(executor.folder, queued).cancel(check=False)
+                raise SlurmUnavailable(
+                    f"sbatch refused stage {stage.name}: {str(refused).strip()}"
+                    + (f" (withdrew jobs {', '.join(job_ids.values())})" if job_ids else "")) from None
+            job_ids[stage.name] = job_id
+            run.record(stage.name, f"submission-{job_id}", {
+                "kind": "submission", "stage": stage.name, "job_id": job_id, "start": time.time(),
+                "script": f"{executor.folder}/{job_id}_submission.sh"})
+            echo(f"stage {stage.name}: slurm job {job_id}")
+        return exitcodes.OK
+
+    def _jobs(self, run: RunDir, plan: Plan) -> dict[str, list[StageJob]]:
+        """{stage: submitit job objects of its latest submission, one per array task}."""
+        jobs = {}
+        for stage in plan.stages:
+            subs = run.submissions(stage.name)
+            if subs:
+                job_id, folder = subs[-1]["job_id"], run.stage(stage.name).submitit_folder
+                ids = [f"{job_id}_{i}" for i in stage.shards] if stage.array > 1 else [job_id]
+                jobs[stage.name] = [StageJob(folder, i) for i in ids]
+        return jobs
+
+    def _states(self, run: RunDir, plan: Plan) -> dict[str, tuple[str, list[str]]]:
+        """{stage: (job id, Slurm states of its tasks)}: every job registered, then one query."""
+        jobs = self._jobs(run, plan)
+        if shutil.which("squeue") is None:
+            return {name: (js[0].job_id.split("_")[0], []) for name, js in jobs.items()}
+        StageJob.watcher.update()
+        return {name: (js[0].job_id.split("_")[0],
+                       [StageJob.watcher.get_state(j.job_id, mode="cache") for j in js])
+                for name, js in jobs.items()}
+
+    def describe(self, run: RunDir, plan: Plan) -> dict[str, StageState]:
+        result = {}
+        for name, (job_id, states) in self._states(run, plan).items():
+            live = [s.split()[0] for s in states if s.split() and s.split()[0] in ACTIVE]
+            if live:
+                summary = ", ".join(f"{live.count(s)} {s}" if len(live) > 1 else s for s in sorted(set(live)))
+                result[name] = StageState(job_id, summary)
+                continue
             attempts = run.attempts(name)
-            summary = attempts[-1].get("state", "ended") if attempts else "ended"
-        result[name] = (ids[name], summary)
-    return result
+            state = attempts[-1].get("state", "ended") if attempts else "ended"
+            if state == "running":      # the ledger says so, but Slurm no longer holds the job
+                result[name] = StageState(job_id, "lost", LOST_REASON)
+            else:
+                result[name] = StageState(job_id, state)
+        return result
+
+    def _active(self, run: RunDir, plan: Plan) -> list[str]:
+        return [job_id for job_id, states in self._states(run, plan).values()
+                if any(s.split() and s.split()[0] in ACTIVE for s in states)]
+
+    def live(self, run: RunDir, plan: Plan) -> str | None:
+        active = self._active(run, plan)
+        return (f"Slurm still holds job(s) {', '.join(active)} of run {run.run_id}; "
+                f"wait for them or `cancel` first") if active else None
+
+    def cancel(self, run: RunDir, plan: Plan) -> str:
+        """Running jobs get the warning signal on their step (not a job termination, which
+        reaches srun, and srun SIGKILLs its step): the ranks checkpoint and exit 75, and the
+        supervisor, seeing `cancel-requested`, records `cancelled`. Pending ones are withdrawn.
+        `scancel JOB` remains the way to kill at once."""
+        active = self._active(run, plan)
+        if active:
+            _scancel(f"--signal={plan.warning_signal}", "--state=RUNNING", *active)
+            _scancel("--state=PENDING", *active)
+        return f"cancelled slurm jobs: {', '.join(active) or 'none active'}"
 
 
-def active_jobs(run: RunDir, plan: dict) -> list[str]:
-    """Job ids of the run that Slurm still holds (pending, running, requeueing...)."""
-    ids = list(latest_job_ids(run, plan).values())
-    return [j for j, states in squeue_states(ids).items() if set(states) & ACTIVE]
+def _scancel(*args: str) -> None:
+    subprocess.run(["scancel", *args], capture_output=True, text=True, timeout=60)
 
 
-def cancel(run: RunDir, plan: dict) -> list[str]:
-    """Stop every job of the run that Slurm still holds, the gentle way.
-
-    Running jobs get the warning signal on their step (not a job termination, which reaches
-    srun, and srun SIGKILLs its step): the ranks checkpoint and exit 75, and the supervisor,
-    seeing `cancel-requested`, records `cancelled` and requeues nothing. Pending ones are
-    withdrawn. `scancel JOB` remains the way to kill at once.
-    """
-    active = active_jobs(run, plan)
-    if active:
-        warning = plan.get("warning_signal", signals.DEFAULT_WARNING)
-        _run(["scancel", f"--signal={warning}", "--state=RUNNING", *active], check=False)
-        _run(["scancel", "--state=PENDING", *active], check=False)
-    return active
+BACKEND = SlurmBackend()

@@ -1,0 +1,79 @@
+"""One attempt of one shard of a stage: its typed ledger record, and the one function both
+supervisors (local and Slurm) call when it ends, so the record and the restart decision are
+written and taken in one place."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+from . import exitcodes, policy
+from .plan import StagePlan
+from .runs import RunDir
+
+
+@dataclass
+class AttemptRecord:
+    """The ledger record `ledger/<stage>/shard-<i>-attempt-<k>.json`."""
+    stage: str
+    shard: int
+    attempt: int
+    backend: str
+    job_id: str
+    nodes: str | None
+    start: float
+    checkpoint_step: int | None
+    state: str = "running"
+    end: float | None = None
+    exit_code: int | None = None
+    outcome: str | None = None
+    error: str | None = None
+    signal: str | None = None
+    reason: str | None = None
+    extra: dict = field(default_factory=dict)   # backend-specific: restart_count, step_command...
+
+    @property
+    def key(self) -> str:
+        return f"shard-{self.shard}-attempt-{self.attempt}"
+
+    def as_json(self) -> dict:
+        data = asdict(self)
+        return {"kind": "attempt", **{k: v for k, v in data.items() if k != "extra"}, **self.extra}
+
+    def write(self, run: RunDir) -> None:
+        """Record the start (state running); a failure here ends the supervisor, as it should."""
+        run.record(self.stage, self.key, self.as_json())
+
+
+# What a backend does with a CONTINUE decision: restart locally (as is), requeue on Slurm.
+# It gets the decision and whether the attempt stopped on a stop request; returns (action, reason).
+ContinueHook = Callable[[policy.Decision, bool], "tuple[str, str]"]
+
+
+def finish_attempt(run: RunDir, stage: StagePlan, record: AttemptRecord, returncode: int, *,
+                   end: float, operator_stop: bool = False, on_continue: ContinueHook | None = None,
+                   echo: Callable[[str], None] = print) -> policy.Decision:
+    """Read rank 0's outcome, decide (policy.decide), record the end, print one line; the
+    decision returned is the one recorded (after `on_continue`, if the policy said continue)."""
+    outcome = run.read_outcome(stage.name, record.shard, record.attempt) or {}
+    code = outcome.get("exit", returncode)
+    if code == exitcodes.OK and returncode != 0:
+        code = returncode                 # rank 0 finished but another rank did not
+    previous = run.attempts(stage.name, record.shard)[-2:-1]
+    step = run.checkpoint_step(stage.name)
+    decision = policy.decide(
+        code, error=outcome.get("error"), checkpoint_step=step, restarts_used=record.attempt,
+        max_restarts=stage.max_restarts, previous=previous[0] if previous else None,
+        cancel_requested=run.cancel_requested, operator_stop=operator_stop)
+    if decision.action == policy.CONTINUE and on_continue is not None:
+        decision = policy.Decision(*on_continue(decision, code == exitcodes.STOPPED_FOR_REQUEUE))
+    record.end, record.exit_code, record.outcome = end, code, exitcodes.describe(code)
+    record.error, record.signal = outcome.get("error"), outcome.get("signal")
+    record.checkpoint_step, record.state, record.reason = step, decision.action, decision.reason
+    problem = run.try_record(stage.name, record.key, record.as_json())
+    for line in ([problem] if problem else []) + run.quarantined_since(stage.name, record.start):
+        echo(line)
+    error = f": {outcome['error']}" if outcome.get("error") else ""
+    label = f"shard {record.shard} " if stage.array else ""
+    echo(f"{label}attempt {record.attempt}: {exitcodes.describe(code)}{error} -> "
+         f"{decision.action} ({decision.reason})")
+    return decision

@@ -1,0 +1,76 @@
+"""The seams between submitit and our Slurm supervisor, without a cluster: who handles the
+signals in the batch step, and how job states are read when accounting is off."""
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from launcher.backends.slurm import QueueWatcher
+
+# In a fresh interpreter (signal handlers are process-wide): install submitit's batch-step
+# handlers exactly as submitit.core._submit does, then start our supervisor's step runner.
+HANDLERS = r"""
+import json, signal, sys
+from submitit.core import utils
+from submitit.slurm.slurm import SlurmJobEnvironment
+from launcher.supervise import StepRunner
+
+def owner(signum):
+    handler = signal.getsignal(signum)
+    if handler in (signal.SIG_DFL, signal.SIG_IGN):
+        return handler.name
+    return type(getattr(handler, "__self__", None)).__name__ + "." + handler.__name__
+
+SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM", "SIGCONT", "SIGINT")
+SlurmJobEnvironment()._handle_signals(utils.JobPaths(sys.argv[1], job_id="1"),
+                                      utils.DelayedSubmission(print))
+before = {name: owner(getattr(signal, name)) for name in SIGNALS}
+StepRunner(sys.argv[2].split(","))
+print(json.dumps({"before": before, "after": {name: owner(getattr(signal, name)) for name in SIGNALS}}))
+"""
+
+
+def handlers(tmp_path, stop_signals: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", HANDLERS, str(tmp_path), stop_signals],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def test_the_supervisor_switches_off_submitits_checkpoint_and_requeue_handler(tmp_path):
+    seen = handlers(tmp_path, "USR1,TERM,INT")      # a spec whose warning signal is USR1
+    assert seen["before"]["SIGUSR2"] == "SignalHandler.checkpoint_and_try_requeue"
+    assert seen["before"]["SIGTERM"] == "SignalHandler.bypass"
+    ours = "StepRunner._on_signal"
+    assert [seen["after"][s] for s in ("SIGUSR1", "SIGTERM", "SIGINT")] == [ours] * 3
+    assert seen["after"]["SIGUSR2"] == seen["after"]["SIGCONT"] == "SIG_DFL"
+
+
+def test_with_the_default_warning_signal_usr2_goes_to_the_supervisor(tmp_path):
+    assert handlers(tmp_path, "USR2,TERM,INT")["after"]["SIGUSR2"] == "StepRunner._on_signal"
+
+
+def test_job_states_without_accounting_come_from_one_squeue_call_per_update():
+    watcher = QueueWatcher()
+    watcher._use_sacct = False              # what accounting_enabled() finds on such a cluster
+    for job in ("41", "42_0", "42_1", "42_2"):
+        watcher.register_job(job)
+    command = watcher._make_command()
+    assert command[:4] == ["squeue", "--array", "-o", "%i|%T|%N"] and command[-1] == "41,42"
+    info = watcher.read_info("JOBID|STATE|NODELIST\n41|RUNNING|node1\n42_0|RUNNING|node2\n"
+                             "42_[1-2%2]|PENDING|\n")
+    assert {job: info[job]["State"] for job in ("41", "42_0", "42_1", "42_2")} == {
+        "41": "RUNNING", "42_0": "RUNNING", "42_1": "PENDING", "42_2": "PENDING"}
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_cluster")
+def test_jobs_gone_from_the_queue_read_as_unknown_without_a_warning(caplog):
+    watcher = QueueWatcher()
+    watcher._use_sacct = False
+    watcher.register_job("987654321")                # squeue: "Invalid job id specified", exit 1
+    with caplog.at_level(logging.WARNING, logger="submitit"):
+        watcher.update()
+    assert watcher.num_calls == 1 and watcher.get_state("987654321", mode="cache") == "UNKNOWN"
+    assert not caplog.records
