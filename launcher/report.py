@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic, report_plots as plots, status
+from . import atomic, plan as planner, report_plots as plots, status
 from .runs import RunDir
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
@@ -40,19 +40,19 @@ class StageView:
 
 
 def collect(run: RunDir) -> list[StageView]:
-    plan = run.read_plan()
+    plan = planner.load(run.path)
     header = ["stage", "job", "state", "attempts", "ckpt step", "progress", "last reason"]
     rows = {row[0]: dict(zip(header, row)) for row in status.stage_rows(run)}
     views = []
-    for stage in plan["stages"]:
-        name = stage["name"]
+    for stage in plan.stages:
+        name = stage.name
         metrics = read_metrics(run.stage(name).metrics)
         views.append(StageView(
-            name=name, after=list(stage["after"]), row=rows[name],
+            name=name, after=list(stage.after), row=rows[name],
             attempts=with_checkpoint_steps(run.attempts(name)),
             commits=checkpoint_commits(run.stage(name).checkpoints), metrics=metrics,
             sample=latest_sample(run.stage(name).samples),
-            eta=eta(metrics, stage.get("config") or {}, rows[name]["state"])))
+            eta=eta(metrics, stage.config or {}, rows[name]["state"])))
     return views
 
 
@@ -136,14 +136,14 @@ def write_report(run: RunDir) -> Path:
 
 
 def render(run: RunDir, views: list[StageView], now: float) -> str:
-    plan = run.read_plan()
+    plan = planner.load(run.path)
     starts = [a["start"] for v in views for a in v.attempts if a.get("start")]
     origin = min(starts) if starts else now
     graph = plots.dependency_graph([{"name": v.name, "after": v.after, "state": v.row["state"]} for v in views])
     timeline_rows = [(label, attempts, v.commits) for v in views for label, attempts in _shard_rows(v)]
     parts = [
         f"<h1>run {_e(run.run_id)}</h1>",
-        f"<p>backend {_e(plan['backend'])} &middot; directory <code>{_e(run.path)}</code> &middot; "
+        f"<p>backend {_e(plan.backend)} &middot; directory <code>{_e(run.path)}</code> &middot; "
         f"report written {_e(time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now)))}"
         + (" &middot; <b>cancel requested</b>" if run.cancel_requested else "") + "</p>",
         "<h2>Stages</h2>", _img(graph, "stage dependency graph", "graph"),
