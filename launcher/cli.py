@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import api, exitcodes, runlock
+from . import api, exitcodes, progress, runlock
 from .spec import SpecInvalid
 
 
@@ -40,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
     _spec_args(p)
     p = sub.add_parser("status", help="stages, job ids, states, attempts, checkpoint step, progress")
     p.add_argument("run", nargs="?", help="run id or directory (default: all runs, newest first)")
+    p.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",
+                   help="RUN: show the table again every SECONDS (default 5) until nothing of the run is live")
     p = sub.add_parser("logs", help="print a stage's logs")
     p.add_argument("run")
     p.add_argument("--stage")
@@ -77,10 +79,6 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.FAILED
 
 
-def _echo(message: str) -> None:
-    print(message, flush=True)
-
-
 def cmd_validate(args) -> int:
     spec = api.validate(args.spec, args.overrides, args.backend)
     print(f"{args.spec}: ok ({len(spec.stages)} stage(s): {', '.join(spec.stage_order())}; "
@@ -97,7 +95,7 @@ def cmd_submit(args) -> int:
     if args.dry_run:
         api.validate(args.spec, args.overrides, args.backend)
         return cmd_render(args)
-    run = api.submit(args.spec, args.overrides, args.backend, detach=args.detach, echo=_echo)
+    run = api.submit(args.spec, args.overrides, args.backend, detach=args.detach, echo=progress.Console())
     return run.exit_code
 
 
@@ -106,8 +104,29 @@ def _open(args) -> api.Run:
 
 
 def cmd_status(args) -> int:
-    print(_open(args).table() if args.run else api.overview(args.run_root))
+    if not args.run:
+        print(api.overview(args.run_root))
+    elif args.watch is None:
+        print(_open(args).table())
+    else:
+        _watch(_open(args), args.watch)
     return exitcodes.OK
+
+
+def _watch(run: api.Run, seconds: float) -> None:
+    """`status RUN --watch`: the table every `seconds`, redrawn in place on a terminal, one after
+    another elsewhere; the last one once nothing of the run is live (or on Ctrl-C)."""
+    redraw = "\033[H\033[J" if sys.stdout.isatty() else ""
+    try:
+        while True:
+            live = run.live()
+            print(f"{redraw}{run.table()}\n{time.strftime('%H:%M:%S')} "
+                  f"{live or 'nothing of the run is live: final'}\n", flush=True)
+            if live is None:
+                return
+            time.sleep(seconds)
+    except KeyboardInterrupt:
+        pass
 
 
 def cmd_list(args) -> int:
@@ -149,7 +168,7 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    return _open(args).resume(args.fresh_start, detach=args.detach, echo=_echo).exit_code
+    return _open(args).resume(args.fresh_start, detach=args.detach, echo=progress.Console()).exit_code
 
 
 def cmd_report(args) -> int:

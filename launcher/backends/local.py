@@ -18,12 +18,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import attempts, exitcodes, plan as planner, policy, runlock, signals
+from .. import attempts, exitcodes, plan as planner, policy, progress, runlock, signals
 from ..plan import Plan, StagePlan
 from ..runs import RunDir
 from . import LOST_REASON, Backend, StageState
 
 POLL_SECONDS = 0.2
+PROGRESS_SECONDS = 1.0          # how often a running stage's progress line may change
 ORPHAN_GRACE_SECONDS = 300      # a trainer left by a dead supervisor gets this long to checkpoint
 SUPERVISOR_START_SECONDS = 60   # how long a detached start waits for its supervisor to hold the run
 
@@ -42,6 +43,7 @@ class LocalSupervisor:
         self.stop_signals = 0           # how many times the operator asked us to stop
         self.running: dict[int, Attempt] = {}
         self.warning = signals.number(self.plan.warning_signal)
+        self._progress_shown: tuple[float, str] = (0.0, "")     # (when, what) was last echoed
 
     # -- signals ---------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
@@ -111,6 +113,7 @@ class LocalSupervisor:
                 final.update({s: policy.STOPPED for s in todo})
                 todo.clear()
             time.sleep(POLL_SECONDS)
+            self._show_progress(stage, len(final))
             for shard, attempt in list(self.running.items()):
                 if attempt.process.poll() is None:
                     continue
@@ -127,6 +130,21 @@ class LocalSupervisor:
             policy.GAVE_UP if policy.GAVE_UP in states else sorted(states - {policy.COMPLETED})[0])
         self.echo(f"[{name}] {result}")
         return result
+
+    def _show_progress(self, stage: StagePlan, shards_done: int) -> None:
+        """Echo the stage's progress (launcher.progress) when it changed, at most every
+        PROGRESS_SECONDS: step/total, rate, ETA and losses from metrics.jsonl; shards for arrays."""
+        when, shown = self._progress_shown
+        if time.monotonic() - when < PROGRESS_SECONDS:
+            return
+        now = progress.from_rows(progress.tail_rows(self.run.stage(stage.name).metrics), stage.config)
+        text = now.line() if now.step is not None else ""
+        if stage.array:
+            shards = f"shards {shards_done}/{len(stage.shards)} done, {len(self.running)} running"
+            text = f"{shards}; {text}" if text else shards
+        if text and text != shown:
+            self.echo(progress.ProgressLine(stage.name, text))
+        self._progress_shown = (time.monotonic(), text or shown)
 
     def _start(self, stage: StagePlan, shard: int) -> Attempt:
         number = len(self.run.attempts(stage.name, shard))
@@ -248,7 +266,7 @@ BACKEND = LocalBackend()
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     run = RunDir(Path(args[0]).resolve())
-    return LocalSupervisor(run, echo=lambda msg: print(msg, flush=True)).run_all()
+    return LocalSupervisor(run, echo=progress.Console()).run_all()
 
 
 if __name__ == "__main__":
