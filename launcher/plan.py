@@ -41,6 +41,7 @@ class StagePlan:
     env: dict[str, str]
     command: list[str]               # what runs on each node (local: the whole attempt)
     slurm: dict = field(default_factory=dict)   # sbatch parameters, as submitit takes them
+    restart_in_allocation: bool = False   # Slurm: a failure is retried in the same allocation first
 
     @property
     def world_size(self) -> int:
@@ -116,7 +117,8 @@ def stage_plan(spec: JobSpec, stage: StageSpec, run_dir: str, python: str) -> St
         time_minutes=stage.resources.time_minutes or spec.slurm.time_minutes,
         max_restarts=max_restarts, stop_signals=signals.stop_signals(spec.slurm.signal),
         checkpoint=dict(stage.checkpoint), device=device,
-        partition=stage.partition or spec.slurm.partition, env=env, command=[])
+        partition=stage.partition or spec.slurm.partition, env=env, command=[],
+        restart_in_allocation=not local and spec.slurm.restart_in_allocation)
     command = (local_command(plan, run_dir, python) if local
                else slurm_step_command(plan, run_dir, python))
     slurm = {} if local else sbatch_parameters(spec, plan, run_dir)

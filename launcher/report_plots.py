@@ -17,7 +17,8 @@ from .progress import state_kind
 STATE_COLORS = {
     "completed": "#2e7d32", "running": "#26c6da", "pending": "#b0bec5", "not started": "#eceff1",
     "not submitted": "#eceff1",
-    "continue": "#fb8c00", "preempted": "#8e24aa", "requeued": "#1e88e5", "stopped": "#757575",
+    "continue": "#fb8c00", "restarted": "#fb8c00", "preempted": "#8e24aa", "requeued": "#1e88e5",
+    "stopped": "#757575",
     "cancelled": "#9e9e9e", "gave-up": "#c62828", "lost": "#6d4c41", "blocked": "#cfd8dc",
 }
 OTHER_COLOR = "#f06292"

@@ -85,6 +85,7 @@ class SlurmSettings:
     signal: str = "USR2"
     signal_seconds: int = 120
     max_restarts: int = 3
+    restart_in_allocation: bool = True   # retry a failure inside the job's allocation before requeueing
     array_parallelism: int | None = None
     extra_sbatch: tuple[str, ...] = ()
     partitions: dict[str, PartitionLimits] = field(default_factory=dict)
@@ -325,6 +326,7 @@ def _read_slurm(r: Reader) -> SlurmSettings:
         signal=r.choice("signal", SIGNALS, signals.DEFAULT_WARNING),
         signal_seconds=r.integer("signal_seconds", 120, minimum=10, maximum=65535),
         max_restarts=r.integer("max_restarts", 3, minimum=0, maximum=100),
+        restart_in_allocation=r.boolean("restart_in_allocation", True),
         array_parallelism=r.integer("array_parallelism", None, minimum=1),
         extra_sbatch=tuple(r.string_list("extra_sbatch", SBATCH_OPTION, SBATCH_OPTION_HELP)),
         partitions=partitions)

@@ -2,8 +2,10 @@
 
 It takes the stop signals from submitit's handlers, records the attempt in the ledger, fills in
 the rendezvous endpoint, runs the stage's step, and then decides once (attempts.finish_attempt)
-whether to requeue. It is the only layer that requeues: never when Slurm is already requeueing a
-preempted job, never after `launcher cancel`, never when the cap or the loop guard says stop.
+what follows. A failure (not a stop) is retried at once inside the allocation, as a new attempt
+and a new step, while time is left; a stop, or a failure with little time left, requeues. It is
+the only layer that restarts or requeues: never when Slurm is already requeueing a preempted job,
+never after `launcher cancel`, never when the cap or the loop guard says stop.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ PORT_RANGE = (20000, 60000)
 # requeues, TERM and CONT are logged. Back to their defaults before ours are installed.
 SUBMITIT_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGCONT)
 STAGE_LOCK_WAIT_SECONDS = 300
+RESTARTED = "restarted"             # a failed attempt retried at once inside the same allocation
+IN_ALLOCATION_MIN_SECONDS = 120     # less left than this: requeue instead (a fresh time limit)
 
 
 def scontrol(*args: str) -> str:
@@ -103,8 +107,19 @@ def _supervise(run: RunDir, stage: planner.StagePlan, step_runner: "StepRunner")
     for lost in run.settle_lost_attempts(stage.name, shard):
         print(f"[launcher.supervise] attempt {lost['attempt']} (job {lost['job_id']}): {lost['reason']}",
               flush=True)
+    while True:
+        decision = _run_attempt(run, stage, shard, job_id, step_runner)
+        if decision.action != RESTARTED:
+            break
+    return exitcodes.OK if decision.action == policy.COMPLETED else (
+        exitcodes.STOPPED_FOR_REQUEUE if decision.action in ("requeued", "preempted") else exitcodes.FAILED)
+
+
+def _run_attempt(run: RunDir, stage: planner.StagePlan, shard: int, job_id: str,
+                 step_runner: "StepRunner") -> policy.Decision:
+    """One attempt in this allocation: record it, run the step, decide what follows."""
     number = len(run.attempts(stage.name, shard))
-    endpoint = f"{head_node_address(os.environ.get('SLURM_JOB_NODELIST', ''))}:{free_port(job_id)}"
+    endpoint = f"{head_node_address(os.environ.get('SLURM_JOB_NODELIST', ''))}:{free_port(f'{job_id}.{number}')}"
     step = [w.replace(planner.RDZV_PLACEHOLDER, endpoint)
              .replace("$SLURM_JOB_ID", os.environ.get("SLURM_JOB_ID", "0")) for w in stage.command]
     os.environ.update({"NFS_ATTEMPT": str(number), "NFS_RANK_LOGS": "1", "PYTHONUNBUFFERED": "1",
@@ -121,14 +136,24 @@ def _supervise(run: RunDir, stage: planner.StagePlan, step_runner: "StepRunner")
     code = step_runner.run(step)
     record.extra["sigterm_seen"] = bool(step_runner.signalled)
 
-    def requeue(decision: policy.Decision, stopped: bool) -> tuple[str, str]:
-        return _requeue(job_id, job_fields(job_id), decision.reason, stopped=stopped)
+    def restart_here_or_requeue(decision: policy.Decision, stopped: bool) -> tuple[str, str]:
+        fields = job_fields(job_id)
+        if stage.restart_in_allocation and not stopped and not step_runner.signalled \
+                and _seconds_left(fields) > IN_ALLOCATION_MIN_SECONDS:
+            return RESTARTED, f"restarted inside the allocation ({decision.reason})"
+        return _requeue(job_id, fields, decision.reason, stopped=stopped)
 
-    decision = attempts.finish_attempt(
-        run, stage, record, code, end=time.time(), on_continue=requeue,
+    return attempts.finish_attempt(
+        run, stage, record, code, end=time.time(), on_continue=restart_here_or_requeue,
         echo=lambda line: print(f"[launcher.supervise] {line}", flush=True))
-    return exitcodes.OK if decision.action == policy.COMPLETED else (
-        exitcodes.STOPPED_FOR_REQUEUE if decision.action in ("requeued", "preempted") else exitcodes.FAILED)
+
+
+def _seconds_left(fields: dict[str, str]) -> float:
+    """Seconds until the allocation's EndTime (infinite without a limit or without scontrol)."""
+    try:
+        return time.mktime(time.strptime(fields.get("EndTime", ""), "%Y-%m-%dT%H:%M:%S")) - time.time()
+    except ValueError:
+        return float("inf")
 
 
 class StepRunner:
@@ -189,12 +214,7 @@ def _requeue(job_id: str, fields: dict[str, str], why: str, stopped: bool) -> tu
         return "requeued", f"requeued by scontrol requeue; Slurm reruns it ({why})"
     if state in ("CANCELLED", "COMPLETING"):
         return policy.CANCELLED, f"Slurm is ending the job ({state}); not requeued ({why})"
-    end = fields.get("EndTime", "")
-    near_limit = False
-    try:
-        near_limit = time.mktime(time.strptime(end, "%Y-%m-%dT%H:%M:%S")) - time.time() < 600
-    except ValueError:
-        pass
+    near_limit = _seconds_left(fields) < 600
     result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
     if preempted:
         return "preempted", f"preempted; requeued ({why})" if result.returncode == 0 else (

@@ -217,7 +217,8 @@ def test_a_job_that_crashes_the_same_way_stops_after_the_cap_with_the_reason_in_
     wait_until(lambda: any(a.get("state") == "gave-up" for a in attempts(run, "work")), 180,
                "the loop guard")
     history = attempts(run, "work")
-    assert [a["state"] for a in history] == ["requeued", "gave-up"]
+    assert [a["state"] for a in history] == ["restarted", "gave-up"]
+    assert history[0]["job_id"] == history[1]["job_id"]     # the retry ran inside the same allocation
     status = launcher("status", run.name, cwd=tmp_path, check=True).stdout
     assert "failed the same way twice in a row" in status
 
