@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-from . import atomic, exitcodes, tasks
+from . import atomic, exitcodes, failures, tasks
 from .runs import RunDir
 from .runtime.context import CheckpointPolicy, TaskContext
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # the whole traceback goes to this rank's log
         traceback.print_exc()
         ended, code = exc, exitcodes.FAILED
-        outcome["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        outcome.update(failures.summarize(exc))
     outcome.update(exit=code, end=time.time(), signal=stop.signal_name)
     if rank == 0:
         atomic.write_json(run.outcome_path(stage["name"], ctx.shard_index, ctx.attempt), outcome)

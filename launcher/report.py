@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic, report_plots as plots, status
+from . import atomic, failures, report_plots as plots, status
 from .runs import RunDir
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
@@ -180,7 +180,7 @@ def _stage_section(view: StageView) -> str:
     rows = [[a.get("attempt"), a.get("shard"), a.get("job_id"), _clock(a.get("start")), _clock(a.get("end")),
              _duration(a["end"] - a["start"]) if a.get("end") and a.get("start") else "-",
              a.get("state"), a.get("outcome") or "-", a.get("signal") or "-",
-             _or_dash(a["resumed_from"]), _or_dash(a["saved_at"]), a.get("reason") or ""]
+             _or_dash(a["resumed_from"]), _or_dash(a["saved_at"]), "; ".join(filter(None, [failures.one_line(a), a.get("reason")]))]
             for a in view.attempts]
     parts.append(_table(head, rows, state_column=6) if rows else "<p>no attempts yet</p>")
     resumed = [a["resumed_from"] for a in view.attempts if a["resumed_from"]]

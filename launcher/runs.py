@@ -118,7 +118,7 @@ class RunDir:
             if "exit" in outcome:
                 why += f"; rank 0 exited {exitcodes.describe(outcome['exit'])}"
             record = {**record, "state": "lost", "end": outcome.get("end") or time.time(),
-                      "exit_code": outcome.get("exit"), "error": outcome.get("error"),
+                      "exit_code": outcome.get("exit"), "error": outcome.get("error"), "where": outcome.get("where"),
                       "signal": outcome.get("signal"), "checkpoint_step": step, "last_step": last,
                       "reason": f"{why}; resumes from checkpoint step {step}"}
             self.record(stage, f"shard-{record['shard']}-attempt-{record['attempt']}", record)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import backends, checkpoint_health, plan as planner
+from . import backends, checkpoint_health, failures, plan as planner
 from .layout import RunLayout
 from .runs import RunDir
 
@@ -34,6 +34,31 @@ def _progress(metrics: dict | None) -> str:
     return ", ".join(parts) or "-"
 
 
+def attempt_count(attempts: list[dict], array: int) -> str:
+    """Attempts of a stage: their number, or for an array the most any shard took ("1 each"
+    when every shard ran once): two shards that ran once each are not two attempts."""
+    if not array:
+        return str(len(attempts))
+    per_shard: dict[int, int] = {}
+    for record in attempts:
+        per_shard[record.get("shard", 0)] = per_shard.get(record.get("shard", 0), 0) + 1
+    counts = set(per_shard.values())
+    if not counts:
+        return "0"
+    if len(counts) == 1:
+        return f"{counts.pop()} each"
+    return f"up to {max(counts)} per shard"
+
+
+def _last_reason(attempts: list[dict]) -> str:
+    """The last attempt's reason, after its exception (type, message, where) when it failed."""
+    if not attempts:
+        return ""
+    error = failures.one_line(attempts[-1])
+    reason = attempts[-1].get("reason") or ""
+    return f"{error}; {reason}" if error and reason else error or reason
+
+
 def stage_rows(run: RunDir) -> list[list[str]]:
     plan = planner.load(run.path)
     described = backends.for_plan(plan).describe(run, plan)
@@ -43,13 +68,13 @@ def stage_rows(run: RunDir) -> list[list[str]]:
         attempts = run.attempts(name)
         now = described.get(name, backends.StageState("-", "not submitted"))
         job, state = now.job, now.state
-        reason = now.reason or (attempts[-1].get("reason") if attempts else None) or ""
+        reason = now.reason or _last_reason(attempts)
         quarantined = checkpoint_health.quarantined(run.stage(name).checkpoints)
         if quarantined:
             reason = f"{len(quarantined)} checkpoint(s) quarantined, last: {quarantined[-1]['name']} " \
                      f"({quarantined[-1]['reason']}); " + reason
         step = run.checkpoint_step(name)
-        rows.append([name, job, state, str(len(attempts)), "-" if step is None else str(step),
+        rows.append([name, job, state, attempt_count(attempts, stage.array), "-" if step is None else str(step),
                      _progress(run.last_metrics(name)), reason[:160]])
     return rows
 

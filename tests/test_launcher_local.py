@@ -55,6 +55,10 @@ def test_failed_stage_stops_dependents_and_the_loop_guard_gives_up(tmp_path):
     assert not (run / "stages" / "after_shards").exists()
     status = launcher("status", str(run), cwd=tmp_path, check=True).stdout
     assert "gave-up" in status and "failed the same way twice" in status
+    # the cause is where the user looks: under the supervisor's line, and in status's reason
+    assert "[shards]   RuntimeError: shard 1 fails on purpose (config fail_shard)" in result.stdout
+    assert "[shards]   at " in result.stdout and "launcher/diagnose.py:" in result.stdout
+    assert "RuntimeError: shard 1 fails on purpose" in status and "up to 2 per shard" in status
 
 
 def test_status_and_logs_show_a_finished_local_run(tmp_path):
@@ -62,6 +66,7 @@ def test_status_and_logs_show_a_finished_local_run(tmp_path):
     run = run_dir_from(result.stdout)
     status = launcher("status", run.name, cwd=tmp_path, check=True).stdout
     assert status.count("completed") == 2
+    assert "4 each" not in status and "1 each" in status      # 4 shards that ran once: not "attempts 4"
     logs = launcher("logs", run.name, "--stage", "reduce", "--rank", "1", cwd=tmp_path, check=True).stdout
     assert "reduce rank 1" in logs and "exit 0 (completed)" in logs
     nosuch = launcher("logs", run.name, "--stage", "nosuch", cwd=tmp_path)

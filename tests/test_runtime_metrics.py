@@ -98,3 +98,18 @@ def test_status_shows_the_items_per_second_a_task_logs(tmp_path):
         writer.log(2, items=32, loss=0.5)
     progress = status._progress(RunDir(tmp_path).last_metrics("train"))
     assert re.fullmatch(r"step 2, [0-9.e+]+ items/s", progress), progress
+
+
+def test_a_second_line_at_the_same_step_has_no_rate_and_status_shows_no_zero(tmp_path):
+    """An evaluation logged at the training's last step did no steps: it writes no rate, so a
+    finished stage's `status` does not say `0 steps/s`."""
+    ctx = context(tmp_path)
+    with MetricsWriter(ctx, single_process_env(), tensorboard=False) as writer:
+        writer.log(1, loss=1.0)
+        time.sleep(0.01)
+        writer.log(2, loss=0.5)
+        time.sleep(0.01)
+        writer.log(2, fid=12.0)
+    lines = [json.loads(line) for line in ctx.metrics_path.read_text().splitlines()]
+    assert lines[1]["steps_per_s"] > 0 and "steps_per_s" not in lines[2]
+    assert status._progress(RunDir(tmp_path).last_metrics("train")) == "step 2"
