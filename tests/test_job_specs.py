@@ -33,3 +33,12 @@ def test_a_missing_data_folder_is_refused_before_anything_is_submitted(tmp_path)
     assert "preprocess_cpu.yaml:12: stages.preprocess.config.data_dir: 'data/raw' is not a folder" \
         in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_the_include_only_base_says_so_instead_of_asking_for_a_name():
+    result = launcher("validate", str(ROOT / "jobs" / "base_slurm.yaml"), cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{ROOT / 'jobs' / 'base_slurm.yaml'}:1: <spec>: has neither name nor stages: an include-only base "
+        "(settings shared by job specs), not a job; validate a spec that names it in `include:` "
+        "(e.g. jobs/pipeline.yaml)"]
