@@ -28,8 +28,9 @@ def lines(record: dict) -> list[str]:
 
 
 def one_line(record: dict) -> str:
-    """The exception in one line, for a table cell: "Type: message (file:line in function)"."""
+    """The exception in one line, for a table cell: "Type: message (file.py:line in function)",
+    the file without its folder (the supervisor's lines and the ledger keep the whole path)."""
     if not record.get("error"):
         return ""
-    where = f" ({record['where']})" if record.get("where") else ""
+    where = f" ({record['where'].rsplit('/', 1)[-1]})" if record.get("where") else ""
     return record["error"].replace("\n", " ") + where

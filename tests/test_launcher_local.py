@@ -58,7 +58,8 @@ def test_failed_stage_stops_dependents_and_the_loop_guard_gives_up(tmp_path):
     # the cause is where the user looks: under the supervisor's line, and in status's reason
     assert "[shards]   RuntimeError: shard 1 fails on purpose (config fail_shard)" in result.stdout
     assert "[shards]   at " in result.stdout and "launcher/diagnose.py:" in result.stdout
-    assert "RuntimeError: shard 1 fails on purpose" in status and "up to 2 per shard" in status
+    assert "RuntimeError: shard 1 fails on purpose (config fail_shard) (diagnose.py:" in status
+    assert "up to 2 per shard" in status
 
 
 def test_status_and_logs_show_a_finished_local_run(tmp_path):

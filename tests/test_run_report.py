@@ -183,4 +183,4 @@ def test_a_pipeline_mid_run_renders_every_stage_shard_and_state(tmp_path, report
     for stage in ("prep", "train", "evaluate", "publish"):
         assert f"<h2 id='stage-{stage}'>" in html
     assert html.count("<img class='metrics'") == 1 and "no attempts yet" in html
-    assert "FileNotFoundError: no such clip (nerffacespeech/x.py:12 in load)" in html   # the cause, where one looks
+    assert "FileNotFoundError: no such clip (x.py:12 in load)" in html   # the cause, where one looks
