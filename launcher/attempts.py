@@ -60,6 +60,9 @@ def finish_attempt(run: RunDir, stage: StagePlan, record: AttemptRecord, returnc
     code = outcome.get("exit", returncode)
     if code == exitcodes.OK and returncode != 0:
         code = returncode                 # rank 0 finished but another rank did not
+    if code not in (exitcodes.OK, exitcodes.STOPPED_FOR_REQUEUE) and "error" not in outcome \
+            and (failed := run.first_rank_failure(stage.name, record.shard, record.attempt)):
+        outcome = {**outcome, "error": f"rank {failed['rank']}: {failed['error']}", "where": failed.get("where")}
     previous = run.attempts(stage.name, record.shard)[-2:-1]
     step = run.checkpoint_step(stage.name)
     decision = policy.decide(

@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     outcome.update(exit=code, end=time.time(), signal=stop.signal_name)
     if rank == 0:
         atomic.write_json(run.outcome_path(stage["name"], ctx.shard_index, ctx.attempt), outcome)
+    elif "error" in outcome:        # the supervisor shows it when rank 0 itself did not fail
+        atomic.write_json(ctx.layout.rank_failure(ctx.shard_index, ctx.attempt, rank), outcome)
     print(f"[launcher.entry] exit {code} ({exitcodes.describe(code)})", flush=True)
     if "torch.distributed" in sys.modules:
         # Skip the interpreter's teardown: destroying a gloo group while its worker thread waits

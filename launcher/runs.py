@@ -138,6 +138,17 @@ class RunDir:
         except (OSError, json.JSONDecodeError):
             return None
 
+    def first_rank_failure(self, stage: str, shard: int, attempt: int) -> dict | None:
+        """The failure record of the rank (other than 0) that failed first in that attempt."""
+        folder = self.stage(stage).outcome(shard, attempt).parent
+        found = []
+        for path in folder.glob(f"shard-{shard}-attempt-{attempt}-rank-*-failure.json"):
+            try:
+                found.append(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
+        return min(found, key=lambda f: f.get("end") or 0, default=None)
+
     # -- checkpoints and progress, as the runtime leaves them ----------------------------------
     def checkpoint_step(self, stage: str) -> int | None:
         """Step of the newest committed checkpoint of a stage, from its `latest` pointer."""

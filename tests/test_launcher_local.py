@@ -62,6 +62,22 @@ def test_failed_stage_stops_dependents_and_the_loop_guard_gives_up(tmp_path):
     assert "up to 2 per shard" in status
 
 
+def test_the_exception_of_a_failing_rank_other_than_0_is_shown(tmp_path):
+    """Rank 0 finishes, rank 1 raises: the supervisor's line and status show rank 1's exception."""
+    spec = write_spec(tmp_path, """
+        name: rank1
+        run_root: runs
+        local: {max_restarts: 0}
+        stages:
+          work: {task: diagnose.items, resources: {tasks_per_node: 2}, config: {items: 2, fail_rank: 1}}
+    """)
+    result = launcher("submit", str(spec), cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "[work]   rank 1: RuntimeError: rank 1 fails on purpose (config fail_rank)" in result.stdout
+    status = launcher("status", str(run_dir_from(result.stdout)), cwd=tmp_path, check=True).stdout
+    assert "rank 1: RuntimeError: rank 1 fails on purpose (config fail_rank) (diagnose.py:" in status
+
+
 def test_status_and_logs_show_a_finished_local_run(tmp_path):
     result = launcher("submit", str(write_spec(tmp_path, PIPELINE)), cwd=tmp_path, check=True)
     run = run_dir_from(result.stdout)
