@@ -34,20 +34,13 @@ def _progress(metrics: dict | None) -> str:
     return ", ".join(parts) or "-"
 
 
-def attempt_count(attempts: list[dict], array: int) -> str:
-    """Attempts of a stage: their number, or for an array the most any shard took ("1 each"
-    when every shard ran once): two shards that ran once each are not two attempts."""
-    if not array:
-        return str(len(attempts))
+def attempt_count(attempts: list[dict]) -> str:
+    """The attempts of a stage as the most any one shard took: two shards that ran once each
+    took one attempt each, not two (a stage without an array is its one shard)."""
     per_shard: dict[int, int] = {}
     for record in attempts:
         per_shard[record.get("shard", 0)] = per_shard.get(record.get("shard", 0), 0) + 1
-    counts = set(per_shard.values())
-    if not counts:
-        return "0"
-    if len(counts) == 1:
-        return f"{counts.pop()} each"
-    return f"up to {max(counts)} per shard"
+    return str(max(per_shard.values(), default=0))
 
 
 def _last_reason(attempts: list[dict]) -> str:
@@ -74,7 +67,7 @@ def stage_rows(run: RunDir) -> list[list[str]]:
             reason = f"{len(quarantined)} checkpoint(s) quarantined, last: {quarantined[-1]['name']} " \
                      f"({quarantined[-1]['reason']}); " + reason
         step = run.checkpoint_step(name)
-        rows.append([name, job, state, attempt_count(attempts, stage.array), "-" if step is None else str(step),
+        rows.append([name, job, state, attempt_count(attempts), "-" if step is None else str(step),
                      _progress(run.last_metrics(name)), reason[:160]])
     return rows
 
