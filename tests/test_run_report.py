@@ -157,7 +157,7 @@ def test_a_pipeline_mid_run_renders_every_stage_shard_and_state(tmp_path, report
     from launcher.spec import load_spec
     spec = load_spec(write_spec(tmp_path, PIPELINE))
     run = RunDir.create(tmp_path / "runs", spec.name)
-    run.write_plan(planner.build(spec, str(run.path), sys.executable).to_json())
+    run.write_plan(planner.build(spec, str(run.path), sys.executable))
     now = 1_000_000.0
 
     def attempt(stage, shard, state, start, end, **failed):   # the fields the local supervisor writes

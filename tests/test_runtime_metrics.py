@@ -7,7 +7,7 @@ import time
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from launcher import status
+from launcher import progress
 from launcher.runs import RunDir
 from launcher.runtime.context import TaskContext
 from launcher.runtime.distributed import single_process_env
@@ -90,19 +90,20 @@ def test_tensorboard_drops_the_redone_steps_of_an_earlier_attempt(tmp_path):
 
 def test_status_shows_the_items_per_second_a_task_logs(tmp_path):
     """`status`'s progress column reads the writer's own keys: the throughput of a task's
-    `items` (audio2nerf's clips, the toy's samples) as items/s, not only steps/s."""
+    `items` (audio2nerf's clips, the toy's samples) as items/s, not only steps/s, and the
+    loop's total steps."""
     ctx = context(tmp_path)
-    with MetricsWriter(ctx, single_process_env(), tensorboard=False) as writer:
+    with MetricsWriter(ctx, single_process_env(), tensorboard=False, total_steps=8) as writer:
         writer.log(1, items=32, loss=1.0)
         time.sleep(0.01)
         writer.log(2, items=32, loss=0.5)
-    progress = status._progress(RunDir(tmp_path).last_metrics("train"))
-    assert re.fullmatch(r"step 2, [0-9.e+]+ items/s", progress), progress
+    line = progress.from_rows(progress.tail_rows(ctx.metrics_path)).line()
+    assert re.fullmatch(r"step 2/8 \(25%\), [0-9.e+]+ items/s, ETA 0m \d\ds, loss 0.5", line), line
 
 
-def test_a_second_line_at_the_same_step_has_no_rate_and_status_shows_no_zero(tmp_path):
-    """An evaluation logged at the training's last step did no steps: it writes no rate, so a
-    finished stage's `status` does not say `0 steps/s`."""
+def test_a_second_line_at_the_same_step_has_no_rate_so_it_does_not_halve_the_mean(tmp_path):
+    """An evaluation logged at the training's last step did no steps: it writes no rate (not 0),
+    so the rate and ETA that status and the report average stay the training's."""
     ctx = context(tmp_path)
     with MetricsWriter(ctx, single_process_env(), tensorboard=False) as writer:
         writer.log(1, loss=1.0)
@@ -112,4 +113,4 @@ def test_a_second_line_at_the_same_step_has_no_rate_and_status_shows_no_zero(tmp
         writer.log(2, fid=12.0)
     lines = [json.loads(line) for line in ctx.metrics_path.read_text().splitlines()]
     assert lines[1]["steps_per_s"] > 0 and "steps_per_s" not in lines[2]
-    assert status._progress(RunDir(tmp_path).last_metrics("train")) == "step 2"
+    assert progress.from_rows(progress.tail_rows(ctx.metrics_path)).steps_per_s == lines[1]["steps_per_s"]
