@@ -115,7 +115,6 @@ def test_shards_are_balanced_by_frames_and_hold_whole_clips():
     ({"data_dir": str(SAMPLE), "landmarker": "mediapipe"}, "landmarker"),
     ({"data_dir": str(SAMPLE), "fit3dmm": {"rigid_steps": "many"}}, "fit3dmm.rigid_steps"),
     ({"resolution": 64}, "data_dir"),
-    ({"data_dir": str(SAMPLE), "pretrained_dir": "/no/such/weights"}, "pretrained_dir"),
 ])
 def test_check_names_the_field_that_is_wrong(config, field):
     assert field in [f for f, _ in check(config, {})]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from . import paths, typed
+from . import typed
 
 LANDMARKERS = ("auto", "fan", "dlib")
 IMAGE_FORMATS = ("png", "jpg")
@@ -104,7 +104,6 @@ def check(config: dict, resources: dict) -> list[tuple[str, str]]:
 
 def _file_problems(cfg: PreprocessConfig) -> list[tuple[str, str]]:
     out = _data_problems(cfg.data_dir) if cfg.data_dir is not None else []
-    out += paths.need_folder("pretrained_dir", cfg.pretrained_dir, "the pretrained weights' folder")
     if cfg.landmarker == "fan":         # auto falls back to dlib, and no BFM means pose-only fitting
         from nerffacespeech.pretrained import verify_for_stage
 
