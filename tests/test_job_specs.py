@@ -11,7 +11,8 @@ SAMPLE = ["--set", "stages.preprocess.config.data_dir=data/sample",
           "--set", "stages.merge.config.data_dir=data/sample"]
 FACES = "data/sample/faces/lfw"     # the StyleNeRF specs' data/processed exists on the cluster only
 SPEECH = "data/sample/audio/astronaut/00001.wav"   # pipeline.yaml's data/raw/test_audio.wav too
-A2N = ["--set", "stages.train.config.data=data/sample", "--set", "stages.train.config.generator=random"]  # other runs' outputs
+# audio2nerf_8gpu.yaml reads other runs' outputs: a folder and a random generator stand in
+A2N = ["--set", "stages.train.config.data=data/sample", "--set", "stages.train.config.generator=random"]
 READY = {"demo.yaml": [], "debug_1gpu.yaml": [], "stylenerf_8gpu.yaml": ["--set", f"stages.train.config.data={FACES}"],
          "stylenerf_4x8gpu.yaml": ["--set", f"stages.train.config.data={FACES}"], "preprocess_cpu.yaml": SAMPLE,
          "audio2nerf_8gpu.yaml": A2N, "pipeline.yaml": SAMPLE + ["--set", f"stages.stylenerf.config.data={FACES}",

@@ -137,7 +137,8 @@ def _value_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
 
 def check(config: dict, resources: dict) -> list[tuple[str, str]]:
     """What the launcher runs before submitting, every problem at once: types, ranges, the files
-    the config names (data, generator, sadtalker), and engine/precision support and the batch split as far as the fields they read are right."""
+    the config names (data, generator, sadtalker), and engine/precision support and the batch
+    split as far as the fields they read are right."""
     cfg, problems = _read(config)
     if cfg is None:
         return problems
