@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from . import exitcodes, policy
+from . import exitcodes, failures, policy
 from .plan import StagePlan
 from .runs import RunDir
 
@@ -27,6 +27,7 @@ class AttemptRecord:
     exit_code: int | None = None
     outcome: str | None = None
     error: str | None = None
+    where: str | None = None        # file:line in function that raised `error`
     signal: str | None = None
     reason: str | None = None
     extra: dict = field(default_factory=dict)   # backend-specific: restart_count, step_command...
@@ -52,12 +53,16 @@ ContinueHook = Callable[[policy.Decision, bool], "tuple[str, str]"]
 def finish_attempt(run: RunDir, stage: StagePlan, record: AttemptRecord, returncode: int, *,
                    end: float, operator_stop: bool = False, on_continue: ContinueHook | None = None,
                    echo: Callable[[str], None] = print) -> policy.Decision:
-    """Read rank 0's outcome, decide (policy.decide), record the end, print one line; the
+    """Read rank 0's outcome, decide (policy.decide), record the end, print one line (and under
+    it the failed rank's exception: where it was raised, type, message); the
     decision returned is the one recorded (after `on_continue`, if the policy said continue)."""
     outcome = run.read_outcome(stage.name, record.shard, record.attempt) or {}
     code = outcome.get("exit", returncode)
     if code == exitcodes.OK and returncode != 0:
         code = returncode                 # rank 0 finished but another rank did not
+    if code not in (exitcodes.OK, exitcodes.STOPPED_FOR_REQUEUE) and "error" not in outcome \
+            and (failed := run.first_rank_failure(stage.name, record.shard, record.attempt)):
+        outcome = {**outcome, "error": f"rank {failed['rank']}: {failed['error']}", "where": failed.get("where")}
     previous = run.attempts(stage.name, record.shard)[-2:-1]
     step = run.checkpoint_step(stage.name)
     decision = policy.decide(
@@ -67,13 +72,14 @@ def finish_attempt(run: RunDir, stage: StagePlan, record: AttemptRecord, returnc
     if decision.action == policy.CONTINUE and on_continue is not None:
         decision = policy.Decision(*on_continue(decision, code == exitcodes.STOPPED_FOR_REQUEUE))
     record.end, record.exit_code, record.outcome = end, code, exitcodes.describe(code)
-    record.error, record.signal = outcome.get("error"), outcome.get("signal")
+    record.error, record.where, record.signal = outcome.get("error"), outcome.get("where"), outcome.get("signal")
     record.checkpoint_step, record.state, record.reason = step, decision.action, decision.reason
     problem = run.try_record(stage.name, record.key, record.as_json())
     for line in ([problem] if problem else []) + run.quarantined_since(stage.name, record.start):
         echo(line)
-    error = f": {outcome['error']}" if outcome.get("error") else ""
     label = f"shard {record.shard} " if stage.array else ""
-    echo(f"{label}attempt {record.attempt}: {exitcodes.describe(code)}{error} -> "
+    echo(f"{label}attempt {record.attempt}: {exitcodes.describe(code)} -> "
          f"{decision.action} ({decision.reason})")
+    for line in failures.lines(outcome):
+        echo(line)
     return decision

@@ -43,6 +43,8 @@ def items(ctx) -> None:
     pause = float(ctx.config.get("seconds_per_item", 0.0))
     if ctx.config.get("fail_shard") == ctx.shard_index:
         raise RuntimeError(f"shard {ctx.shard_index} fails on purpose (config fail_shard)")
+    if "fail_rank" in ctx.config and ctx.config["fail_rank"] == int(os.environ.get("RANK", "0")):
+        raise RuntimeError(f"rank {ctx.config['fail_rank']} fails on purpose (config fail_rank)")
     out = ctx.stage_dir / "items"
     for i in range(ctx.shard_index, total, ctx.shard_count):
         if ctx.stop is not None and ctx.stop.requested:

@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-from . import atomic, exitcodes, tasks
+from . import atomic, exitcodes, failures, tasks
 from .runs import RunDir
 from .runtime.context import CheckpointPolicy, TaskContext
 
@@ -72,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # the whole traceback goes to this rank's log
         traceback.print_exc()
         ended, code = exc, exitcodes.FAILED
-        outcome["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        outcome.update(failures.summarize(exc))
     outcome.update(exit=code, end=time.time(), signal=stop.signal_name)
     if rank == 0:
         atomic.write_json(run.outcome_path(stage["name"], ctx.shard_index, ctx.attempt), outcome)
+    elif "error" in outcome:        # the supervisor shows it when rank 0 itself did not fail
+        atomic.write_json(ctx.layout.rank_failure(ctx.shard_index, ctx.attempt, rank), outcome)
     print(f"[launcher.entry] exit {code} ({exitcodes.describe(code)})", flush=True)
     if "torch.distributed" in sys.modules:
         # Skip the interpreter's teardown: destroying a gloo group while its worker thread waits

@@ -42,6 +42,10 @@ class StageLayout:
         """Rank 0's record of how one attempt of one shard ended."""
         return self.path / "outcomes" / f"shard-{shard}-attempt-{attempt}.json"
 
+    def rank_failure(self, shard: int, attempt: int, rank: int) -> Path:
+        """The exception of a rank other than 0 that failed in one attempt of one shard."""
+        return self.path / "outcomes" / f"shard-{shard}-attempt-{attempt}-rank-{rank}-failure.json"
+
 
 @dataclass(frozen=True)
 class RunLayout:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic, plan as planner, progress, report_plots as plots, status
+from . import atomic, failures, plan as planner, progress, report_plots as plots, status
 from .runs import RunDir
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
@@ -171,7 +171,8 @@ def _stage_section(view: StageView) -> str:
     rows = [[a.get("attempt"), a.get("shard"), a.get("job_id"), _clock(a.get("start")), _clock(a.get("end")),
              progress.duration(a["end"] - a["start"]) if a.get("end") and a.get("start") else "-",
              a.get("state"), a.get("outcome") or "-", a.get("signal") or "-",
-             _or_dash(a["resumed_from"]), _or_dash(a["saved_at"]), a.get("reason") or ""]
+             _or_dash(a["resumed_from"]), _or_dash(a["saved_at"]),
+             "; ".join(filter(None, [failures.one_line(a), a.get("reason")]))]   # the cause first
             for a in view.attempts]
     parts.append(_table(head, rows, state_column=6) if rows else "<p>no attempts yet</p>")
     resumed = [a["resumed_from"] for a in view.attempts if a["resumed_from"]]

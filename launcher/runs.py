@@ -122,7 +122,7 @@ class RunDir:
             if "exit" in outcome:
                 why += f"; rank 0 exited {exitcodes.describe(outcome['exit'])}"
             record = {**record, "state": "lost", "end": outcome.get("end") or time.time(),
-                      "exit_code": outcome.get("exit"), "error": outcome.get("error"),
+                      "exit_code": outcome.get("exit"), "error": outcome.get("error"), "where": outcome.get("where"),
                       "signal": outcome.get("signal"), "checkpoint_step": step, "last_step": last,
                       "reason": f"{why}; resumes from checkpoint step {step}"}
             self.record(stage, f"shard-{record['shard']}-attempt-{record['attempt']}", record)
@@ -141,6 +141,17 @@ class RunDir:
             return json.loads(self.outcome_path(stage, shard, attempt).read_text())
         except (OSError, json.JSONDecodeError):
             return None
+
+    def first_rank_failure(self, stage: str, shard: int, attempt: int) -> dict | None:
+        """The failure record of the rank (other than 0) that failed first in that attempt."""
+        folder = self.stage(stage).outcome(shard, attempt).parent
+        found = []
+        for path in folder.glob(f"shard-{shard}-attempt-{attempt}-rank-*-failure.json"):
+            try:
+                found.append(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
+        return min(found, key=lambda f: f.get("end") or 0, default=None)
 
     # -- checkpoints and progress, as the runtime leaves them ----------------------------------
     def checkpoint_step(self, stage: str) -> int | None:

@@ -255,6 +255,10 @@ def _deep_merge(into: dict, other: dict) -> None:
 
 
 # -- validation ------------------------------------------------------------------------------
+INCLUDE_ONLY = ("has neither name nor stages: an include-only base (settings shared by job specs), "
+                "not a job; validate a spec that names it in `include:` (e.g. jobs/pipeline.yaml)")
+
+
 def load_spec(path: str | Path | dict, overrides: list[str] = (), backend: str | None = None,
               check_tasks: bool = True, base_dir: str | Path = ".") -> JobSpec:
     """Load, merge and validate a spec (a file, or a mapping whose relative paths are under
@@ -266,6 +270,8 @@ def load_spec(path: str | Path | dict, overrides: list[str] = (), backend: str |
     problems: list[Problem] = []
     source = DICT_SOURCE if isinstance(path, dict) else str(path)
     spec_dir = Path(base_dir) if isinstance(path, dict) else Path(path).parent
+    if isinstance(data, dict) and "name" not in data and "stages" not in data:
+        raise SpecInvalid([Problem(Where(source, 1), dotted(()), INCLUDE_ONLY)])
     top = Reader(data, (), positions, problems, Where(source))
     name = top.string("name", pattern=NAME, pattern_help=NAME_HELP)
     backend_name = top.choice("backend", BACKENDS, "local")

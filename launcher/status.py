@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import backends, checkpoint_health, plan as planner, progress
+from . import backends, checkpoint_health, failures, plan as planner, progress
 from .layout import RunLayout
 from .runs import RunDir
 
@@ -23,6 +23,24 @@ def stage_progress(run: RunDir, stage: planner.StagePlan, state: str) -> str:
     return progress.from_rows(rows, stage.config).line(running=progress.state_kind(state) == "running")
 
 
+def attempt_count(attempts: list[dict]) -> str:
+    """The attempts of a stage as the most any one shard took: two shards that ran once each
+    took one attempt each, not two (a stage without an array is its one shard)."""
+    per_shard: dict[int, int] = {}
+    for record in attempts:
+        per_shard[record.get("shard", 0)] = per_shard.get(record.get("shard", 0), 0) + 1
+    return str(max(per_shard.values(), default=0))
+
+
+def _last_reason(attempts: list[dict]) -> str:
+    """The last attempt's reason, after its exception (type, message, where) when it failed."""
+    if not attempts:
+        return ""
+    error = failures.one_line(attempts[-1])
+    reason = attempts[-1].get("reason") or ""
+    return f"{error}; {reason}" if error and reason else error or reason
+
+
 def stage_rows(run: RunDir) -> list[list[str]]:
     plan = planner.load(run.path)
     described = backends.for_plan(plan).describe(run, plan)
@@ -32,13 +50,13 @@ def stage_rows(run: RunDir) -> list[list[str]]:
         attempts = run.attempts(name)
         now = described.get(name, backends.StageState("-", "not submitted"))
         job, state = now.job, now.state
-        reason = now.reason or (attempts[-1].get("reason") if attempts else None) or ""
+        reason = now.reason or _last_reason(attempts)
         quarantined = checkpoint_health.quarantined(run.stage(name).checkpoints)
         if quarantined:
             reason = f"{len(quarantined)} checkpoint(s) quarantined, last: {quarantined[-1]['name']} " \
                      f"({quarantined[-1]['reason']}); " + reason
         step = run.checkpoint_step(name)
-        rows.append([name, job, state, str(len(attempts)), "-" if step is None else str(step),
+        rows.append([name, job, state, attempt_count(attempts), "-" if step is None else str(step),
                      stage_progress(run, stage, state), reason[:160]])
     return rows
 

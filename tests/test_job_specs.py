@@ -10,9 +10,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ["--set", "stages.preprocess.config.data_dir=data/sample",
           "--set", "stages.merge.config.data_dir=data/sample"]
 FACES = "data/sample/faces/lfw"     # the StyleNeRF specs' data/processed exists on the cluster only
+SPEECH = "data/sample/audio/astronaut/00001.wav"   # pipeline.yaml's data/raw/test_audio.wav too
+# audio2nerf_8gpu.yaml reads other runs' outputs: a folder and a random generator stand in
+A2N = ["--set", "stages.train.config.data=data/sample", "--set", "stages.train.config.generator=random"]
 READY = {"demo.yaml": [], "debug_1gpu.yaml": [], "stylenerf_8gpu.yaml": ["--set", f"stages.train.config.data={FACES}"],
          "stylenerf_4x8gpu.yaml": ["--set", f"stages.train.config.data={FACES}"], "preprocess_cpu.yaml": SAMPLE,
-         "audio2nerf_8gpu.yaml": [], "pipeline.yaml": SAMPLE + ["--set", f"stages.stylenerf.config.data={FACES}"]}
+         "audio2nerf_8gpu.yaml": A2N, "pipeline.yaml": SAMPLE + ["--set", f"stages.stylenerf.config.data={FACES}",
+                                                                "--set", f"stages.generate.config.audio={SPEECH}"]}
 
 
 @pytest.mark.parametrize("spec", sorted(READY))
@@ -30,3 +34,12 @@ def test_a_missing_data_folder_is_refused_before_anything_is_submitted(tmp_path)
     assert "preprocess_cpu.yaml:12: stages.preprocess.config.data_dir: 'data/raw' is not a folder" \
         in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_the_include_only_base_says_so_instead_of_asking_for_a_name():
+    result = launcher("validate", str(ROOT / "jobs" / "base_slurm.yaml"), cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"{ROOT / 'jobs' / 'base_slurm.yaml'}:1: <spec>: has neither name nor stages: an include-only base "
+        "(settings shared by job specs), not a job; validate a spec that names it in `include:` "
+        "(e.g. jobs/pipeline.yaml)"]

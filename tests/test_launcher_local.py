@@ -24,6 +24,11 @@ PIPELINE = """
 """
 
 
+def status_row(status: str, stage: str) -> list[str]:
+    """The cells of `stage`'s row in `status RUN`'s table (stage, job, state, attempts, ...)."""
+    return next(line.split() for line in status.splitlines() if line.split()[:1] == [stage])
+
+
 def test_pipeline_runs_array_then_two_rank_allreduce(tmp_path):
     result = launcher("submit", str(write_spec(tmp_path, PIPELINE)), cwd=tmp_path, check=True)
     run = run_dir_from(result.stdout)
@@ -55,6 +60,27 @@ def test_failed_stage_stops_dependents_and_the_loop_guard_gives_up(tmp_path):
     assert not (run / "stages" / "after_shards").exists()
     status = launcher("status", str(run), cwd=tmp_path, check=True).stdout
     assert "gave-up" in status and "failed the same way twice" in status
+    # the cause is where the user looks: under the supervisor's line, and in status's reason
+    assert "[shards]   RuntimeError: shard 1 fails on purpose (config fail_shard)" in result.stdout
+    assert "[shards]   at " in result.stdout and "launcher/diagnose.py:" in result.stdout
+    assert "RuntimeError: shard 1 fails on purpose (config fail_shard) (diagnose.py:" in status
+    assert status_row(status, "shards")[3] == "2"     # shard 1 ran twice, shard 0 once: not 3
+
+
+def test_the_exception_of_a_failing_rank_other_than_0_is_shown(tmp_path):
+    """Rank 0 finishes, rank 1 raises: the supervisor's line and status show rank 1's exception."""
+    spec = write_spec(tmp_path, """
+        name: rank1
+        run_root: runs
+        local: {max_restarts: 0}
+        stages:
+          work: {task: diagnose.items, resources: {tasks_per_node: 2}, config: {items: 2, fail_rank: 1}}
+    """)
+    result = launcher("submit", str(spec), cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "[work]   rank 1: RuntimeError: rank 1 fails on purpose (config fail_rank)" in result.stdout
+    status = launcher("status", str(run_dir_from(result.stdout)), cwd=tmp_path, check=True).stdout
+    assert "rank 1: RuntimeError: rank 1 fails on purpose (config fail_rank) (diagnose.py:" in status
 
 
 def test_status_and_logs_show_a_finished_local_run(tmp_path):
@@ -62,6 +88,7 @@ def test_status_and_logs_show_a_finished_local_run(tmp_path):
     run = run_dir_from(result.stdout)
     status = launcher("status", run.name, cwd=tmp_path, check=True).stdout
     assert status.count("completed") == 2
+    assert status_row(status, "shards")[3] == "1"     # 4 shards that ran once each: not "attempts 4"
     logs = launcher("logs", run.name, "--stage", "reduce", "--rank", "1", cwd=tmp_path, check=True).stdout
     assert "reduce rank 1" in logs and "exit 0 (completed)" in logs
     nosuch = launcher("logs", run.name, "--stage", "nosuch", cwd=tmp_path)

@@ -221,6 +221,7 @@ def test_a_job_that_crashes_the_same_way_stops_after_the_cap_with_the_reason_in_
     assert history[0]["job_id"] == history[1]["job_id"]     # the retry ran inside the same allocation
     status = launcher("status", run.name, cwd=tmp_path, check=True).stdout
     assert "failed the same way twice in a row" in status
+    assert "RuntimeError: shard 0 fails on purpose (config fail_shard) (diagnose.py:" in status   # the cause
 
 
 def test_a_hostile_spec_cannot_run_a_command_through_the_batch_script(tmp_path):

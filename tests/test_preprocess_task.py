@@ -120,5 +120,10 @@ def test_check_names_the_field_that_is_wrong(config, field):
     assert field in [f for f, _ in check(config, {})]
 
 
+def test_a_config_key_typo_gets_the_close_key():
+    assert dict(check({"data_dir": str(SAMPLE), "resolutoin": 64}, {}))["resolutoin"] == \
+        "unknown key (did you mean 'resolution'?)"
+
+
 def test_check_accepts_the_sample_config():
     assert check(_config(), {}) == []

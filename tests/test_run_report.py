@@ -160,14 +160,15 @@ def test_a_pipeline_mid_run_renders_every_stage_shard_and_state(tmp_path, report
     run.write_plan(planner.build(spec, str(run.path), sys.executable))
     now = 1_000_000.0
 
-    def attempt(stage, shard, state, start, end):          # the fields the local supervisor writes
-        run.record(stage, f"shard-{shard}-attempt-0", {
+    def attempt(stage, shard, state, start, end, **failed):   # the fields the local supervisor writes
+        run.record(stage, f"shard-{shard}-attempt-0", {**failed,
             "kind": "attempt", "stage": stage, "shard": shard, "attempt": 0, "backend": "local",
             "job_id": f"local:{100 + shard}", "nodes": "here", "start": start, "end": end, "state": state,
             "checkpoint_step": None})
 
     attempt("prep", 0, "completed", now - 600, now - 300)
-    attempt("prep", 1, "hung", now - 600, now - 250)
+    attempt("prep", 1, "hung", now - 600, now - 250, error="FileNotFoundError: no such clip",
+            where="nerffacespeech/x.py:12 in load")
     attempt("train", 0, "running", now - 200, None)
     (run.stage_dir("train")).mkdir(parents=True)
     (run.stage_dir("train") / "metrics.jsonl").write_text(
@@ -182,3 +183,4 @@ def test_a_pipeline_mid_run_renders_every_stage_shard_and_state(tmp_path, report
     for stage in ("prep", "train", "evaluate", "publish"):
         assert f"<h2 id='stage-{stage}'>" in html
     assert html.count("<img class='metrics'") == 1 and "no attempts yet" in html
+    assert "FileNotFoundError: no such clip (x.py:12 in load)" in html   # the cause, where one looks

@@ -99,3 +99,18 @@ def test_status_shows_the_items_per_second_a_task_logs(tmp_path):
         writer.log(2, items=32, loss=0.5)
     line = progress.from_rows(progress.tail_rows(ctx.metrics_path)).line()
     assert re.fullmatch(r"step 2/8 \(25%\), [0-9.e+]+ items/s, ETA 0m \d\ds, loss 0.5", line), line
+
+
+def test_a_second_line_at_the_same_step_has_no_rate_so_it_does_not_halve_the_mean(tmp_path):
+    """An evaluation logged at the training's last step did no steps: it writes no rate (not 0),
+    so the rate and ETA that status and the report average stay the training's."""
+    ctx = context(tmp_path)
+    with MetricsWriter(ctx, single_process_env(), tensorboard=False) as writer:
+        writer.log(1, loss=1.0)
+        time.sleep(0.01)
+        writer.log(2, loss=0.5)
+        time.sleep(0.01)
+        writer.log(2, fid=12.0)
+    lines = [json.loads(line) for line in ctx.metrics_path.read_text().splitlines()]
+    assert lines[1]["steps_per_s"] > 0 and "steps_per_s" not in lines[2]
+    assert progress.from_rows(progress.tail_rows(ctx.metrics_path)).steps_per_s == lines[1]["steps_per_s"]

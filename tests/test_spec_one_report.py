@@ -86,7 +86,25 @@ def test_validating_every_task_config_imports_no_torch(tmp_path):
     spec.write_text(f"name: t\nstages:\n  p: {{task: preprocess, config: {{data_dir: {SAMPLE}}}}}\n"
                     f"  s: {{task: stylenerf.train, config: {{data: {FACES}}}}}\n"
                     f"  a: {{task: audio2nerf.train, config: {{}}}}\n"
-                    f"  g: {{task: generate, config: {{audio: a.wav, seeds: [0]}}}}\n")
+                    f"  g: {{task: generate, config: {{audio: data/sample/audio/astronaut/00001.wav, seeds: [0]}}}}\n")
     code = ("import sys; from launcher.cli import main; rc = main(['validate', sys.argv[1]]); "
             "assert rc == 0 and 'torch' not in sys.modules, (rc, 'torch' in sys.modules)")
     subprocess.run([sys.executable, "-c", code, str(spec)], cwd=ROOT, check=True, timeout=60)
+
+
+def test_the_files_a_stage_reads_are_checked_but_not_what_earlier_stages_write(tmp_path):
+    """A missing WAV, a training data path that is a plain file, and a typo in a task config key
+    are refused at `validate` with `file:line: field: message`; audio2nerf's data and generator
+    left unset (the merge and stylenerf stages of the run write them) are not required."""
+    spec = tmp_path / "paths.yaml"
+    (tmp_path / "faces.txt").write_text("not images")
+    spec.write_text(f"name: t\nstages:\n"
+                    f"  s: {{task: stylenerf.train, config: {{data: {tmp_path / 'faces.txt'}}}}}\n"
+                    f"  a: {{task: audio2nerf.train, after: [s], config: {{lr: 0.001, max_step: 3}}}}\n"
+                    f"  g: {{task: generate, after: [a], config: {{audio: {tmp_path / 'talk.wav'}, seeds: [0]}}}}\n")
+    assert problems(spec) == [
+        f"{spec}:3: stages.s.config.data: '{tmp_path / 'faces.txt'}' is neither a folder nor a .zip (a folder or "
+        "zip of aligned face images; relative paths are taken from the directory you run the launcher in)",
+        f"{spec}:4: stages.a.config.max_step: unknown key (did you mean 'max_steps'?)",
+        f"{spec}:5: stages.g.config.audio: '{tmp_path / 'talk.wav'}' does not exist (the speech file to animate; "
+        "relative paths are taken from the directory you run the launcher in)"]

@@ -57,7 +57,8 @@ class MetricsWriter:
             return
         now = time.time()
         record: dict[str, Any] = {"step": step, "time": now}
-        if self._last is not None and now > self._last[1]:
+        if self._last is not None and now > self._last[1] and step > self._last[0]:
+            # a second line at the same step (an evaluation's) did no steps: no rate, not 0
             elapsed = now - self._last[1]
             record["steps_per_s"] = (step - self._last[0]) / elapsed
             if items is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from . import typed
+from . import paths, typed
 from .stylenerf import ENGINES, PRECISIONS, PRESETS, training_problems
 from .typed import field_problems
 
@@ -136,12 +136,23 @@ def _value_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
 
 
 def check(config: dict, resources: dict) -> list[tuple[str, str]]:
-    """What the launcher runs before submitting, every problem at once: types, ranges, and
-    engine/precision support and the batch split as far as the fields they read are right."""
+    """What the launcher runs before submitting, every problem at once: types, ranges, the files
+    the config names (data, generator, sadtalker), and engine/precision support and the batch
+    split as far as the fields they read are right."""
     cfg, problems = _read(config)
     if cfg is None:
         return problems
+    problems += typed.beyond(problems, _file_problems(cfg))
     return problems + training_problems(cfg, resources, problems)
+
+
+def _file_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
+    """The files it reads that the config names; unset ones are the earlier stages' outputs."""
+    generator = None if cfg.generator == RANDOM_GENERATOR else cfg.generator
+    return (paths.need_folder("data", cfg.data, "a processed dataset, written by preprocess.merge")
+            + paths.need_existing("generator", generator, "a StyleNeRF checkpoint folder, `latest` or "
+                                  f"G safetensors, or {RANDOM_GENERATOR!r}")
+            + paths.need_file("sadtalker", cfg.sadtalker, "SadTalker's safetensors, see docs/PRETRAINED.md"))
 
 
 __all__ = ["ModelConfig", "TrainConfig", "check", "RANDOM_GENERATOR", "DEFAULT_GENERATOR_STAGE"]

@@ -1,15 +1,16 @@
 """The `generate` stage's config (audio in, talking-head video out): typed fields, torch-free checks.
 
 `GenerateConfig.parse` is what the task and the CLI run; `check(config, resources)` is what the
-launcher runs before submitting. Both report `(field path, message)` problems; paths are not
-checked here (they may only exist once earlier stages ran) but when the task starts.
+launcher runs before submitting. Both report `(field path, message)` problems; paths are
+checked by `check` when the config names them (unset, the task reads what earlier stages of
+the run write), and again when the task starts.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from . import typed
+from . import paths, typed
 from .typed import Problem, field_problems
 
 CAMERAS = ("fixed", "gentle", "poses")
@@ -91,10 +92,23 @@ def _value_problems(cfg: GenerateConfig) -> list[tuple[str, str]]:
     return out
 
 
+def _file_problems(cfg: GenerateConfig) -> list[Problem]:
+    """The files it reads that the config names; unset checkpoints are the earlier stages' outputs."""
+    return (paths.need_file("audio", cfg.audio, "the speech file to animate")
+            + paths.need_file("face_image", cfg.face_image, "a photo of the identity")
+            + paths.need_file("poses", cfg.poses, "a preprocess metadata/poses.json")
+            + paths.need_folder("run_dir", cfg.run_dir, "a run with an audio2nerf stage")
+            + paths.need_existing("audio2nerf", cfg.audio2nerf, "an audio2nerf checkpoint: step folder, "
+                                  "`latest` or checkpoints/")
+            + paths.need_existing("generator", cfg.generator, "a StyleNeRF checkpoint or G safetensors"))
+
+
 def check(config: dict, resources: dict) -> list[tuple[str, str]]:
-    """What the launcher runs before submitting: types and ranges, and one process (every process
-    would write the same files)."""
-    problems = GenerateConfig.parse(config)[1]
+    """What the launcher runs before submitting: types and ranges, the files the config names,
+    and one process (every process would write the same files)."""
+    cfg, problems = typed.read(GenerateConfig, config, _type_problems, _value_problems)
+    if cfg is not None:
+        problems += typed.beyond(problems, _file_problems(cfg))
     world = int(resources.get("world_size") or 1)
     if world > 1:
         problems.append(("", f"generate runs as one process; the stage asks for {world} "

@@ -145,7 +145,7 @@ def _field_problems(cls, data: Any, prefix: str, problems: list, nested: dict) -
     known = {f.name: f for f in fields(cls)}
     for key in data:
         if key not in known:
-            problems.append((f"{prefix}{key}", f"unknown key; known: {', '.join(sorted(known))}"))
+            problems.append((f"{prefix}{key}", typed.unknown_key(key, known)))
     for name, f in known.items():
         path = f"{prefix}{name}"
         if name in nested:

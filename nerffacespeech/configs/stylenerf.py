@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import typed
+from . import paths, typed
 from .typed import Problem, field_problems
 
 ENGINES = ("deepspeed", "ddp")
@@ -308,10 +308,7 @@ def check(config: dict, resources: dict) -> list[tuple[str, str]]:
 
 
 def _file_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
-    out = []
-    if cfg.data is not None and not os.path.exists(cfg.data):
-        out.append(("data", f"{cfg.data!r} does not exist (a folder or zip of aligned face images; relative "
-                            "paths are taken from the directory you run the launcher in)"))
+    out = paths.need_folder_or_zip("data", cfg.data, "a folder or zip of aligned face images")
     if cfg.init_from and not os.path.isfile(cfg.init_from):
         out.append(("init_from", f"{cfg.init_from!r} does not exist (export it with "
                                  "nerffacespeech.pretrained.stylenerf_pkl, see docs/PRETRAINED.md)"))

@@ -1,6 +1,6 @@
 """The first check of every task config: a YAML mapping against a frozen dataclass's fields.
 
-Unknown keys (listing the known ones), missing required keys, and values whose type does not
+Unknown keys (the close one, else every known one), missing required keys, and values whose type does not
 match the field's annotation; each task's config module then checks its own value rules. A user
 sees every problem at once: values are checked on a stand-in config whose ill-typed fields are
 left at their defaults, and each field is reported once, by the first round that finds it wrong.
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import MISSING, fields
 from typing import Any, Callable, TypeVar
+
+from launcher.fields import suggest
 
 Problem = tuple[str, str]           # (field path, message)
 Config = TypeVar("Config")
@@ -27,8 +29,7 @@ def field_problems(config: Any, cls: type, required: dict[str, str] | None = Non
     if not isinstance(config, dict):
         return [(prefix.rstrip("."), "must be a mapping")]
     known = {f.name: f for f in fields(cls)}
-    problems = [(prefix + key, f"unknown key; known: {', '.join(sorted(known))}") for key in config
-                if key not in known]
+    problems = [(prefix + key, unknown_key(key, known)) for key in config if key not in known]
     problems += [(prefix + key, f"is required: {why}") for key, why in (required or {}).items() if key not in config]
     for name, value in config.items():
         if name not in known:
@@ -37,6 +38,12 @@ def field_problems(config: Any, cls: type, required: dict[str, str] | None = Non
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             problems.append((prefix + name, f"must be {known[name].type}, got {type(value).__name__} {value!r}"))
     return problems
+
+
+def unknown_key(key: Any, known) -> str:
+    """The message for a key the config does not have: the close one, else every known key."""
+    close = suggest(str(key), known)
+    return f"unknown key{close}" if close else f"unknown key; known: {', '.join(sorted(known))}"
 
 
 def parse(cls: type[Config], config: Any, type_problems: Callable[[Any], list[Problem]],

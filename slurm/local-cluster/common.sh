@@ -6,8 +6,7 @@
 # whole words. Guards against stale PID files and PID reuse.
 pid_alive() {
     local pidfile=$1 comm=$2 args=${3:-} pid
-    [[ -s $pidfile ]] || return 1
-    pid=$(tr -dc '0-9' <"$pidfile")
+    pid=$(pid_of "$pidfile")
     [[ -n $pid && -d /proc/$pid ]] || return 1
     [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$comm" ]] || return 1
     # A zombie is not alive.
@@ -20,7 +19,9 @@ pid_alive() {
     return 0
 }
 
-pid_of() { tr -dc '0-9' <"$1"; }
+# pid_of PIDFILE: the number in it, or nothing when it is missing. A daemon (munged) removes
+# its own PID file as it exits, so the file can vanish between a test and the read: no error then.
+pid_of() { tr -dc '0-9' 2>/dev/null <"$1" || true; }
 
 # any_daemon_alive: true if any daemon of $STATE runs.
 any_daemon_alive() {

@@ -41,6 +41,7 @@ stop_pid() {
         return 0
     fi
     pid=$(pid_of "$pidfile")
+    [[ -n $pid ]] || { rm -f "$pidfile"; return 0; }       # it exited (and removed it) just now
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 1 300); do
