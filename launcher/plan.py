@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from . import signals, tasks
+from .heartbeat import HangTimeouts
 from .layout import RunLayout
 from .spec import JobSpec, StageSpec, processes_per_node
 
@@ -41,6 +42,12 @@ class StagePlan:
     env: dict[str, str]
     command: list[str]               # what runs on each node (local: the whole attempt)
     slurm: dict = field(default_factory=dict)   # sbatch parameters, as submitit takes them
+    hang_timeouts: dict = field(default_factory=dict)   # launcher.heartbeat.HangTimeouts fields
+
+    @property
+    def hang(self) -> HangTimeouts:
+        """Seconds without progress, per phase, that mean a hang (the supervisors' watch)."""
+        return HangTimeouts(**self.hang_timeouts)
 
     @property
     def world_size(self) -> int:
@@ -116,7 +123,8 @@ def stage_plan(spec: JobSpec, stage: StageSpec, run_dir: str, python: str) -> St
         time_minutes=stage.resources.time_minutes or spec.slurm.time_minutes,
         max_restarts=max_restarts, stop_signals=signals.stop_signals(spec.slurm.signal),
         checkpoint=dict(stage.checkpoint), device=device,
-        partition=stage.partition or spec.slurm.partition, env=env, command=[])
+        partition=stage.partition or spec.slurm.partition, env=env, command=[],
+        hang_timeouts=asdict(HangTimeouts(**stage.hang_timeouts)))
     command = (local_command(plan, run_dir, python) if local
                else slurm_step_command(plan, run_dir, python))
     slurm = {} if local else sbatch_parameters(spec, plan, run_dir)

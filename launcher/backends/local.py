@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import attempts, exitcodes, plan as planner, policy, runlock, signals
+from .. import attempts, exitcodes, heartbeat, plan as planner, policy, runlock, signals
 from ..plan import Plan, StagePlan
 from ..runs import RunDir
 from . import LOST_REASON, Backend, StageState
@@ -31,6 +31,8 @@ ORPHAN_GRACE_SECONDS = 300      # a trainer left by a dead supervisor gets this 
 class Attempt:
     record: attempts.AttemptRecord
     process: subprocess.Popen
+    watch: heartbeat.HangWatch
+    hang: heartbeat.Hang | None = None      # set when the watch ended the attempt
 
 
 class LocalSupervisor:
@@ -107,11 +109,13 @@ class LocalSupervisor:
             time.sleep(POLL_SECONDS)
             for shard, attempt in list(self.running.items()):
                 if attempt.process.poll() is None:
+                    self._watch(name, attempt)
                     continue
                 del self.running[shard]
                 decision = attempts.finish_attempt(
                     self.run, stage, attempt.record, attempt.process.returncode, end=time.time(),
-                    operator_stop=bool(self.stop_signals), echo=lambda m: self.echo(f"[{name}] {m}"))
+                    operator_stop=bool(self.stop_signals), echo=lambda m: self.echo(f"[{name}] {m}"),
+                    failure=attempt.hang.describe() if attempt.hang else None)
                 if decision.action == policy.CONTINUE and not self.stop_signals:
                     todo.append(shard)
                 else:
@@ -121,6 +125,21 @@ class LocalSupervisor:
             policy.GAVE_UP if policy.GAVE_UP in states else sorted(states - {policy.COMPLETED})[0])
         self.echo(f"[{name}] {result}")
         return result
+
+    def _watch(self, name: str, attempt: Attempt) -> None:
+        """The hang rule: when no rank's heartbeat moved within its phase's budget, dump every
+        rank's stacks into its log, record where each stopped, and kill the attempt (the policy
+        then restarts it from the newest checkpoint)."""
+        if attempt.hang is not None:
+            return
+        hang = attempt.watch.check()
+        if hang is None:
+            return
+        attempt.hang = hang
+        self.echo(f"[{name}] {hang.describe()}: dumping stacks into the rank logs, ending the attempt")
+        heartbeat.dump_stacks(hang)
+        attempt.record.extra["hang"] = hang.ranks
+        runlock.signal_tree(attempt.process.pid, signal.SIGKILL)
 
     def _start(self, stage: StagePlan, shard: int) -> Attempt:
         number = len(self.run.attempts(stage.name, shard))
@@ -138,7 +157,8 @@ class LocalSupervisor:
             job_id=f"local:{process.pid}", nodes=socket.gethostname(), start=time.time(),
             checkpoint_step=self.run.checkpoint_step(stage.name))
         record.write(self.run)
-        return Attempt(record, process)
+        watch = heartbeat.HangWatch(self.run.stage(stage.name).heartbeats(shard, number), stage.hang)
+        return Attempt(record, process, watch)
 
 
 def parallelism(plan: Plan, stage: StagePlan) -> int:
