@@ -51,8 +51,11 @@ class Heartbeat:
         self.record.update(step=step, phase=phase, time=now)
         # rename without fsync: a torn file is impossible, and after a power loss nobody watches
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self.record))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps(self.record))
+            os.replace(tmp, self.path)
+        except OSError:
+            return      # a full disk fails the checkpoint with its reason; a missed beat only ages
         self._written = now
 
 
