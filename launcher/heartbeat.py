@@ -4,8 +4,9 @@ A rank on the step loop keeps one small JSON file (`StageLayout.heartbeat`: rank
 step, phase, time), replaced by rename at most every `Heartbeat.interval_s` seconds and at once
 when its phase changes; the step loop's only cost is a clock read per step. The supervisor reads
 them (`HangWatch.check`): when no rank has made progress for its phase's budget (`starting`
-until the first step ends, `saving` during a checkpoint save, `step` otherwise, `finished` after
-the final record: a rank that does not exit), the attempt hangs. No torch here: the supervisors
+until the first step ends, `saving` during a checkpoint save, `evaluating` during a task's
+evaluation, `step` otherwise, `finished` after the final record: a rank that does not exit), the
+attempt hangs. No torch here: the supervisors
 import this.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-STARTING, STEP, SAVING, FINISHED = "starting", "step", "saving", "finished"
+STARTING, STEP, SAVING, EVALUATING, FINISHED = "starting", "step", "saving", "evaluating", "finished"
 DUMP_SIGNAL = "QUIT"        # faulthandler dumps every thread's stack on it; no stop signal collides
 
 
@@ -28,9 +29,10 @@ class HangTimeouts:
     step: float = 600.0
     start: float = 1800.0       # restore and the first step (compilation, CUDA graph capture)
     save: float = 1800.0        # a blocking checkpoint save
+    evaluate: float = 3600.0    # a task's evaluation inside `StepLoop.evaluating()` (FID, samples)
 
     def budget(self, phase: str) -> float:
-        return {STARTING: self.start, SAVING: self.save}.get(phase, self.step)
+        return {STARTING: self.start, SAVING: self.save, EVALUATING: self.evaluate}.get(phase, self.step)
 
 
 class Heartbeat:

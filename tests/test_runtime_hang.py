@@ -13,7 +13,7 @@ from launcher.heartbeat import HangTimeouts, HangWatch, Heartbeat
 from launcher.spec import load_spec
 from tests.launcher_helpers import launcher, run_dir_from, training_spec, write_spec
 
-TIMEOUTS = HangTimeouts(step=10, start=100, save=50)
+TIMEOUTS = HangTimeouts(step=10, start=100, save=50, evaluate=200)
 
 
 def test_heartbeat_is_written_on_a_phase_change_and_otherwise_at_most_every_interval(tmp_path):
@@ -30,8 +30,37 @@ def test_heartbeat_is_written_on_a_phase_change_and_otherwise_at_most_every_inte
     assert [p.name for p in tmp_path.iterdir()] == ["rank-0.json"]     # no temporary left
 
 
+def test_the_step_loop_beats_each_phase_a_save_and_an_evaluation_enter(tmp_path):
+    from launcher.runtime.checkpoint import RNGState
+    from launcher.runtime.context import CheckpointPolicy, TaskContext
+    from launcher.runtime.distributed import single_process_env
+    from launcher.runtime.loop import StepLoop
+    from launcher.runtime.preemption import StopRequest
+
+    ctx = TaskContext(run_dir=tmp_path, stage="train", config={}, stop=StopRequest(), attempt=2,
+                      checkpoint=CheckpointPolicy(every_steps=2))
+    path = ctx.layout.heartbeat(0, 2, 0)
+    phases = []
+    with StepLoop(ctx, single_process_env(), {"rng": RNGState()}, seed=0, total_steps=3,
+                  before_save=lambda: phases.append(json.loads(path.read_text())["phase"])) as loop:
+        phases.append(json.loads(path.read_text())["phase"])
+        loop.restore()
+        for step in loop.steps():
+            with loop.evaluating():
+                phases.append(json.loads(path.read_text())["phase"])
+            phases.append(json.loads(path.read_text())["phase"])
+        loop.finish()
+    assert phases == ["starting", "evaluating", "starting",     # step 1: nothing ended yet
+                      "evaluating", "step", "saving",           # step 2 ended (beat), then its save
+                      "evaluating", "step", "saving"]           # step 3, the last: saved
+    record = json.loads(path.read_text())
+    assert (record["step"], record["phase"], record["rank"]) == (3, "finished", 0)
+
+
 def write_beats(folder: Path, *beats: tuple[int, str, float]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("rank-*.json"):
+        old.unlink()
     for rank, (step, phase, when) in enumerate(beats):
         (folder / f"rank-{rank}.json").write_text(json.dumps(
             {"rank": rank, "host": "h", "pid": 1, "step": step, "phase": phase, "time": when}))
@@ -43,11 +72,13 @@ def test_hang_rule_each_phase_has_its_budget(tmp_path):
     assert HangWatch(tmp_path, TIMEOUTS).check(now) is None           # no heartbeats: not watched
     write_beats(tmp_path, (3, "step", now - 11), (3, "step", now - 9))
     assert HangWatch(tmp_path, TIMEOUTS).check(now) is None           # one rank still moves
-    write_beats(tmp_path, (0, "starting", now - 99), (3, "saving", now - 49))
-    assert HangWatch(tmp_path, TIMEOUTS).check(now) is None           # within the start and save budgets
+    write_beats(tmp_path, (0, "starting", now - 99), (3, "saving", now - 49), (3, "evaluating", now - 199))
+    assert HangWatch(tmp_path, TIMEOUTS).check(now) is None           # within the start, save, evaluate budgets
     write_beats(tmp_path, (0, "starting", now - 101), (3, "saving", now - 51))
     hang = HangWatch(tmp_path, TIMEOUTS).check(now)
     assert [b["age"] for b in hang.ranks] == [101, 51]
+    write_beats(tmp_path, (3, "evaluating", now - 201))
+    assert HangWatch(tmp_path, TIMEOUTS).check(now).ranks[0]["phase"] == "evaluating"
     write_beats(tmp_path, (7, "step", now - 11), (7, "finished", now - 12))   # a rank that does not exit
     hang = HangWatch(tmp_path, TIMEOUTS).check(now)
     assert hang.describe() == ("hang: no rank made progress: rank 0 on h at step 7 (step, budget 10 s); "
@@ -57,9 +88,9 @@ def test_hang_rule_each_phase_has_its_budget(tmp_path):
 
 def test_hang_timeouts_are_validated_and_reach_the_plan(tmp_path):
     spec = json.loads(training_spec("t", "launcher.diagnose_train:main", {}))
-    spec["stages"]["train"].update(hang_timeout=30, hang_timeout_save=300)
+    spec["stages"]["train"].update(hang_timeout=30, hang_timeout_save=300, hang_timeout_evaluate=900)
     plan = planner.build(load_spec(spec), str(tmp_path), "python")
-    assert plan.stage("train").hang == HangTimeouts(step=30, start=HangTimeouts().start, save=300)
+    assert plan.stage("train").hang == HangTimeouts(step=30, start=HangTimeouts().start, save=300, evaluate=900)
     assert planner.Plan.from_json(json.loads(json.dumps(plan.to_json()))).stage("train").hang == \
         plan.stage("train").hang
     spec["stages"]["train"].update(hang_timeout=1, hang_timeout_start="soon")

@@ -14,6 +14,7 @@ supervisor's hang watch.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import Any, Callable, Iterator, Mapping
 
@@ -74,6 +75,17 @@ class StepLoop:
         self.heartbeat.beat(self.step, heartbeat.SAVING)
         if self.before_save is not None:
             self.before_save()
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Around a task's evaluation (metrics, sample grids): the heartbeat's phase is
+        `evaluating`, whose hang budget (`hang_timeout_evaluate`) is longer than a step's."""
+        previous = self.heartbeat.record["phase"]
+        self.heartbeat.beat(self.step, heartbeat.EVALUATING)
+        try:
+            yield
+        finally:
+            self.heartbeat.beat(self.step, previous)
 
     def finish(self, **record: Any) -> None:
         """Rank 0 writes the final record `{"step", **record}` (digests to compare runs by); all
