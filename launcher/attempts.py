@@ -52,11 +52,14 @@ ContinueHook = Callable[[policy.Decision, bool], "tuple[str, str]"]
 
 def finish_attempt(run: RunDir, stage: StagePlan, record: AttemptRecord, returncode: int, *,
                    end: float, operator_stop: bool = False, on_continue: ContinueHook | None = None,
-                   echo: Callable[[str], None] = print) -> policy.Decision:
+                   failure: str | None = None, echo: Callable[[str], None] = print) -> policy.Decision:
     """Read rank 0's outcome, decide (policy.decide), record the end, print one line (and under
-    it the failed rank's exception: where it was raised, type, message); the
-    decision returned is the one recorded (after `on_continue`, if the policy said continue)."""
+    it the failed rank's exception: where it was raised, type, message); the decision returned
+    is the one recorded (after `on_continue`, if the policy said continue).
+    `failure`: what the supervisor itself found (a hang); it replaces the outcome's error."""
     outcome = run.read_outcome(stage.name, record.shard, record.attempt) or {}
+    if failure is not None:
+        outcome = {**outcome, "exit": returncode or exitcodes.FAILED, "error": failure}
     code = outcome.get("exit", returncode)
     if code == exitcodes.OK and returncode != 0:
         code = returncode                 # rank 0 finished but another rank did not

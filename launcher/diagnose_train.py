@@ -37,6 +37,10 @@ class ToyConfig:
     sleep_per_step: float = 0.0         # seconds, so a test can interrupt mid-run
     checkpoint_pause: float = 0.0       # seconds each checkpoint write lingers (kill-during-write tests)
     threads: int = 1
+    hang_rank: int = -1                 # this rank stops moving at `hang_at_step` of the first attempt
+    hang_at_step: int = 0               # (hang-detection tests: the others wait in the next collective)
+    slow_rank: int = -1                 # this rank sleeps `slow_seconds` more per step (slow but alive)
+    slow_seconds: float = 0.0
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> "ToyConfig":
@@ -70,10 +74,18 @@ def main(ctx: TaskContext) -> None:
                 index = batch_indices(cfg, env, progress)
                 loss = engine.train_step(jitter(inputs[index]).to(env.device), targets[index].to(env.device))
                 loop.metrics.log(step, items=cfg.batch_size * env.world_size, loss=loss)
-                time.sleep(cfg.sleep_per_step)
+                time.sleep(cfg.sleep_per_step + (cfg.slow_seconds if env.rank == cfg.slow_rank else 0.0))
+                if env.rank == cfg.hang_rank and step == cfg.hang_at_step and ctx.attempt == 0:
+                    freeze()
             loop.finish(digest=tensor_digest(dict(engine.full_parameters())))
     finally:
         distributed.shutdown()       # an undestroyed gloo group can abort the process at exit
+
+
+def freeze() -> None:
+    """Never return, as a rank stuck in a driver call or a lost collective would."""
+    while True:
+        time.sleep(3600)
 
 
 def build_model(cfg: ToyConfig) -> torch.nn.Module:

@@ -6,13 +6,14 @@ even when torchrun folds exit codes into its own.
 """
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from . import atomic, exitcodes, failures, tasks
+from . import atomic, exitcodes, failures, heartbeat, signals, tasks
 from .runs import RunDir
 from .runtime.context import CheckpointPolicy, TaskContext
 
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = build_context(run, stage, stop)
     if os.environ.get("NFS_RANK_LOGS") == "1":
         _redirect_output(ctx.layout.rank_log(ctx.attempt, ctx.shard_index if stage["array"] else None, rank))
+    # The supervisor's hang watch sends SIGQUIT: every thread's stack goes to this rank's log.
+    faulthandler.register(signals.number(heartbeat.DUMP_SIGNAL), all_threads=True, chain=False)
     print(f"[launcher.entry] {stage['name']} rank {rank} shard {ctx.shard_index}/{ctx.shard_count} "
           f"attempt {ctx.attempt} task {stage['target']}", flush=True)
     outcome = {"rank": rank, "start": time.time()}

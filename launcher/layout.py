@@ -35,6 +35,13 @@ class StageLayout:
         folder = self.logs / f"attempt-{attempt}"
         return (folder / f"shard-{shard}" if shard is not None else folder) / f"rank-{rank}.log"
 
+    def heartbeats(self, shard: int, attempt: int) -> Path:
+        """heartbeats/shard-<i>/attempt-<k>/: one rank-<r>.json per rank (launcher.heartbeat)."""
+        return self.path / "heartbeats" / f"shard-{shard}" / f"attempt-{attempt}"
+
+    def heartbeat(self, shard: int, attempt: int, rank: int) -> Path:
+        return self.heartbeats(shard, attempt) / f"rank-{rank}.json"
+
     def shard_lock(self, shard: int) -> Path:
         return self.path / "locks" / f"shard-{shard}.lock"
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from . import signals, tasks
+from .heartbeat import HangTimeouts
 from .layout import RunLayout
 from .spec import JobSpec, StageSpec, processes_per_node
 
@@ -42,6 +43,12 @@ class StagePlan:
     command: list[str]               # what runs on each node (local: the whole attempt)
     slurm: dict = field(default_factory=dict)   # sbatch parameters, as submitit takes them
     restart_in_allocation: bool = False   # Slurm: a failure is retried in the same allocation first
+    hang_timeouts: dict = field(default_factory=dict)   # launcher.heartbeat.HangTimeouts fields
+
+    @property
+    def hang(self) -> HangTimeouts:
+        """Seconds without progress, per phase, that mean a hang (the supervisors' watch)."""
+        return HangTimeouts(**self.hang_timeouts)
 
     @property
     def world_size(self) -> int:
@@ -119,6 +126,7 @@ def stage_plan(spec: JobSpec, stage: StageSpec, run_dir: str, python: str) -> St
         checkpoint=dict(stage.checkpoint), device=device,
         partition=stage.partition or spec.slurm.partition, env=env, command=[],
         restart_in_allocation=not local and spec.slurm.restart_in_allocation)
+        hang_timeouts=asdict(HangTimeouts(**stage.hang_timeouts)))
     command = (local_command(plan, run_dir, python) if local
                else slurm_step_command(plan, run_dir, python))
     slurm = {} if local else sbatch_parameters(spec, plan, run_dir)

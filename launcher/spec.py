@@ -121,6 +121,7 @@ class StageSpec:
     checkpoint: dict[str, Any] = field(default_factory=dict)
     partition: str | None = None        # overrides slurm.partition for this stage
     max_restarts: int | None = None
+    hang_timeouts: dict[str, float] = field(default_factory=dict)   # given fields of HangTimeouts
 
 
 @dataclass(frozen=True)
@@ -396,7 +397,8 @@ def _read_stages(top: Reader, slurm: SlurmSettings) -> tuple[dict[str, StageSpec
             after=tuple(r.string_list("after")),
             checkpoint=checkpoint,
             partition=r.string("partition", None, pattern=SLURM_WORD, pattern_help=SLURM_WORD_HELP),
-            max_restarts=r.integer("max_restarts", None, minimum=0, maximum=100))
+            max_restarts=r.integer("max_restarts", None, minimum=0, maximum=100),
+            hang_timeouts=_read_hang_timeouts(r))
         if r.raw("stop_signals", None) is not None:
             r.report(r.path + ("stop_signals",), "not a stage setting: every stage stops on "
                      "slurm.signal (the one warning signal), SIGTERM and SIGINT")
@@ -405,6 +407,17 @@ def _read_stages(top: Reader, slurm: SlurmSettings) -> tuple[dict[str, StageSpec
                                                                                  "config"))):
             unsound.add(sname)
     return stages, unsound
+
+
+def _read_hang_timeouts(r: Reader) -> dict[str, float]:
+    """hang_timeout (seconds without a step), hang_timeout_start (until the first step ends),
+    hang_timeout_save (during a checkpoint save) and hang_timeout_evaluate (during a task's
+    evaluation): those given, as launcher.heartbeat.HangTimeouts fields. At least 5 s: a rank's heartbeat is rewritten only every 2 s."""
+    given = {"step": r.number("hang_timeout", None, minimum=5),
+             "start": r.number("hang_timeout_start", None, minimum=5),
+             "save": r.number("hang_timeout_save", None, minimum=5),
+             "evaluate": r.number("hang_timeout_evaluate", None, minimum=5)}
+    return {k: float(v) for k, v in given.items() if v is not None}
 
 
 def _flawed(problems: list[Problem], *fields: str) -> bool:

@@ -20,7 +20,7 @@ import time
 import zlib
 from pathlib import Path
 
-from . import attempts, exitcodes, plan as planner, policy, runlock, signals
+from . import attempts, exitcodes, heartbeat, plan as planner, policy, runlock, signals
 from .runs import RunDir
 
 PORT_RANGE = (20000, 60000)
@@ -133,8 +133,10 @@ def _run_attempt(run: RunDir, stage: planner.StagePlan, shard: int, job_id: str,
     print(f"[launcher.supervise] {stage.name} shard {shard} attempt {number} job {job_id}: "
           f"{' '.join(step)}", flush=True)
 
-    code = step_runner.run(step)
+    code = step_runner.run(step, heartbeat.HangWatch(run.stage(stage.name).heartbeats(shard, number), stage.hang))
     record.extra["sigterm_seen"] = bool(step_runner.signalled)
+    if step_runner.hang is not None:
+        record.extra["hang"] = step_runner.hang.ranks
 
     def restart_here_or_requeue(decision: policy.Decision, stopped: bool) -> tuple[str, str]:
         fields = job_fields(job_id)
@@ -145,6 +147,7 @@ def _run_attempt(run: RunDir, stage: planner.StagePlan, shard: int, job_id: str,
 
     return attempts.finish_attempt(
         run, stage, record, code, end=time.time(), on_continue=restart_here_or_requeue,
+        failure=step_runner.hang.describe() if step_runner.hang else None,
         echo=lambda line: print(f"[launcher.supervise] {line}", flush=True))
 
 
@@ -162,13 +165,16 @@ class StepRunner:
     Across nodes the step is `srun`, and Slurm signals its processes itself. On one node the
     step runs here, in the batch step (launcher.plan says why), and two things keep the signals
     flowing: every stop signal this process gets is passed to the step's whole process tree,
-    and a relay step (launcher.relay) brings the signals Slurm sends to steps only.
+    and a relay step (launcher.relay) brings the signals Slurm sends to steps only. While the
+    step runs, the hang watch reads the ranks' heartbeats (launcher.heartbeat): on a hang the
+    ranks on this node dump their stacks and the step is killed.
     """
 
     def __init__(self, stop_signals: list[str]):
         self.stop_signals = stop_signals
         self.signalled: list[tuple[float, int]] = []
         self.process: subprocess.Popen | None = None
+        self.hang: heartbeat.Hang | None = None
         for signum in SUBMITIT_SIGNALS:     # submitit's checkpoint-and-requeue handler goes
             signal.signal(signum, signal.SIG_DFL)
         for name in stop_signals:
@@ -179,11 +185,23 @@ class StepRunner:
         if self.process is not None and self.process.returncode is None:
             runlock.signal_tree(self.process.pid, signum)
 
-    def run(self, step: list[str]) -> int:
+    def run(self, step: list[str], watch: heartbeat.HangWatch) -> int:
+        self.hang = None                    # of this step (an allocation may run several)
         self.process = subprocess.Popen(step)
         relay = None if step[0] == "srun" else self._start_relay()
         try:
-            return self.process.wait()
+            while True:
+                try:
+                    return self.process.wait(timeout=watch.every_s)
+                except subprocess.TimeoutExpired:
+                    pass
+                if self.hang is None:
+                    self.hang = watch.check()
+                    if self.hang is not None:
+                        print(f"[launcher.supervise] {self.hang.describe()}: dumping stacks, ending the step",
+                              flush=True)
+                        heartbeat.dump_stacks(self.hang)
+                        runlock.signal_tree(self.process.pid, signal.SIGKILL)
         finally:
             if relay is not None:
                 relay.terminate()           # srun ends the relay step; not waited for: when Slurm

@@ -265,3 +265,30 @@ def test_render_shows_exactly_the_script_that_submit_hands_to_sbatch(tmp_path):
     assert rendered == submitted + "\n"                          # + the newline print adds
     assert (run / f"stages/reduce/submitit/{job}_submission.sh").read_text() == submitted
     wait_until(lambda: finished(run, "reduce"), 120, "the job")
+
+
+@pytest.mark.slow
+def test_a_hung_rank_is_detected_dumped_and_restarted_inside_the_allocation_on_slurm(tmp_path):
+    run = submit(tmp_path, """
+        name: t-hang
+        backend: slurm
+        run_root: runs
+        slurm: {partition: debug, time: "5", max_restarts: 2}
+        stages:
+          train:
+            task: launcher.diagnose_train:main
+            resources: {tasks_per_node: 2}
+            checkpoint: {every_steps: 2}
+            hang_timeout: 5
+            hang_timeout_start: 120
+            config: {steps: 6, hang_rank: 1, hang_at_step: 3}
+    """)
+    wait_until(lambda: finished(run, "train"), 300, "the hung job to be restarted and finish")
+    first, second = attempts(run, "train")
+    assert (first["state"], second["state"]) == ("restarted", "completed")
+    assert first["job_id"] == second["job_id"]
+    assert first["error"].startswith("hang: no rank made progress: rank 0 on ")
+    assert {b["rank"]: b["step"] for b in first["hang"]} == {0: 2, 1: 2}
+    assert first["end"] - max(b["time"] for b in first["hang"]) < 5 + 4
+    assert "in freeze" in (run / "stages/train/logs/attempt-0/rank-1.log").read_text()
+    assert json.loads((run / "stages/train/final.json").read_text())["step"] == 6

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import attempts, exitcodes, plan as planner, policy, progress, runlock, signals
+from .. import attempts, exitcodes, heartbeat, plan as planner, policy, progress, runlock, signals
 from ..plan import Plan, StagePlan
 from ..runs import RunDir
 from . import LOST_REASON, Backend, StageState
@@ -33,6 +33,8 @@ SUPERVISOR_START_SECONDS = 60   # how long a detached start waits for its superv
 class Attempt:
     record: attempts.AttemptRecord
     process: subprocess.Popen
+    watch: heartbeat.HangWatch
+    hang: heartbeat.Hang | None = None      # set when the watch ended the attempt
 
 
 class LocalSupervisor:
@@ -116,11 +118,13 @@ class LocalSupervisor:
             self._show_progress(stage, len(final))
             for shard, attempt in list(self.running.items()):
                 if attempt.process.poll() is None:
+                    self._watch(name, attempt)
                     continue
                 del self.running[shard]
                 decision = attempts.finish_attempt(
                     self.run, stage, attempt.record, attempt.process.returncode, end=time.time(),
-                    operator_stop=bool(self.stop_signals), echo=lambda m: self.echo(f"[{name}] {m}"))
+                    operator_stop=bool(self.stop_signals), echo=lambda m: self.echo(f"[{name}] {m}"),
+                    failure=attempt.hang.describe() if attempt.hang else None)
                 if decision.action == policy.CONTINUE and not self.stop_signals:
                     todo.append(shard)
                 else:
@@ -130,6 +134,21 @@ class LocalSupervisor:
             policy.GAVE_UP if policy.GAVE_UP in states else sorted(states - {policy.COMPLETED})[0])
         self.echo(f"[{name}] {result}")
         return result
+
+    def _watch(self, name: str, attempt: Attempt) -> None:
+        """The hang rule: when no rank's heartbeat moved within its phase's budget, dump every
+        rank's stacks into its log, record where each stopped, and kill the attempt (the policy
+        then restarts it from the newest checkpoint)."""
+        if attempt.hang is not None:
+            return
+        hang = attempt.watch.check()
+        if hang is None:
+            return
+        attempt.hang = hang
+        self.echo(f"[{name}] {hang.describe()}: dumping stacks into the rank logs, ending the attempt")
+        heartbeat.dump_stacks(hang)
+        attempt.record.extra["hang"] = hang.ranks
+        runlock.signal_tree(attempt.process.pid, signal.SIGKILL)
 
     def _show_progress(self, stage: StagePlan, shards_done: int) -> None:
         """Echo the stage's progress (launcher.progress) when it changed, at most every
@@ -162,7 +181,8 @@ class LocalSupervisor:
             job_id=f"local:{process.pid}", nodes=socket.gethostname(), start=time.time(),
             checkpoint_step=self.run.checkpoint_step(stage.name))
         record.write(self.run)
-        return Attempt(record, process)
+        watch = heartbeat.HangWatch(self.run.stage(stage.name).heartbeats(shard, number), stage.hang)
+        return Attempt(record, process, watch)
 
 
 def parallelism(plan: Plan, stage: StagePlan) -> int:

@@ -9,14 +9,18 @@
 After each step the ranks agree on a stop request; the checkpoint manager saves when one is
 due, at the last step, or on a stop (then blocking), and a stop ends in StopForRequeue (exit 75).
 A resumed attempt rewinds metrics.jsonl to its checkpoint, so the redone steps log once.
+Each rank's heartbeat (launcher.heartbeat) says which step and phase it is in, for the
+supervisor's hang watch.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
+from launcher import heartbeat
 from launcher.atomic import write_json
 from launcher.runtime import checkpoint, distributed, rng
 from launcher.runtime.context import TaskContext
@@ -39,6 +43,9 @@ class StepLoop:
         self.checkpoints = checkpoint.CheckpointManager(ctx.checkpoint_dir, env, ctx.checkpoint)
         self.metrics = MetricsWriter(ctx, env, total_steps=total_steps)
         self.step = 0                   # steps done
+        self.heartbeat = heartbeat.Heartbeat(ctx.layout.heartbeat(ctx.shard_index, ctx.attempt, env.rank),
+                                             env.rank)
+        self.heartbeat.beat(0, heartbeat.STARTING)
 
     def restore(self) -> int:
         """Seed this rank's generators, then load the newest usable checkpoint over them (its
@@ -56,10 +63,29 @@ class StepLoop:
             yield self.step
             stopping = self.stop.agree(self.env)
             self.checkpoints.save_if_due(self.step, self.state, last_step=self.step == self.total_steps,
-                                         stopping=stopping, prepare=self.before_save)
+                                         stopping=stopping, prepare=self._saving)
+            self.heartbeat.beat(self.step)
             if stopping:
                 raise StopForRequeue(self.step)
+        self.heartbeat.beat(self.step, heartbeat.SAVING)
         self.checkpoints.wait()
+
+    def _saving(self) -> None:
+        """Runs when a save begins: the heartbeat enters the save's budget, then `before_save`."""
+        self.heartbeat.beat(self.step, heartbeat.SAVING)
+        if self.before_save is not None:
+            self.before_save()
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Around a task's evaluation (metrics, sample grids): the heartbeat's phase is
+        `evaluating`, whose hang budget (`hang_timeout_evaluate`) is longer than a step's."""
+        previous = self.heartbeat.record["phase"]
+        self.heartbeat.beat(self.step, heartbeat.EVALUATING)
+        try:
+            yield
+        finally:
+            self.heartbeat.beat(self.step, previous)
 
     def finish(self, **record: Any) -> None:
         """Rank 0 writes the final record `{"step", **record}` (digests to compare runs by); all
@@ -67,6 +93,7 @@ class StepLoop:
         if self.env.is_main:
             write_json(self.ctx.layout.final_record, {"step": self.step, **record})
         distributed.barrier(self.env)
+        self.heartbeat.beat(self.step, heartbeat.FINISHED)
 
     def close(self) -> None:
         self.metrics.close()

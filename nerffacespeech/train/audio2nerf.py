@@ -139,7 +139,8 @@ def main(ctx: TaskContext) -> None:
                   f"{cfg.max_steps}", flush=True)
         try:
             if start == 0:
-                board = _evaluate(ctx, env, training, progress, loop.metrics, board)
+                with loop.evaluating():
+                    board = _evaluate(ctx, env, training, progress, loop.metrics, board)
             window = Window()
             for step in loop.steps():
                 window.add(training.step(step - 1))
@@ -148,7 +149,8 @@ def main(ctx: TaskContext) -> None:
                     _log(env, loop.metrics, step, window, cfg.batch_total)
                 if step % cfg.eval_every == 0 or step == cfg.max_steps:
                     training.sync_export()
-                    board = _evaluate(ctx, env, training, progress, loop.metrics, board)
+                    with loop.evaluating():
+                        board = _evaluate(ctx, env, training, progress, loop.metrics, board)
             loop.finish(digest=training.digest(), evals=progress["evals"])
         finally:
             if board is not None:

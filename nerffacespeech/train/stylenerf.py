@@ -470,14 +470,16 @@ def main(ctx: TaskContext) -> None:
         tick_images = cfg.tick_kimg * 1000
         try:
             if loop.step == 0:
-                monitor.snapshot(run)
+                with loop.evaluating():
+                    monitor.snapshot(run)
             for step in loop.steps():
                 monitor.record(training.step(batch_iter, run), cfg.batch_total)
                 if run.progress["images"] >= (run.progress["tick"] + 1) * tick_images or step == total_steps:
                     run.progress["tick"] += 1
                     monitor.tick(run)
                     if run.progress["tick"] % cfg.snapshot_ticks == 0 or step == total_steps:
-                        monitor.snapshot(run)
+                        with loop.evaluating():
+                            monitor.snapshot(run)
             loop.finish(images=run.progress["images"], digests=training.digests())
         finally:
             monitor.close()

@@ -1,0 +1,123 @@
+"""Heartbeats and the hang rule: each rank says where it is; a supervisor notices when none moves.
+
+A rank on the step loop keeps one small JSON file (`StageLayout.heartbeat`: rank, host, pid,
+step, phase, time), replaced by rename at most every `Heartbeat.interval_s` seconds and at once
+when its phase changes; the step loop's only cost is a clock read per step. The supervisor reads
+them (`HangWatch.check`): when no rank has made progress for its phase's budget (`starting`
+until the first step ends, `saving` during a checkpoint save, `evaluating` during a task's
+evaluation, `step` otherwise, `finished` after the final record: a rank that does not exit), the
+attempt hangs. No torch here: the supervisors
+import this.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+STARTING, STEP, SAVING, EVALUATING, FINISHED = "starting", "step", "saving", "evaluating", "finished"
+DUMP_SIGNAL = "QUIT"        # faulthandler dumps every thread's stack on it; no stop signal collides
+
+
+@dataclass(frozen=True)
+class HangTimeouts:
+    """Seconds without progress that mean a hang, per phase (the spec's hang_timeout fields)."""
+    step: float = 600.0
+    start: float = 1800.0       # restore and the first step (compilation, CUDA graph capture)
+    save: float = 1800.0        # a blocking checkpoint save
+    evaluate: float = 3600.0    # a task's evaluation inside `StepLoop.evaluating()` (FID, samples)
+
+    def budget(self, phase: str) -> float:
+        return {STARTING: self.start, SAVING: self.save, EVALUATING: self.evaluate}.get(phase, self.step)
+
+
+class Heartbeat:
+    """This rank's heartbeat file, rewritten when the phase changes or `interval_s` has passed."""
+
+    def __init__(self, path: Path, rank: int, interval_s: float = 2.0):
+        self.path, self.interval_s = path, interval_s
+        self.record = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(), "step": 0,
+                       "phase": "", "time": 0.0}
+        self._written = float("-inf")
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def beat(self, step: int, phase: str = STEP) -> None:
+        now = time.time()
+        changed = phase != self.record["phase"]
+        if not changed and now - self._written < self.interval_s:
+            return
+        self.record.update(step=step, phase=phase, time=now)
+        # rename without fsync: a torn file is impossible, and after a power loss nobody watches
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.record))
+            os.replace(tmp, self.path)
+        except OSError:
+            return      # a full disk fails the checkpoint with its reason; a missed beat only ages
+        self._written = now
+
+
+def read_all(folder: Path) -> list[dict]:
+    """The heartbeats under `folder`, by rank (a file being replaced at that instant is skipped)."""
+    beats = []
+    for path in sorted(folder.glob("rank-*.json")):
+        try:
+            beats.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(beats, key=lambda b: b["rank"])
+
+
+@dataclass
+class Hang:
+    """A detected hang: every rank's last heartbeat (with its `age` in seconds) and the budgets."""
+    ranks: list[dict]
+    timeouts: HangTimeouts
+
+    def describe(self) -> str:
+        """Where the ranks stopped; no times in it, so the same hang twice reads the same (the
+        policy's loop guard compares these)."""
+        where = "; ".join(f"rank {b['rank']} on {b['host']} at step {b['step']} ({b['phase']}, "
+                          f"budget {self.timeouts.budget(b['phase']):.0f} s)" for b in self.ranks)
+        return f"hang: no rank made progress: {where}"
+
+
+class HangWatch:
+    """The supervisor's view of one attempt's heartbeats; `check` at most every `every_s` seconds."""
+
+    def __init__(self, folder: Path, timeouts: HangTimeouts, every_s: float = 1.0):
+        self.folder, self.timeouts, self.every_s = folder, timeouts, every_s
+        self._checked = float("-inf")
+
+    def check(self, now: float | None = None) -> Hang | None:
+        """A Hang when every rank's newest heartbeat is older than its phase's budget."""
+        now = time.time() if now is None else now
+        if now - self._checked < self.every_s:
+            return None
+        self._checked = now
+        beats = read_all(self.folder)
+        if not beats:
+            return None             # a task off the step loop: not watched
+        for beat in beats:
+            beat["age"] = now - beat["time"]
+        if any(b["age"] <= self.timeouts.budget(b["phase"]) for b in beats):
+            return None
+        return Hang(beats, self.timeouts)
+
+
+def dump_stacks(hang: Hang, wait_s: float = 1.0) -> None:
+    """SIGQUIT to every hung rank on this host (launcher.entry registered faulthandler on it: the
+    stacks of all its threads go to its log), then `wait_s` for them to be written. A rank on
+    another node is out of reach here (multi-node Slurm steps: see docs/ARCHITECTURE.md)."""
+    host = socket.gethostname()
+    for beat in hang.ranks:
+        if beat["host"] == host:
+            try:
+                os.kill(beat["pid"], signal.SIGQUIT)
+            except ProcessLookupError:
+                pass
+    time.sleep(wait_s)
