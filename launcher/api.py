@@ -1,4 +1,5 @@
-"""The launcher as a Python API, for notebooks and scripts; every CLI command is one call here.
+"""The launcher as a Python API, for notebooks and scripts; the CLI (`launcher.cli`) is a thin
+layer over it that parses arguments and prints.
 
     from launcher import api
     run = api.submit("jobs/demo.yaml", overrides={"stages.stylenerf.config.max_steps": 20})
@@ -10,15 +11,14 @@ submit(detach=); status RUN -> open_run(RUN).table() (typed: .stages); status, l
 (typed: runs()); logs RUN -> open_run(RUN).logs(stage, rank) (printing and --follow stay in the
 CLI); cancel RUN -> open_run(RUN).cancel(); resume RUN -> open_run(RUN).resume(fresh_start, detach).
 
-It builds on the same functions as the CLI (spec loading, planning, the run directory, the
-backends, status). Importing it loads neither torch, DeepSpeed nor the workload; validating a
-spec loads its tasks' checks (entry points that import no torch).
+A run talks to its backend only through `launcher.backends` (the plan names which). Importing
+this module loads neither torch, DeepSpeed nor the workload; validating a spec loads its tasks'
+checks (entry points that import no torch).
 """
 from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -27,18 +27,18 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-from . import plan as planner, policy, runlock, status
-from .backends import local as local_backend
+from . import backends, plan as planner, policy, status
 from .layout import RunLayout
 from .runs import RunDir, find_run
 from .spec import JobSpec, SpecInvalid, load_spec
 
-__all__ = ["validate", "render", "submit", "open_run", "runs", "overview", "override_list",
+__all__ = ["validate", "render", "submit", "open_run", "runs", "overview", "override_list", "resolve_run_root",
            "Run", "StageStatus", "Cancelled", "SpecInvalid", "UnknownStage", "NotResumable", "WaitTimeout"]
 
 DEFAULT_RUN_ROOT = "runs"
-SUPERVISOR_START_SECONDS = 60   # how long `submit` waits for a detached supervisor to hold its run
 POLL_SECONDS = {"local": 0.5, "slurm": 5.0}    # `wait`: a lock test is free, an squeue is not
+
+Echo = Callable[[str], None]
 
 
 class UnknownStage(ValueError):
@@ -56,6 +56,10 @@ class WaitTimeout(TimeoutError):
         super().__init__(f"run {run_id} still active after {timeout:g}s: "
                          + ", ".join(f"{k} {v}" for k, v in states.items()))
         self.states = states
+
+
+def _quiet(message: str) -> None:
+    """The default echo: a Python caller reads states from the Run instead."""
 
 
 # -- specs ---------------------------------------------------------------------------------
@@ -83,58 +87,69 @@ def validate(spec: str | Path | dict, overrides: Overrides = None, backend: str 
 
 
 def render(spec: str | Path | dict, overrides: Overrides = None, backend: str | None = None) -> str:
-    """`launcher render` (and `submit --dry-run`): exactly what submit would run."""
-    from .cli import render as render_plan     # today's renderer; moves behind the backend interface
-    job = validate(spec, overrides, backend)
-    run_dir = str(Path(job.run_root).expanduser().resolve() / f"{job.name}-RUN_ID")
-    return render_plan(planner.build(job, run_dir, sys.executable), job.local.max_parallel)
+    """`launcher render` (and `submit --dry-run`): exactly what submit would run. A spec that only
+    the task checks refuse (weights missing on this machine, say) is still rendered, its problems
+    listed above the script; any other problem raises SpecInvalid."""
+    try:
+        job, problems = validate(spec, overrides, backend), []
+    except SpecInvalid as invalid:
+        job = load_spec(spec, override_list(overrides), backend=backend, check_tasks=False)
+        problems = invalid.problems
+    plan = planner.build(job, str(resolve_run_root(job.run_root) / f"{job.name}-RUN_ID"), sys.executable)
+    head = ""
+    if problems:
+        head = (f"# submit refuses this spec as it stands here ({len(problems)} problem(s)):\n"
+                + "\n".join(f"#   {problem}" for problem in problems) + "\n\n")
+    return head + backends.for_plan(plan).render(plan)
 
 
 def submit(spec: str | Path | dict, overrides: Overrides = None, backend: str | None = None, detach: bool = True,
-           echo: Callable[[str], None] | None = None) -> "Run":
+           echo: Echo = _quiet) -> "Run":
     """`launcher submit`: validate, create the run directory, start the stages; the Run.
 
-    Local runs start a detached supervisor (as `submit --detach`) unless `detach=False`, which
-    runs the supervisor in this process until the run ends, printing through `echo`. Slurm
-    stages are queued with their dependencies either way.
+    Local runs start a detached supervisor and return once it holds the run, unless
+    `detach=False`, which supervises in this process until the run ends (main thread only: it
+    handles Ctrl-C), printing through `echo`; `Run.exit_code` is then the run's. Slurm stages are
+    queued with their dependencies either way.
     """
     job = validate(spec, overrides, backend)
     run = RunDir.create(Path(job.run_root), job.name)
     run.write_spec(yaml.safe_dump(job.raw, sort_keys=False))
     plan = planner.build(job, str(run.path), sys.executable)
-    plan["local_max_parallel"] = job.local.max_parallel
     run.write_plan(plan)
+    echo(f"run {run.run_id}\ndirectory {run.path}")
     handle = Run(run)
     handle._start(detach, echo)
     return handle
 
 
+def resolve_run_root(run_root: str | Path | None = None) -> Path:
+    """Where runs live: `run_root`, else $NFS_RUN_ROOT, else 'runs' (made absolute)."""
+    return Path(run_root or os.environ.get("NFS_RUN_ROOT", DEFAULT_RUN_ROOT)).expanduser().resolve()
+
+
 def open_run(run: str | Path, run_root: str | Path | None = None) -> "Run":
-    """An existing run by directory, id or unique id prefix (under `run_root`, default
-    $NFS_RUN_ROOT or 'runs'); FileNotFoundError names where it looked."""
-    return Run(find_run(str(run), [_root(run_root)]))
+    """An existing run by directory, id or unique id prefix (under `run_root`, see
+    resolve_run_root()); FileNotFoundError names where it looked."""
+    return Run(find_run(str(run), [resolve_run_root(run_root)]))
 
 
 def runs(run_root: str | Path | None = None) -> list["Run"]:
     """`launcher list`: the runs under `run_root`, newest first."""
-    root = _root(run_root)
+    root = resolve_run_root(run_root)
     paths = [p for p in root.glob("*") if RunLayout(p).plan.is_file()] if root.is_dir() else []
     return [Run(RunDir(p)) for p in sorted(paths, key=lambda p: p.stat().st_mtime, reverse=True)]
 
 
 def overview(run_root: str | Path | None = None) -> str:
     """`launcher status` without a run: one line per run."""
-    return status.runs_overview(_root(run_root))
-
-
-def _root(run_root: str | Path | None) -> Path:
-    return Path(run_root or os.environ.get("NFS_RUN_ROOT", DEFAULT_RUN_ROOT)).expanduser().resolve()
+    return status.runs_overview(resolve_run_root(run_root))
 
 
 # -- runs ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class StageStatus:
-    """One stage as `launcher status` shows it, read from the run directory (and Slurm)."""
+    """One stage as `launcher status` shows it, read from the run directory and the backend."""
 
     name: str
     job: str                    # latest Slurm job id, or local:<pid> of the latest attempt, or '-'
@@ -147,20 +162,14 @@ class StageStatus:
 
 @dataclass(frozen=True)
 class Cancelled:
-    """What `cancel` did: the Slurm jobs it signalled or withdrew, or the local supervisor that
-    will stop its attempts (None when none was running)."""
+    """What `cancel` did, in the backend's words; `live` is False when nothing was running (then
+    nothing was marked either)."""
 
-    backend: str
-    slurm_jobs: list[str]
-    supervisor: str | None
+    message: str
+    live: bool
 
     def __str__(self) -> str:
-        if self.backend == "slurm":
-            return f"cancelled slurm jobs: {', '.join(self.slurm_jobs) or 'none active'}"
-        if self.supervisor:
-            return (f"cancel requested: the local supervisor ({self.supervisor}) stops its attempts "
-                    f"within a second; ranks checkpoint, nothing restarts")
-        return "no local supervisor is running"
+        return self.message
 
 
 class Run:
@@ -168,7 +177,7 @@ class Run:
 
     def __init__(self, run: RunDir):
         self.dir = run
-        self._supervisor_pid: int | None = None     # a detached supervisor this process started
+        self.exit_code: int | None = None   # of the last start: the run's own when supervised here
 
     def __repr__(self) -> str:
         return f"Run({self.id!r}, backend={self.backend!r}, path={str(self.path)!r})"
@@ -182,17 +191,17 @@ class Run:
         return self.dir.path
 
     @property
-    def plan(self) -> dict:
-        return self.dir.read_plan()
+    def plan(self) -> planner.Plan:
+        return planner.load(self.path)
 
     @property
     def backend(self) -> str:
-        return self.plan["backend"]
+        return self.plan.backend
 
     @property
     def stage_names(self) -> list[str]:
         """In dependency order."""
-        return [s["name"] for s in self.plan["stages"]]
+        return [s.name for s in self.plan.stages]
 
     @property
     def cancel_requested(self) -> bool:
@@ -202,11 +211,8 @@ class Run:
     @property
     def stages(self) -> list[StageStatus]:
         """Every stage's status, in dependency order (the rows of `launcher status RUN`)."""
-        out = []
-        for name, job, state, attempts, step, progress, reason in status.stage_rows(self.dir):
-            out.append(StageStatus(name, job, state, int(attempts), None if step == "-" else int(step),
-                                   progress, reason))
-        return out
+        return [StageStatus(name, job, state, int(attempts), None if step == "-" else int(step), progress, reason)
+                for name, job, state, attempts, step, progress, reason in status.stage_rows(self.dir)]
 
     def states(self) -> dict[str, str]:
         return {s.name: s.state for s in self.stages}
@@ -219,41 +225,20 @@ class Run:
         """The stage's ledger records of attempts, oldest first."""
         return self.dir.attempts(self._stage(stage))
 
-    def jobs(self) -> dict[str, str]:
-        """Slurm: {stage: id of its latest job}. The seam where a submitit-based backend returns
-        its job objects instead; local runs have none (see `processes`)."""
-        if self.backend != "slurm":
-            return {}
-        from .backends import slurm
-        return slurm.latest_job_ids(self.dir, self.plan)
+    def jobs(self) -> dict[str, list]:
+        """{stage: what runs it}: submitit job objects of its latest submission, one per array
+        task (Slurm), or the pids of its attempts running now (local)."""
+        plan = self.plan
+        return backends.for_plan(plan).jobs(self.dir, plan)
 
-    def processes(self) -> dict[str, list[int]]:
-        """Local: {stage: pids of its attempts running now} (each the root of an attempt's
-        process tree: torchrun's agent or the task); empty once the supervisor is gone."""
-        if self.backend != "local" or not self.active():
-            return {}
-        out = {}
-        for name in self.stage_names:
-            pids = [int(r["job_id"].split(":", 1)[1]) for r in self.dir.attempts(name)
-                    if r.get("state") == "running" and str(r.get("job_id", "")).startswith("local:")]
-            if pids:
-                out[name] = pids
-        return out
-
-    def supervisor(self) -> dict | None:
-        """Local: who supervises the run now ({host, pid, since}), None when no one does."""
-        if self.backend != "local":
-            return None
-        lock = local_backend.supervisor_lock(self.dir)
-        return (lock.holder() or {}) if lock.is_held() else None
+    def live(self) -> str | None:
+        """What of the run is alive now (a local supervisor, jobs Slurm holds), in words; None
+        when nothing is, and the stages' states are final until a `resume`."""
+        plan = self.plan
+        return backends.for_plan(plan).live(self.dir, plan)
 
     def active(self) -> bool:
-        """True while something of the run can still change its state: a local supervisor holds
-        it (or the one this process started has not exited), or Slurm holds one of its jobs."""
-        if self.backend == "slurm":
-            from .backends import slurm
-            return bool(slurm.active_jobs(self.dir, self.plan))
-        return self._own_supervisor_alive() or local_backend.supervisor_lock(self.dir).is_held()
+        return self.live() is not None
 
     def wait(self, timeout: float | None = None, poll: float | None = None) -> dict[str, str]:
         """Block until the run is no longer active, checking every `poll` seconds (by backend:
@@ -291,98 +276,53 @@ class Run:
         return rows
 
     def logs(self, stage: str | None = None, rank: int | None = None) -> list[Path]:
-        """`launcher logs RUN`: the log files, oldest attempt first, narrowed to a stage/rank."""
-        return status.log_files(self.dir, None if stage is None else self._stage(stage), rank)
+        """`launcher logs RUN`: the log files, stage by stage, oldest attempt first; narrowed to
+        a stage and a rank if given."""
+        plan = self.plan
+        backend = backends.for_plan(plan)
+        names = self.stage_names if stage is None else [self._stage(stage)]
+        return [f for name in names for f in backend.log_files(self.dir, name, rank)]
 
     # -- operations ----------------------------------------------------------------------
     def cancel(self) -> Cancelled:
         """`launcher cancel`: stop the run gracefully (ranks checkpoint; nothing is requeued or
-        restarted after this). Returns at once; `wait()` for the stages to stop."""
+        restarted after this). Returns at once; `wait()` for the stages to stop. A run with
+        nothing alive is left as it is."""
+        plan = self.plan
+        backend = backends.for_plan(plan)
+        if backend.live(self.dir, plan) is None:
+            states = ", ".join(f"{name} {st.state}" for name, st in backend.describe(self.dir, plan).items())
+            return Cancelled(f"run {self.id} is not running ({states or 'nothing started'}): nothing to cancel",
+                             live=False)
         self.dir.request_cancel()
-        if self.backend == "slurm":
-            from .backends import slurm
-            return Cancelled("slurm", slurm.cancel(self.dir, self.plan), None)
-        holder = self.supervisor()
-        return Cancelled("local", [], None if holder is None else runlock.describe(holder))
+        return Cancelled(backend.cancel(self.dir, plan), live=True)
 
-    def resume(self, fresh_start: Iterable[str] = (), detach: bool = True,
-               echo: Callable[[str], None] | None = None) -> "Run":
+    def resume(self, fresh_start: Iterable[str] = (), detach: bool = True, echo: Echo = _quiet) -> "Run":
         """`launcher resume`: restart every unfinished stage from its checkpoint. `fresh_start`
         names stages allowed to start over when none of their checkpoints is usable. Raises
         UnknownStage, or NotResumable while something of the run is alive."""
         fresh = list(fresh_start)
         unknown = sorted(set(fresh) - set(self.stage_names))
         if unknown:
-            raise UnknownStage(f"no stage {', '.join(unknown)} in run {self.id} "
+            raise UnknownStage(f"--fresh-start: no stage {', '.join(unknown)} in run {self.id} "
                                f"(stages: {', '.join(self.stage_names)})")
-        refusal = self._live_attempts()
-        if refusal:
-            raise NotResumable(f"not resumed: {refusal}")
+        live = self.live()
+        if live:
+            raise NotResumable(f"not resumed: {live}")
         self.dir.clear_cancel()
         for stage in fresh:
             self.dir.allow_fresh_start(stage)
+        echo(f"resuming run {self.id}")
         self._start(detach, echo)
         return self
 
     # -- internals -----------------------------------------------------------------------
     def _stage(self, name: str) -> str:
         if name not in self.stage_names:
-            raise UnknownStage(f"no stage {name!r} in run {self.id} (stages: {', '.join(self.stage_names)})")
+            raise UnknownStage(f"run {self.id} has no stage {name!r} (stages: {', '.join(self.stage_names)})")
         return name
 
-    def _start(self, detach: bool, echo: Callable[[str], None] | None) -> None:
+    def _start(self, detach: bool, echo: Echo) -> None:
         plan = self.plan
-        if plan["backend"] == "slurm":
-            from .backends import slurm
-            slurm.submit(self.dir, plan)
-            return
-        if not detach:
-            self._supervise_here(echo or (lambda message: None))
-            return
-        self._supervisor_pid = local_backend.start_detached(self.dir, plan["python"])
-        self._await_supervisor()
+        self.exit_code = backends.for_plan(plan).submit(self.dir, plan, detach=detach, echo=echo)
 
-    def _supervise_here(self, echo: Callable[[str], None]) -> None:
-        """Run the local supervisor in this process (main thread only: it handles Ctrl-C and the
-        stop signals while it runs), then give the caller its own signal handlers back."""
-        supervisor = local_backend.LocalSupervisor(self.dir, echo=echo)
-        stop_signals = {signal.SIGINT, signal.SIGTERM, supervisor.warning}
-        saved = {signum: signal.getsignal(signum) for signum in stop_signals}
-        try:
-            supervisor.run_all()
-        finally:
-            for signum, handler in saved.items():
-                signal.signal(signum, handler)
-
-    def _await_supervisor(self) -> None:
-        """Return once the detached supervisor holds the run (or has already ended), so that a
-        Run opened elsewhere sees it as active from now on."""
-        lock = local_backend.supervisor_lock(self.dir)
-        deadline = time.monotonic() + SUPERVISOR_START_SECONDS
-        while self._own_supervisor_alive() and not lock.is_held() and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def _own_supervisor_alive(self) -> bool:
-        """Whether the detached supervisor this process started is still running (reaped here)."""
-        if self._supervisor_pid is None:
-            return False
-        try:
-            pid, _ = os.waitpid(self._supervisor_pid, os.WNOHANG)
-        except ChildProcessError:       # already reaped
-            pid = self._supervisor_pid
-        if pid == 0:
-            return True
-        self._supervisor_pid = None
-        return False
-
-    def _live_attempts(self) -> str | None:
-        """Why the run cannot be resumed now (something of it is still live), or None."""
-        if self.backend == "slurm":
-            from .backends import slurm
-            active = slurm.active_jobs(self.dir, self.plan)
-            return (f"Slurm still holds job(s) {', '.join(active)} of run {self.id}; "
-                    f"wait for them or `cancel` first") if active else None
-        lock = local_backend.supervisor_lock(self.dir)
-        if lock.is_held():
-            return f"run {self.id} is held by the local supervisor, {runlock.describe(lock.holder())}"
-        return None

@@ -1,8 +1,8 @@
 """`python -m launcher`: submit, validate, render, status, logs, cancel, resume, report, list.
 
-Imports neither torch nor DeepSpeed, so every command answers at once on a login node; spec
-validation loads the workload's task checks by entry point (no torch either). Each command talks
-to the run's backend only through launcher.backends.
+A thin layer over `launcher.api`: each command parses its arguments, makes one API call and
+prints. Imports neither torch nor DeepSpeed, so every command answers at once on a login node;
+spec validation loads the workload's task checks by entry point (no torch either).
 """
 from __future__ import annotations
 
@@ -12,13 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
-from . import backends, exitcodes, plan as planner, runlock
-from .runs import RunDir, find_run
-from .spec import JobSpec, SpecInvalid, load_spec
-
-DEFAULT_ROOT = os.environ.get("NFS_RUN_ROOT", "runs")
+from . import api, exitcodes, progress, runlock
+from .spec import SpecInvalid
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
@@ -32,8 +27,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="python -m launcher",
         description="Turn YAML job specs into Slurm or local torchrun jobs, and operate them.")
-    top.add_argument("--run-root", default=DEFAULT_ROOT,
-                     help=f"where runs live (default: $NFS_RUN_ROOT or {DEFAULT_ROOT!r})")
+    top.add_argument("--run-root", help=f"where runs live (default: $NFS_RUN_ROOT or {api.DEFAULT_RUN_ROOT!r})")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("submit", help="validate a spec, create a run directory, start its stages")
@@ -46,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
     _spec_args(p)
     p = sub.add_parser("status", help="stages, job ids, states, attempts, checkpoint step, progress")
     p.add_argument("run", nargs="?", help="run id or directory (default: all runs, newest first)")
+    p.add_argument("--watch", nargs="?", type=float, const=5.0, metavar="SECONDS",
+                   help="RUN: show the table again every SECONDS (default 5) until nothing of the run is live")
     p = sub.add_parser("logs", help="print a stage's logs")
     p.add_argument("run")
     p.add_argument("--stage")
@@ -72,91 +68,74 @@ def main(argv: list[str] | None = None) -> int:
         for problem in invalid.problems:
             print(problem, file=sys.stderr)
         return exitcodes.BAD_SPEC
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, api.UnknownStage) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exitcodes.BAD_SPEC
     except runlock.LockHeld as held:     # two supervisors raced for one run; the second stops
         print(f"error: {held}", file=sys.stderr)
         return exitcodes.FAILED
-    except RuntimeError as exc:         # e.g. sbatch refused a job, Slurm not reachable
+    except RuntimeError as exc:         # e.g. sbatch refused a job, Slurm not reachable, not resumable
         print(f"error: {exc}", file=sys.stderr)
         return exitcodes.FAILED
 
 
-def _load(args) -> JobSpec:
-    return load_spec(args.spec, args.overrides, backend=args.backend)
-
-
 def cmd_validate(args) -> int:
-    spec = _load(args)
+    spec = api.validate(args.spec, args.overrides, args.backend)
     print(f"{args.spec}: ok ({len(spec.stages)} stage(s): {', '.join(spec.stage_order())}; "
           f"backend {spec.backend})")
     return exitcodes.OK
 
 
 def cmd_render(args) -> int:
-    """Print what submit would run. A spec that only the task checks refuse (weights missing on
-    this machine, say) is still rendered, its problems listed above the script."""
-    try:
-        spec, problems = _load(args), []
-    except SpecInvalid as invalid:
-        spec = load_spec(args.spec, args.overrides, backend=args.backend, check_tasks=False)
-        problems = invalid.problems
-    run_dir = str(Path(spec.run_root).expanduser().resolve() / f"{spec.name}-RUN_ID")
-    plan = planner.build(spec, run_dir, sys.executable)
-    if problems:
-        print(f"# submit refuses this spec as it stands here ({len(problems)} problem(s)):")
-        print("\n".join(f"#   {problem}" for problem in problems) + "\n")
-    print(backends.for_plan(plan).render(plan))
+    print(api.render(args.spec, args.overrides, args.backend))
     return exitcodes.OK
 
 
 def cmd_submit(args) -> int:
-    spec = _load(args)
     if args.dry_run:
+        api.validate(args.spec, args.overrides, args.backend)
         return cmd_render(args)
-    run = RunDir.create(Path(spec.run_root), spec.name)
-    run.write_spec(yaml.safe_dump(spec.raw, sort_keys=False))
-    plan = planner.build(spec, str(run.path), sys.executable)
-    run.write_plan(plan.to_json())
-    print(f"run {run.run_id}\ndirectory {run.path}")
-    return _start(run, plan, detach=args.detach)
+    run = api.submit(args.spec, args.overrides, args.backend, detach=args.detach, echo=progress.Console())
+    return run.exit_code
 
 
-def _start(run: RunDir, plan: planner.Plan, detach: bool) -> int:
-    return backends.for_plan(plan).submit(run, plan, detach=detach, echo=lambda m: print(m, flush=True))
-
-
-def _find(args) -> RunDir:
-    return find_run(args.run, [Path(args.run_root).expanduser().resolve()])
+def _open(args) -> api.Run:
+    return api.open_run(args.run, args.run_root)
 
 
 def cmd_status(args) -> int:
-    from .status import run_table, runs_overview
-    if args.run:
-        print(run_table(_find(args)))
+    if not args.run:
+        print(api.overview(args.run_root))
+    elif args.watch is None:
+        print(_open(args).table())
     else:
-        print(runs_overview(Path(args.run_root).expanduser().resolve()))
+        _watch(_open(args), args.watch)
     return exitcodes.OK
 
 
+def _watch(run: api.Run, seconds: float) -> None:
+    """`status RUN --watch`: the table every `seconds`, redrawn in place on a terminal, one after
+    another elsewhere; the last one once nothing of the run is live (or on Ctrl-C)."""
+    redraw = "\033[H\033[J" if sys.stdout.isatty() else ""
+    try:
+        while True:
+            live = run.live()
+            print(f"{redraw}{run.table()}\n{time.strftime('%H:%M:%S')} "
+                  f"{live or 'nothing of the run is live: final'}\n", flush=True)
+            if live is None:
+                return
+            time.sleep(seconds)
+    except KeyboardInterrupt:
+        pass
+
+
 def cmd_list(args) -> int:
-    from .status import runs_overview
-    print(runs_overview(Path(args.run_root).expanduser().resolve()))
+    print(api.overview(args.run_root))
     return exitcodes.OK
 
 
 def cmd_logs(args) -> int:
-    run = _find(args)
-    plan = planner.load(run.path)
-    names = [s.name for s in plan.stages]
-    if args.stage is not None and args.stage not in names:
-        print(f"error: run {run.run_id} has no stage {args.stage!r} (stages: {', '.join(names)})",
-              file=sys.stderr)
-        return exitcodes.BAD_SPEC
-    backend = backends.for_plan(plan)
-    files = [f for name in ([args.stage] if args.stage else names)
-             for f in backend.log_files(run, name, args.rank)]
+    files = _open(args).logs(args.stage, args.rank)
     if not files:
         print("no logs yet", file=sys.stderr)
         return exitcodes.FAILED
@@ -184,45 +163,23 @@ def _follow(path: Path) -> None:
 
 
 def cmd_cancel(args) -> int:
-    run = _find(args)
-    plan = planner.load(run.path)
-    backend = backends.for_plan(plan)
-    if backend.live(run, plan) is None:
-        states = ", ".join(f"{name} {st.state}" for name, st in backend.describe(run, plan).items())
-        print(f"run {run.run_id} is not running ({states or 'nothing started'}): nothing to cancel")
-        return exitcodes.OK
-    run.request_cancel()
-    print(backend.cancel(run, plan))
+    print(_open(args).cancel())
     return exitcodes.OK
 
 
 def cmd_resume(args) -> int:
-    run = _find(args)
-    plan = planner.load(run.path)
-    unknown = sorted(set(args.fresh_start) - {s.name for s in plan.stages})
-    if unknown:
-        print(f"error: --fresh-start: no stage {', '.join(unknown)} in run {run.run_id}", file=sys.stderr)
-        return exitcodes.BAD_SPEC
-    live = backends.for_plan(plan).live(run, plan)
-    if live:
-        print(f"error: not resumed: {live}", file=sys.stderr)
-        return exitcodes.FAILED
-    run.clear_cancel()
-    for stage in args.fresh_start:
-        run.allow_fresh_start(stage)
-    print(f"resuming run {run.run_id}")
-    return _start(run, plan, detach=args.detach)
+    return _open(args).resume(args.fresh_start, detach=args.detach, echo=progress.Console()).exit_code
 
 
 def cmd_report(args) -> int:
-    run = _find(args)
+    run = _open(args)
     try:
         from .report import write_report       # matplotlib, only for this command
     except ImportError as missing:
         print(f"error: the report needs matplotlib ({missing}); pip install 'nerffacespeech[report]'",
               file=sys.stderr)
         return exitcodes.FAILED
-    print(f"report {write_report(run)}")
+    print(f"report {write_report(run.dir)}")
     return exitcodes.OK
 
 

@@ -16,14 +16,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import atomic, report_plots as plots, status
+from . import atomic, plan as planner, progress, report_plots as plots, status
 from .runs import RunDir
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
                ".webp": "image/webp", ".svg": "image/svg+xml"}
 MAX_INLINE_IMAGE_BYTES = 8 * 2 ** 20     # a larger sample is linked by path, not inlined
 MAX_SHARD_ROWS = 16                      # a larger array stage gets one timeline row
-RATE_WINDOW = 20                         # metric lines whose steps_per_s give the ETA's rate
 
 
 @dataclass(frozen=True)
@@ -40,19 +39,19 @@ class StageView:
 
 
 def collect(run: RunDir) -> list[StageView]:
-    plan = run.read_plan()
+    plan = planner.load(run.path)
     header = ["stage", "job", "state", "attempts", "ckpt step", "progress", "last reason"]
     rows = {row[0]: dict(zip(header, row)) for row in status.stage_rows(run)}
     views = []
-    for stage in plan["stages"]:
-        name = stage["name"]
+    for stage in plan.stages:
+        name = stage.name
         metrics = read_metrics(run.stage(name).metrics)
         views.append(StageView(
-            name=name, after=list(stage["after"]), row=rows[name],
+            name=name, after=list(stage.after), row=rows[name],
             attempts=with_checkpoint_steps(run.attempts(name)),
             commits=checkpoint_commits(run.stage(name).checkpoints), metrics=metrics,
             sample=latest_sample(run.stage(name).samples),
-            eta=eta(metrics, stage.get("config") or {}, rows[name]["state"])))
+            eta=eta(metrics, stage.config or {}, rows[name]["state"])))
     return views
 
 
@@ -103,29 +102,21 @@ def latest_sample(folder: Path) -> Path | None:
 
 
 def eta(metrics: list[dict], config: dict, state: str) -> str:
-    """Time left at the recent rate (the mean steps/s of the last metric lines) to the total steps
-    (the metrics' `total_steps`, else the stage config's `steps`)."""
-    state = plots.state_key(state)
+    """Time left at the recent rate (launcher.progress: the mean steps/s of the last metric lines)
+    to the total steps (the metrics' `total_steps`, else the stage config's `steps`)."""
+    state = progress.state_kind(state)
     if state == "completed":
         return "done"
     if not metrics:
         return "unknown (no metrics yet)"
-    total = metrics[-1].get("total_steps") or config.get("steps")
-    if not isinstance(total, int):
+    now = progress.from_rows(metrics[-progress.RATE_WINDOW:], config)
+    if now.total is None:
         return "unknown (the task logs no total_steps)"
-    rates = [r["steps_per_s"] for r in metrics[-RATE_WINDOW:] if isinstance(r.get("steps_per_s"), (int, float))]
-    rate = sum(rates) / len(rates) if rates else 0
-    if rate <= 0:
+    if now.seconds_left is None:
         return "unknown (no rate yet)"
-    left = max(0, total - metrics[-1]["step"])
     paused = "" if state == "running" else f" once running again (state {state})"
-    return f"{_duration(left / rate)} for {left} more step(s) at {rate:.3g} steps/s{paused}"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h {rest // 60:02d}m" if hours else f"{rest // 60}m {rest % 60:02d}s"
+    return (f"{progress.duration(now.seconds_left)} for {max(0, now.total - now.step)} more step(s) "
+            f"at {now.steps_per_s:.3g} steps/s{paused}")
 
 
 def write_report(run: RunDir) -> Path:
@@ -136,14 +127,14 @@ def write_report(run: RunDir) -> Path:
 
 
 def render(run: RunDir, views: list[StageView], now: float) -> str:
-    plan = run.read_plan()
+    plan = planner.load(run.path)
     starts = [a["start"] for v in views for a in v.attempts if a.get("start")]
     origin = min(starts) if starts else now
     graph = plots.dependency_graph([{"name": v.name, "after": v.after, "state": v.row["state"]} for v in views])
     timeline_rows = [(label, attempts, v.commits) for v in views for label, attempts in _shard_rows(v)]
     parts = [
         f"<h1>run {_e(run.run_id)}</h1>",
-        f"<p>backend {_e(plan['backend'])} &middot; directory <code>{_e(run.path)}</code> &middot; "
+        f"<p>backend {_e(plan.backend)} &middot; directory <code>{_e(run.path)}</code> &middot; "
         f"report written {_e(time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(now)))}"
         + (" &middot; <b>cancel requested</b>" if run.cancel_requested else "") + "</p>",
         "<h2>Stages</h2>", _img(graph, "stage dependency graph", "graph"),
@@ -178,7 +169,7 @@ def _stage_section(view: StageView) -> str:
     head = ["attempt", "shard", "job", "start", "end", "duration", "ended as", "exit", "signal",
             "resumed from step", "saved at step", "reason"]
     rows = [[a.get("attempt"), a.get("shard"), a.get("job_id"), _clock(a.get("start")), _clock(a.get("end")),
-             _duration(a["end"] - a["start"]) if a.get("end") and a.get("start") else "-",
+             progress.duration(a["end"] - a["start"]) if a.get("end") and a.get("start") else "-",
              a.get("state"), a.get("outcome") or "-", a.get("signal") or "-",
              _or_dash(a["resumed_from"]), _or_dash(a["saved_at"]), a.get("reason") or ""]
             for a in view.attempts]

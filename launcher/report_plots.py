@@ -10,6 +10,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from .progress import state_kind
+
 # Ledger and status states (Slurm's in any case); anything else (a state added later) is drawn
 # in OTHER_COLOR.
 STATE_COLORS = {
@@ -24,22 +26,12 @@ MAX_LABELLED_ATTEMPTS = 8     # a row with more attempts than this is drawn with
 NOT_SCALARS = {"step", "time", "steps_per_s", "throughput", "total_steps"}
 
 
-def state_key(state: str) -> str:
-    """The palette's name for a state: lower case; an array's Slurm summary ('3 RUNNING, 5 PENDING')
-    counts as running while any shard runs, else as pending while any waits."""
-    state = state.lower()
-    for live in ("running", "pending"):
-        if "," in state and live in state:
-            return live
-    return state
-
-
 def state_color(state: str) -> str:
-    return STATE_COLORS.get(state_key(state), OTHER_COLOR)
+    return STATE_COLORS.get(state_kind(state), OTHER_COLOR)
 
 
 def text_color(state: str) -> str:
-    return "black" if state_key(state) in LIGHT_STATES else "white"
+    return "black" if state_kind(state) in LIGHT_STATES else "white"
 
 
 def _png(figure: Figure) -> bytes:

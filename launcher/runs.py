@@ -12,9 +12,13 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import atomic, checkpoint_health, exitcodes
 from .layout import RunLayout, StageLayout
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 
 def new_run_id(name: str) -> str:
@@ -57,8 +61,8 @@ class RunDir:
         return self.layout.report
 
     # -- plan and spec -------------------------------------------------------------------
-    def write_plan(self, plan: dict) -> None:
-        atomic.write_json(self.layout.plan, plan)
+    def write_plan(self, plan: Plan) -> None:
+        atomic.write_json(self.layout.plan, plan.to_json())
 
     def read_plan(self) -> dict:
         return json.loads(self.layout.plan.read_text())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import backends, checkpoint_health, plan as planner
+from . import backends, checkpoint_health, plan as planner, progress
 from .layout import RunLayout
 from .runs import RunDir
 
@@ -17,21 +17,10 @@ def _fmt_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _progress(metrics: dict | None) -> str:
-    """The last metrics line as progress, from the keys `MetricsWriter` and the tasks write:
-    the step, StyleNeRF's kimg, and the first rate present (images/s, items/s, steps/s)."""
-    if not metrics:
-        return "-"
-    parts = []
-    if "step" in metrics:
-        parts.append(f"step {metrics['step']}")
-    if "kimg" in metrics:
-        parts.append(f"kimg {metrics['kimg']}")
-    for key, unit in (("images_per_s", "images"), ("throughput", "items"), ("steps_per_s", "steps")):
-        if key in metrics:
-            parts.append(f"{metrics[key]:.3g} {unit}/s")
-            break
-    return ", ".join(parts) or "-"
+def stage_progress(run: RunDir, stage: planner.StagePlan, state: str) -> str:
+    """The progress column: launcher.progress's line; rate and ETA only while the stage runs."""
+    rows = progress.tail_rows(run.stage(stage.name).metrics)
+    return progress.from_rows(rows, stage.config).line(running=progress.state_kind(state) == "running")
 
 
 def stage_rows(run: RunDir) -> list[list[str]]:
@@ -50,7 +39,7 @@ def stage_rows(run: RunDir) -> list[list[str]]:
                      f"({quarantined[-1]['reason']}); " + reason
         step = run.checkpoint_step(name)
         rows.append([name, job, state, str(len(attempts)), "-" if step is None else str(step),
-                     _progress(run.last_metrics(name)), reason[:160]])
+                     stage_progress(run, stage, state), reason[:160]])
     return rows
 
 

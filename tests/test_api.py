@@ -45,18 +45,19 @@ def test_a_training_run_from_a_dict_is_waited_on_cancelled_resumed_and_its_metri
     assert api.open_run(run.path).active()          # submit returned once the supervisor held the run
     assert "sleep_per_step: 0.15" in (run.path / "spec.yaml").read_text()
     wait_until(lambda: len(run.metrics("train")) >= 6, 90, "six training steps")
-    assert list(run.processes()) == ["train"] and run.active() and run.jobs() == {}
-    assert run.supervisor()["pid"] != os.getpid()                 # a detached supervisor holds the run
+    assert list(run.jobs()) == ["train"] and run.active()          # the attempt's pid
+    assert "held by the local supervisor" in run.live() and f"pid {os.getpid()} " not in run.live()
     with pytest.raises(api.WaitTimeout) as timed_out:
         run.wait(timeout=0.2)
     assert timed_out.value.states == {"train": "running"}
 
     elsewhere = api.open_run(run.id, run_root=tmp_path / "runs")    # as a second notebook would
     cancelled = elsewhere.cancel()
-    assert cancelled.supervisor and "cancel requested" in str(cancelled)
+    assert cancelled.live and "cancel requested" in str(cancelled)
     assert elsewhere.wait(timeout=90) == {"train": "cancelled"}
     assert run.cancel_requested and 6 <= len(run.metrics("train")) < 30
-    assert str(elsewhere.cancel()) == "no local supervisor is running"
+    again = elsewhere.cancel()
+    assert not again.live and str(again) == f"run {run.id} is not running (train cancelled): nothing to cancel"
 
     with pytest.raises(api.UnknownStage, match="nosuch"):
         run.resume(fresh_start=["nosuch"])
@@ -67,7 +68,7 @@ def test_a_training_run_from_a_dict_is_waited_on_cancelled_resumed_and_its_metri
     assert run.wait(timeout=5) == {"train": "completed"} and run.done() and not run.cancel_requested
     [stage] = run.stages
     assert (stage.name, stage.state, stage.attempts, stage.checkpoint_step) == ("train", "completed", 2, 30)
-    assert stage.job.startswith("local:") and run.processes() == {} and run.supervisor() is None
+    assert stage.job.startswith("local:") and run.jobs() == {} and run.live() is None
     rows = run.metrics("train")
     assert steps(rows) == list(range(1, 31)) and all("loss" in row for row in rows)   # each step once
     assert [a["state"] for a in run.attempts("train")] == ["cancelled", "completed"]
@@ -127,8 +128,10 @@ def test_a_slurm_run_through_the_api_reports_its_jobs_and_waits_for_them(tmp_pat
             config: {items: 1}
     """)
     run = api.submit(spec, overrides={"run_root": str(tmp_path / "runs")})
-    jobs = run.jobs()
-    assert sorted(jobs) == ["after", "shards"] and all(j.isdigit() for j in jobs.values())
+    jobs = {stage: [job.job_id for job in js] for stage, js in run.jobs().items()}   # submitit's job objects
+    array = jobs["shards"][0].split("_")[0]
+    assert jobs == {"shards": [f"{array}_0", f"{array}_1"], "after": [jobs["after"][0]]} and array.isdigit()
     assert run.wait(timeout=180) == {"shards": "completed", "after": "completed"}
     assert processed_items(run.path, "shards") == list(range(6))
-    assert api.open_run(run.path).jobs() == jobs and run.processes() == {}
+    assert {stage: [job.job_id for job in js] for stage, js in api.open_run(run.path).jobs().items()} == jobs
+    assert all(job.done() for js in run.jobs().values() for job in js)   # submitit's state, through our watcher

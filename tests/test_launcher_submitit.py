@@ -10,7 +10,7 @@ import pytest
 
 from launcher import api
 from launcher.backends.slurm import QueueWatcher, StageJob
-from tests.launcher_helpers import launcher, processed_items, write_spec
+from tests.launcher_helpers import launcher, processed_items, wait_until, write_spec
 
 # In a fresh interpreter (signal handlers are process-wide): install submitit's batch-step
 # handlers exactly as submitit.core._submit does, then start our supervisor's step runner.
@@ -77,6 +77,26 @@ def test_jobs_gone_from_the_queue_read_as_unknown_without_a_warning(caplog):
         watcher.update()
     assert watcher.num_calls == 1 and watcher.get_state("987654321", mode="cache") == "UNKNOWN"
     assert not caplog.records
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm_cluster")
+def test_a_job_seen_queued_then_gone_no_longer_reads_as_queued(tmp_path):
+    """squeue forgets a job once it ends: the state cached while it was queued must not stay."""
+    held = subprocess.run(["sbatch", "--parsable", "--hold", "-p", "debug", f"--output={tmp_path}/%j.out",
+                           "--wrap", "true"], capture_output=True, text=True, check=True).stdout.strip()
+    watcher = QueueWatcher()
+    watcher._use_sacct = False
+    watcher.register_job(held)
+    watcher.update()
+    assert watcher.get_state(held, mode="cache") == "PENDING"
+    subprocess.run(["scancel", held], check=True)
+    wait_until(lambda: not subprocess.run(["squeue", "-h", "-j", held], capture_output=True, text=True).stdout.strip(),
+               30, "the job to leave the queue")
+    watcher.update()
+    assert watcher.get_state(held, mode="cache") == "UNKNOWN" and watcher.num_calls == 2
+    watcher.update()
+    assert watcher.num_calls == 2                   # a job gone for good is not asked for again
 
 
 def watcher_of(job_ids: list[str], use_sacct: bool) -> QueueWatcher:

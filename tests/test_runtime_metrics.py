@@ -7,7 +7,7 @@ import time
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from launcher import status
+from launcher import progress
 from launcher.runs import RunDir
 from launcher.runtime.context import TaskContext
 from launcher.runtime.distributed import single_process_env
@@ -90,11 +90,12 @@ def test_tensorboard_drops_the_redone_steps_of_an_earlier_attempt(tmp_path):
 
 def test_status_shows_the_items_per_second_a_task_logs(tmp_path):
     """`status`'s progress column reads the writer's own keys: the throughput of a task's
-    `items` (audio2nerf's clips, the toy's samples) as items/s, not only steps/s."""
+    `items` (audio2nerf's clips, the toy's samples) as items/s, not only steps/s, and the
+    loop's total steps."""
     ctx = context(tmp_path)
-    with MetricsWriter(ctx, single_process_env(), tensorboard=False) as writer:
+    with MetricsWriter(ctx, single_process_env(), tensorboard=False, total_steps=8) as writer:
         writer.log(1, items=32, loss=1.0)
         time.sleep(0.01)
         writer.log(2, items=32, loss=0.5)
-    progress = status._progress(RunDir(tmp_path).last_metrics("train"))
-    assert re.fullmatch(r"step 2, [0-9.e+]+ items/s", progress), progress
+    line = progress.from_rows(progress.tail_rows(ctx.metrics_path)).line()
+    assert re.fullmatch(r"step 2/8 \(25%\), [0-9.e+]+ items/s, ETA 0m \d\ds, loss 0.5", line), line

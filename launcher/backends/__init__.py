@@ -1,8 +1,9 @@
-"""The backend interface: what the CLI and `status` ask of a backend, and which module answers.
+"""The backend interface: what `launcher.api` (and through it the CLI) and `status` ask of a
+backend, and which module answers.
 
-Shaped like TorchX's Scheduler: `render` (the dry run), `submit`, `describe` (states),
-`cancel`, and `log_files`. One module per backend (`local`, `slurm`); the plan's `backend`
-field picks it, and nothing outside this package switches on the backend's name.
+Shaped like TorchX's Scheduler: `render` (the dry run), `submit`, `describe` (states), `jobs`,
+`live`, `cancel`, and `log_files`. One module per backend (`local`, `slurm`); the plan's
+`backend` field picks it, and nothing outside this package switches on the backend's name.
 """
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def describe(self, run: RunDir, plan: Plan) -> dict[str, StageState]:
         """{stage: its state now}; stages never submitted are left out."""
+
+    @abc.abstractmethod
+    def jobs(self, run: RunDir, plan: Plan) -> dict[str, list]:
+        """{stage: what runs it now}: submitit job objects (Slurm), pids of running attempts (local)."""
 
     @abc.abstractmethod
     def live(self, run: RunDir, plan: Plan) -> str | None:

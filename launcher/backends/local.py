@@ -18,13 +18,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import attempts, exitcodes, plan as planner, policy, runlock, signals
+from .. import attempts, exitcodes, plan as planner, policy, progress, runlock, signals
 from ..plan import Plan, StagePlan
 from ..runs import RunDir
 from . import LOST_REASON, Backend, StageState
 
 POLL_SECONDS = 0.2
+PROGRESS_SECONDS = 1.0          # how often a running stage's progress line may change
 ORPHAN_GRACE_SECONDS = 300      # a trainer left by a dead supervisor gets this long to checkpoint
+SUPERVISOR_START_SECONDS = 60   # how long a detached start waits for its supervisor to hold the run
 
 
 @dataclass
@@ -41,6 +43,7 @@ class LocalSupervisor:
         self.stop_signals = 0           # how many times the operator asked us to stop
         self.running: dict[int, Attempt] = {}
         self.warning = signals.number(self.plan.warning_signal)
+        self._progress_shown: tuple[float, str] = (0.0, "")     # (when, what) was last echoed
 
     # -- signals ---------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:
@@ -52,15 +55,20 @@ class LocalSupervisor:
 
     # -- the run ---------------------------------------------------------------------------
     def run_all(self) -> int:
-        """Run every unfinished stage; refused (LockHeld) while another supervisor holds the run."""
-        for signum in {signal.SIGINT, signal.SIGTERM, self.warning}:
-            signal.signal(signum, self._on_signal)
-        with supervisor_lock(self.run).acquire(wait_s=2):
-            self._stop_orphans()
-            for stage in self.plan.stages:
-                for record in self.run.settle_lost_attempts(stage.name):
-                    self.echo(f"[{stage.name}] attempt {record['attempt']}: {record['reason']}")
-            return self._run_stages()
+        """Run every unfinished stage; refused (LockHeld) while another supervisor holds the run.
+        Handles the stop signals meanwhile (main thread only)."""
+        stop_signals = {signal.SIGINT, signal.SIGTERM, self.warning}
+        callers = {signum: signal.signal(signum, self._on_signal) for signum in stop_signals}
+        try:
+            with supervisor_lock(self.run).acquire(wait_s=2):
+                self._stop_orphans()
+                for stage in self.plan.stages:
+                    for record in self.run.settle_lost_attempts(stage.name):
+                        self.echo(f"[{stage.name}] attempt {record['attempt']}: {record['reason']}")
+                return self._run_stages()
+        finally:                            # a Python caller (launcher.api) gets its handlers back
+            for signum, handler in callers.items():
+                signal.signal(signum, handler)
 
     def _stop_orphans(self) -> None:
         """Stop (checkpoint, then exit) what a dead supervisor of this run left running."""
@@ -105,6 +113,7 @@ class LocalSupervisor:
                 final.update({s: policy.STOPPED for s in todo})
                 todo.clear()
             time.sleep(POLL_SECONDS)
+            self._show_progress(stage, len(final))
             for shard, attempt in list(self.running.items()):
                 if attempt.process.poll() is None:
                     continue
@@ -121,6 +130,21 @@ class LocalSupervisor:
             policy.GAVE_UP if policy.GAVE_UP in states else sorted(states - {policy.COMPLETED})[0])
         self.echo(f"[{name}] {result}")
         return result
+
+    def _show_progress(self, stage: StagePlan, shards_done: int) -> None:
+        """Echo the stage's progress (launcher.progress) when it changed, at most every
+        PROGRESS_SECONDS: step/total, rate, ETA and losses from metrics.jsonl; shards for arrays."""
+        when, shown = self._progress_shown
+        if time.monotonic() - when < PROGRESS_SECONDS:
+            return
+        now = progress.from_rows(progress.tail_rows(self.run.stage(stage.name).metrics), stage.config)
+        text = now.line() if now.step is not None else ""
+        if stage.array:
+            shards = f"shards {shards_done}/{len(stage.shards)} done, {len(self.running)} running"
+            text = f"{shards}; {text}" if text else shards
+        if text and text != shown:
+            self.echo(progress.ProgressLine(stage.name, text))
+        self._progress_shown = (time.monotonic(), text or shown)
 
     def _start(self, stage: StagePlan, shard: int) -> Attempt:
         number = len(self.run.attempts(stage.name, shard))
@@ -168,11 +192,16 @@ def supervisor_lock(run: RunDir) -> runlock.RunLock:
 
 
 def start_detached(run: RunDir, python: str) -> int:
-    """Start the supervisor in its own session; its output goes to RUN/supervisor.log."""
+    """Start the supervisor in its own session (output to RUN/supervisor.log) and return its pid
+    once it holds the run (or has ended), so that whoever looks next sees the run as live."""
     with open(run.layout.supervisor_log, "ab") as out:
         process = subprocess.Popen([python, "-m", "launcher.backends.local", str(run.path)],
                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
+    lock = supervisor_lock(run)
+    deadline = time.monotonic() + SUPERVISOR_START_SECONDS
+    while process.poll() is None and not lock.is_held() and time.monotonic() < deadline:
+        time.sleep(0.05)
     return process.pid
 
 
@@ -193,7 +222,7 @@ class LocalBackend(Backend):
     def submit(self, run: RunDir, plan: Plan, *, detach: bool, echo) -> int:
         if detach:
             pid = start_detached(run, plan.python)
-            echo(f"local supervisor pid {pid} (log: {run.path / 'supervisor.log'})")
+            echo(f"local supervisor pid {pid} (log: {run.layout.supervisor_log})")
             return exitcodes.OK
         return LocalSupervisor(run, echo=echo).run_all()
 
@@ -207,6 +236,16 @@ class LocalBackend(Backend):
             states[stage.name] = StageState(history[-1]["job_id"] if history else "-",
                                             "lost" if lost else state, LOST_REASON if lost else None)
         return states
+
+    def jobs(self, run: RunDir, plan: Plan) -> dict[str, list[int]]:
+        """{stage: pids of its attempts running now} (each the root of an attempt's process tree:
+        torchrun's agent or the task); none once the supervisor is gone."""
+        if not supervisor_lock(run).is_held():
+            return {}
+        running = {stage.name: [int(r["job_id"].split(":", 1)[1]) for r in run.attempts(stage.name)
+                                if r.get("state") == "running" and str(r.get("job_id", "")).startswith("local:")]
+                   for stage in plan.stages}
+        return {name: pids for name, pids in running.items() if pids}
 
     def live(self, run: RunDir, plan: Plan) -> str | None:
         lock = supervisor_lock(run)
@@ -227,7 +266,7 @@ BACKEND = LocalBackend()
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     run = RunDir(Path(args[0]).resolve())
-    return LocalSupervisor(run, echo=lambda msg: print(msg, flush=True)).run_all()
+    return LocalSupervisor(run, echo=progress.Console()).run_all()
 
 
 if __name__ == "__main__":

@@ -62,16 +62,22 @@ class QueueWatcher(submitit_slurm.SlurmInfoWatcher):
         return ["squeue", "--array", "-o", "%i|%T|%N", "-j", ",".join(ids)] if ids else None
 
     def update(self) -> None:
-        """submitit's update, except that squeue's "Invalid job id" (every job asked for has
-        left the queue) answers "none queued" instead of being warned about as an error."""
+        """submitit's update, except that with squeue a job missing from the answer has left the
+        queue for good (a requeued job keeps its id): its state becomes UNKNOWN (the ledger has
+        its end) and it is not asked for again. squeue's "Invalid job id" (every job asked for
+        has left) means the same, not an error to warn about."""
         command = self._make_command()
         if command is None or command[0] != "squeue":
             return super().update()
         result = subprocess.run(command, capture_output=True, text=True, timeout=60)
         if result.returncode != 0 and "Invalid job id" not in result.stderr:
-            return super().update()     # a real failure: submitit warns, states stay unknown
+            return super().update()     # a real failure: submitit warns, states stay as they were
         self._num_calls += 1
-        self._info_dict.update(self.read_info(result.stdout))
+        queued = self.read_info(result.stdout) if result.returncode == 0 else {}
+        self._info_dict.update(queued)
+        for job_id in self._registered - self._finished - queued.keys():
+            self._info_dict[job_id] = {}
+            self._finished.add(job_id)
         self._last_status_check = time.time()
 
     def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
@@ -167,7 +173,7 @@ class SlurmBackend(Backend):
             echo(f"stage {stage.name}: slurm job {job_id}")
         return exitcodes.OK
 
-    def _jobs(self, run: RunDir, plan: Plan) -> dict[str, list[StageJob]]:
+    def jobs(self, run: RunDir, plan: Plan) -> dict[str, list[StageJob]]:
         """{stage: submitit job objects of its latest submission, one per array task}."""
         jobs = {}
         for stage in plan.stages:
@@ -180,7 +186,7 @@ class SlurmBackend(Backend):
 
     def _states(self, run: RunDir, plan: Plan) -> dict[str, tuple[str, list[str]]]:
         """{stage: (job id, Slurm states of its tasks)}: every job registered, then one query."""
-        jobs = self._jobs(run, plan)
+        jobs = self.jobs(run, plan)
         if shutil.which("squeue") is None:
             return {name: (js[0].job_id.split("_")[0], []) for name, js in jobs.items()}
         StageJob.watcher.update()

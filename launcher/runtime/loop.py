@@ -37,7 +37,7 @@ class StepLoop:
         self.seed, self.total_steps, self.before_save = seed, total_steps, before_save
         self.stop = ctx.stop if ctx.stop is not None else StopRequest()
         self.checkpoints = checkpoint.CheckpointManager(ctx.checkpoint_dir, env, ctx.checkpoint)
-        self.metrics = MetricsWriter(ctx, env)
+        self.metrics = MetricsWriter(ctx, env, total_steps=total_steps)
         self.step = 0                   # steps done
 
     def restore(self) -> int:

@@ -22,10 +22,13 @@ log = logging.getLogger(__name__)
 
 
 class MetricsWriter:
-    """Rank 0 writes `{"step", "time", "throughput"?, **scalars}` lines; other ranks do nothing."""
+    """Rank 0 writes `{"step", "time", "steps_per_s"?, "throughput"?, "total_steps"?, **scalars}`
+    lines; other ranks do nothing. `total_steps` (the loop's) lets status and the supervisor show
+    step/total and the time left."""
 
-    def __init__(self, ctx: "TaskContext", env: "DistEnv", tensorboard: bool = True):
+    def __init__(self, ctx: "TaskContext", env: "DistEnv", tensorboard: bool = True, total_steps: int | None = None):
         self.enabled = env.is_main
+        self.total_steps = total_steps
         self.path = ctx.metrics_path
         self.tensorboard_dir = ctx.tensorboard_dir
         self.tensorboard = tensorboard
@@ -59,6 +62,8 @@ class MetricsWriter:
             record["steps_per_s"] = (step - self._last[0]) / elapsed
             if items is not None:
                 record["throughput"] = items / elapsed
+        if self.total_steps is not None:
+            record["total_steps"] = self.total_steps
         record.update({k: _plain(v) for k, v in scalars.items()})
         self._last = (step, now)
         if self._file is None:
