@@ -132,20 +132,23 @@ def test_with_accounting_states_come_from_sacct_also_after_the_jobs_left_the_que
     assert run.wait(timeout=180, poll=1) == {"shards": "completed", "after": "completed"}
     assert StageJob.watcher._use_sacct is True and StageJob.watcher.num_calls >= 1
     assert processed_items(run.path, "shards") == list(range(4))
+    tasks = [job.job_id for js in run.jobs().values() for job in js]    # submitit's job objects
+    shards, after = (tasks[0].split("_")[0], tasks[2])
+    assert tasks == [f"{shards}_0", f"{shards}_1", after]
     status = launcher("status", str(run.path), cwd=tmp_path, check=True).stdout
     assert [line.split()[:3] for line in status.splitlines() if line.split()[:1] in (["shards"], ["after"])] \
-        == [["shards", run.jobs()["shards"], "completed"], ["after", run.jobs()["after"], "completed"]], status
+        == [["shards", shards, "completed"], ["after", after, "completed"]], status
 
-    jobs = run.jobs()
-    tasks = [f"{jobs['shards']}_0", f"{jobs['shards']}_1", jobs["after"]]
     # The jobs ended: squeue no longer lists them, so without accounting their states are lost ...
-    assert slurm_cluster_with_accounting.run("squeue", "-h", "-j", ",".join(jobs.values())).stdout == ""
+    assert slurm_cluster_with_accounting.run("squeue", "-h", "-j", f"{shards},{after}").stdout == ""
     queue = watcher_of(tasks, use_sacct=False)
     queue.update()
     assert [queue.get_state(t, mode="cache") for t in tasks] == ["UNKNOWN"] * 3
-    # ... and with it, one sacct call for them all reads them back from the accounting database.
+    # ... and with it, one sacct call for them all reads them back from the accounting database,
     accounting = watcher_of(tasks, use_sacct=True)
     assert accounting._make_command()[:4] == ["sacct", "-o", "JobID,State,NodeList", "--parsable2"]
     accounting.update()
     assert accounting.num_calls == 1
     assert [accounting.get_state(t, mode="cache") for t in tasks] == ["COMPLETED"] * 3
+    # as submitit's job objects of the run read them (through the backend's watcher: sacct).
+    assert [job.state for js in run.jobs().values() for job in js] == ["COMPLETED"] * 3
