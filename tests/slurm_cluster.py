@@ -7,7 +7,8 @@ session (both idempotent; about 0.1-1 s when the cluster already runs) and yield
 
 The session-scoped fixture ``slurm_cluster_with_accounting`` starts a second, private
 cluster with slurmdbd + MariaDB (``start.sh --with-accounting``: own state dir, ports and
-slurm.conf, so the shared one is never touched) and stops it at the end of the session.
+slurm.conf, so the shared one is never touched) and stops it at the end of the session
+(unless it ran already: then another session started it and may still use it).
 
 ``NFS_SKIP_SLURM=1`` skips every test using the fixtures; otherwise a cluster that fails
 to start is a test ERROR, never a silent skip.
@@ -240,11 +241,22 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
 @pytest.fixture(scope="session")
 def slurm_cluster_with_accounting() -> Iterator[SlurmCluster]:
     """A private cluster with accounting (slurmdbd + MariaDB), started for the session and
-    stopped after it. Its commands need ``cluster.env`` (SLURM_CONF names its conf); a test
+    stopped after it (left running if it already ran when the session began). Its commands need ``cluster.env`` (SLURM_CONF names its conf); a test
     that submits through the launcher sets SLURM_CONF itself (monkeypatch)."""
     _skip_unless_enabled()
     env = {**os.environ, **ACCOUNTING_ENV}
+    running_before = _controller_alive(Path(env["NFS_SLURM_DIR"]))
     try:
         yield _start_cluster(env, "--with-accounting")
     finally:
-        _run_script("stop.sh", [], env, 120)
+        if not running_before:      # another session's tests may still be using it
+            _run_script("stop.sh", [], env, 120)
+
+
+def _controller_alive(state_dir: Path) -> bool:
+    """Whether the slurmctld named by the state dir's PID file runs."""
+    try:
+        pid = int((state_dir / "run" / "slurmctld.pid").read_text())
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "slurmctld"
+    except (OSError, ValueError):
+        return False

@@ -140,7 +140,8 @@ def test_with_accounting_states_come_from_sacct_also_after_the_jobs_left_the_que
         == [["shards", shards, "completed"], ["after", after, "completed"]], status
 
     # The jobs ended: squeue no longer lists them, so without accounting their states are lost ...
-    assert slurm_cluster_with_accounting.run("squeue", "-h", "-j", f"{shards},{after}").stdout == ""
+    wait_until(lambda: not slurm_cluster_with_accounting.run("squeue", "-h", "-j", f"{shards},{after}").stdout,
+               30, "the ended jobs to leave squeue")
     queue = watcher_of(tasks, use_sacct=False)
     queue.update()
     assert [queue.get_state(t, mode="cache") for t in tasks] == ["UNKNOWN"] * 3
