@@ -2,8 +2,9 @@
 # Set up everything this project needs on a fresh Debian machine: system packages (apt) and a
 # virtual environment with the project installed. Idempotent; fast when already done.
 #   scripts/setup.sh demo   what the demo needs (a C++ compiler for DeepSpeed's CPU ops)
-#   scripts/setup.sh test   plus Slurm + munge (local test cluster), espeak-ng, sox and chromium
-#                           (the run report is opened in headless Chromium)
+#   scripts/setup.sh test   plus Slurm + munge with slurmdbd + MariaDB (local test clusters, through
+#                           slurm/local-cluster/install.sh --with-accounting), espeak-ng, sox and
+#                           chromium (the run report is opened in headless Chromium)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 purpose=${1:-demo}
@@ -13,7 +14,7 @@ VENV=${VENV:-.venv}
 packages=(g++)
 $PYTHON -c 'import ensurepip' 2>/dev/null || packages+=(python3-venv)
 if [ "$purpose" = test ]; then
-  packages+=(slurmctld slurmd slurm-client munge espeak-ng sox chromium)
+  packages+=(espeak-ng sox chromium)
 fi
 missing=()
 for p in "${packages[@]}"; do
@@ -24,6 +25,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "[setup] apt-get install ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ "$purpose" = test ]; then
+  # Its own script: a policy-rc.d keeps the packages from starting services (start.sh runs them).
+  bash slurm/local-cluster/install.sh --with-accounting
 fi
 
 stamp="$VENV/.installed-$(cat setup.py setup.cfg | sha1sum | cut -c1-12)"

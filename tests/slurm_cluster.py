@@ -5,7 +5,12 @@ The session-scoped fixture ``slurm_cluster`` runs install.sh and start.sh once p
 session (both idempotent; about 0.1-1 s when the cluster already runs) and yields a
 :class:`SlurmCluster` with query helpers. The cluster is left running afterwards.
 
-``NFS_SKIP_SLURM=1`` skips every test using the fixture; otherwise a cluster that fails
+The session-scoped fixture ``slurm_cluster_with_accounting`` starts a second, private
+cluster with slurmdbd + MariaDB (``start.sh --with-accounting``: own state dir, ports and
+slurm.conf, so the shared one is never touched) and stops it at the end of the session
+(unless it ran already: then another session started it and may still use it).
+
+``NFS_SKIP_SLURM=1`` skips every test using the fixtures; otherwise a cluster that fails
 to start is a test ERROR, never a silent skip.
 
 Nothing here submits jobs: tests submit with the real sbatch/srun (or the launcher) and
@@ -177,27 +182,39 @@ class SlurmCluster:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _start_cluster() -> SlurmCluster:
-    env = dict(os.environ)
-    for script, timeout in (("install.sh", 900), ("start.sh", 240)):
-        try:
-            result = subprocess.run(["bash", str(SCRIPTS / script)], capture_output=True, text=True,
-                                    timeout=timeout, env=env, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as exc:
-            pytest.fail(f"slurm/local-cluster/{script} timed out after {timeout}s:\n"
-                        f"{exc.stdout or ''}{exc.stderr or ''}", pytrace=False)
-        if result.returncode != 0:
-            pytest.fail(f"slurm/local-cluster/{script} exited {result.returncode} "
-                        f"(set NFS_SKIP_SLURM=1 to skip Slurm tests):\n"
-                        f"{result.stdout}{result.stderr}", pytrace=False)
-    state_dir = Path(os.environ.get("NFS_SLURM_DIR", DEFAULT_STATE_DIR))
+# The private accounting cluster: its own state dir, conf and ports (the shared one uses
+# /tmp/nfs-slurm, 6817, 6831.., 6819, 3307), one node (array tasks run side by side on it).
+ACCOUNTING_ENV = {
+    "NFS_SLURM_DIR": "/tmp/nfs-slurm-acct", "NFS_SLURM_CONF": "/tmp/nfs-slurm-acct/etc/slurm.conf",
+    "NFS_SLURM_NODES": "1", "NFS_SLURM_CTLD_PORT": "6917", "NFS_SLURM_SLURMD_PORT_BASE": "6930",
+    "NFS_SLURM_DBD_PORT": "6919", "NFS_SLURM_MYSQL_PORT": "3317",
+}
+
+
+def _run_script(script: str, args: list[str], env: dict[str, str], timeout: float) -> str:
+    """Run one slurm/local-cluster script; its stdout. A failure fails the test (no skip)."""
+    try:
+        result = subprocess.run(["bash", str(SCRIPTS / script), *args], capture_output=True, text=True,
+                                timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"slurm/local-cluster/{script} timed out after {timeout}s:\n"
+                    f"{exc.stdout or ''}{exc.stderr or ''}", pytrace=False)
+    if result.returncode != 0:
+        pytest.fail(f"slurm/local-cluster/{script} exited {result.returncode} "
+                    f"(set NFS_SKIP_SLURM=1 to skip Slurm tests):\n"
+                    f"{result.stdout}{result.stderr}", pytrace=False)
+    return result.stdout
+
+
+def _start_cluster(env: dict[str, str], *flags: str) -> SlurmCluster:
+    _run_script("install.sh", list(flags), env, 900)
+    out = _run_script("start.sh", list(flags), env, 240)
+    state_dir = Path(env.get("NFS_SLURM_DIR", DEFAULT_STATE_DIR))
     conf = Path("/etc/slurm/slurm.conf")
-    m = re.search(r"^export SLURM_CONF=(\S+)$", result.stdout, re.M)
+    m = re.search(r"^export SLURM_CONF=(\S+)$", out, re.M)
     if m:
         conf = Path(m.group(1))
         env["SLURM_CONF"] = str(conf)
-        # Launcher code and plain subprocesses of the tests must find it too.
-        os.environ["SLURM_CONF"] = str(conf)
     cluster = SlurmCluster(state_dir=state_dir, conf=conf, nodes=[], env=env)
     cluster.nodes = sorted(cluster.node_states(), key=lambda n: int(re.sub(r"\D", "", n) or 0))
     node = cluster.run("scontrol", "show", "node", "-o", cluster.nodes[0]).stdout
@@ -205,9 +222,41 @@ def _start_cluster() -> SlurmCluster:
     return cluster
 
 
+def _skip_unless_enabled() -> None:
+    if os.environ.get("NFS_SKIP_SLURM") == "1":
+        pytest.skip("NFS_SKIP_SLURM=1: the local Slurm cluster is disabled")
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[SlurmCluster]:
     """The running local Slurm cluster (started if needed, left running)."""
-    if os.environ.get("NFS_SKIP_SLURM") == "1":
-        pytest.skip("NFS_SKIP_SLURM=1: the local Slurm cluster is disabled")
-    yield _start_cluster()
+    _skip_unless_enabled()
+    cluster = _start_cluster(dict(os.environ))
+    if "SLURM_CONF" in cluster.env:
+        # Launcher code and plain subprocesses of the tests must find it too.
+        os.environ["SLURM_CONF"] = cluster.env["SLURM_CONF"]
+    yield cluster
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster_with_accounting() -> Iterator[SlurmCluster]:
+    """A private cluster with accounting (slurmdbd + MariaDB), started for the session and
+    stopped after it (left running if it already ran when the session began). Its commands need ``cluster.env`` (SLURM_CONF names its conf); a test
+    that submits through the launcher sets SLURM_CONF itself (monkeypatch)."""
+    _skip_unless_enabled()
+    env = {**os.environ, **ACCOUNTING_ENV}
+    running_before = _controller_alive(Path(env["NFS_SLURM_DIR"]))
+    try:
+        yield _start_cluster(env, "--with-accounting")
+    finally:
+        if not running_before:      # another session's tests may still be using it
+            _run_script("stop.sh", [], env, 120)
+
+
+def _controller_alive(state_dir: Path) -> bool:
+    """Whether the slurmctld named by the state dir's PID file runs."""
+    try:
+        pid = int((state_dir / "run" / "slurmctld.pid").read_text())
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "slurmctld"
+    except (OSError, ValueError):
+        return False

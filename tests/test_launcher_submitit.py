@@ -1,5 +1,6 @@
-"""The seams between submitit and our Slurm supervisor, without a cluster: who handles the
-signals in the batch step, and how job states are read when accounting is off."""
+"""The seams between submitit and our Slurm supervisor: who handles the signals in the batch
+step, and how job states are read when accounting is off (squeue) and on (sacct, on a private
+cluster with slurmdbd)."""
 import json
 import logging
 import subprocess
@@ -7,8 +8,9 @@ import sys
 
 import pytest
 
-from launcher.backends.slurm import QueueWatcher
-from tests.launcher_helpers import wait_until
+from launcher import api
+from launcher.backends.slurm import QueueWatcher, StageJob
+from tests.launcher_helpers import launcher, processed_items, wait_until, write_spec
 
 # In a fresh interpreter (signal handlers are process-wide): install submitit's batch-step
 # handlers exactly as submitit.core._submit does, then start our supervisor's step runner.
@@ -95,3 +97,59 @@ def test_a_job_seen_queued_then_gone_no_longer_reads_as_queued(tmp_path):
     assert watcher.get_state(held, mode="cache") == "UNKNOWN" and watcher.num_calls == 2
     watcher.update()
     assert watcher.num_calls == 2                   # a job gone for good is not asked for again
+
+
+def watcher_of(job_ids: list[str], use_sacct: bool) -> QueueWatcher:
+    """A fresh watcher with these jobs registered, told which source to ask."""
+    watcher = QueueWatcher()
+    watcher._use_sacct = use_sacct
+    for job in job_ids:
+        watcher.register_job(job)
+    return watcher
+
+
+@pytest.mark.slurm
+def test_with_accounting_states_come_from_sacct_also_after_the_jobs_left_the_queue(
+        slurm_cluster_with_accounting, monkeypatch, tmp_path):
+    monkeypatch.setenv("SLURM_CONF", slurm_cluster_with_accounting.env["SLURM_CONF"])
+    monkeypatch.setattr(StageJob, "watcher", QueueWatcher())    # decides sacct/squeue afresh, here
+    spec = write_spec(tmp_path, """
+        name: t-acct
+        backend: slurm
+        run_root: runs
+        slurm: {partition: debug, time: "5"}
+        stages:
+          shards:
+            task: diagnose.items
+            array: 2
+            config: {items: 4}
+          after:
+            task: diagnose.items
+            after: [shards]
+            config: {items: 1}
+    """)
+    run = api.submit(spec, overrides={"run_root": str(tmp_path / "runs")})
+    assert run.wait(timeout=180, poll=1) == {"shards": "completed", "after": "completed"}
+    assert StageJob.watcher._use_sacct is True and StageJob.watcher.num_calls >= 1
+    assert processed_items(run.path, "shards") == list(range(4))
+    tasks = [job.job_id for js in run.jobs().values() for job in js]    # submitit's job objects
+    shards, after = (tasks[0].split("_")[0], tasks[2])
+    assert tasks == [f"{shards}_0", f"{shards}_1", after]
+    status = launcher("status", str(run.path), cwd=tmp_path, check=True).stdout
+    assert [line.split()[:3] for line in status.splitlines() if line.split()[:1] in (["shards"], ["after"])] \
+        == [["shards", shards, "completed"], ["after", after, "completed"]], status
+
+    # The jobs ended: squeue no longer lists them, so without accounting their states are lost ...
+    wait_until(lambda: not slurm_cluster_with_accounting.run("squeue", "-h", "-j", f"{shards},{after}").stdout,
+               30, "the ended jobs to leave squeue")
+    queue = watcher_of(tasks, use_sacct=False)
+    queue.update()
+    assert [queue.get_state(t, mode="cache") for t in tasks] == ["UNKNOWN"] * 3
+    # ... and with it, one sacct call for them all reads them back from the accounting database,
+    accounting = watcher_of(tasks, use_sacct=True)
+    assert accounting._make_command()[:4] == ["sacct", "-o", "JobID,State,NodeList", "--parsable2"]
+    accounting.update()
+    assert accounting.num_calls == 1
+    assert [accounting.get_state(t, mode="cache") for t in tasks] == ["COMPLETED"] * 3
+    # as submitit's job objects of the run read them (through the backend's watcher: sacct).
+    assert [job.state for js in run.jobs().values() for job in js] == ["COMPLETED"] * 3

@@ -58,8 +58,7 @@ class QueueWatcher(submitit_slurm.SlurmInfoWatcher):
             self._use_sacct = accounting_enabled()
         if self._use_sacct:
             return super()._make_command()
-        ids = sorted({x.split("_")[0] for x in self._registered - self._finished})
-        return ["squeue", "--array", "-o", "%i|%T|%N", "-j", ",".join(ids)] if ids else None
+        return _squeue_command(self._registered - self._finished)
 
     def update(self) -> None:
         """submitit's update, except that with squeue a job missing from the answer has left the
@@ -67,24 +66,51 @@ class QueueWatcher(submitit_slurm.SlurmInfoWatcher):
         its end) and it is not asked for again. squeue's "Invalid job id" (every job asked for
         has left) means the same, not an error to warn about."""
         command = self._make_command()
-        if command is None or command[0] != "squeue":
-            return super().update()
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
-        if result.returncode != 0 and "Invalid job id" not in result.stderr:
+        if command is None:
+            return
+        if command[0] == "sacct":
+            return self._update_from_accounting()
+        queued = self._queued(command)
+        if queued is None:
             return super().update()     # a real failure: submitit warns, states stay as they were
         self._num_calls += 1
-        queued = self.read_info(result.stdout) if result.returncode == 0 else {}
         self._info_dict.update(queued)
         for job_id in self._registered - self._finished - queued.keys():
             self._info_dict[job_id] = {}
             self._finished.add(job_id)
         self._last_status_check = time.time()
 
+    def _update_from_accounting(self) -> None:
+        """submitit's sacct update. slurmctld hands a new job to slurmdbd a moment after
+        submission (about 1.5 s on the local cluster), and sacct knows nothing of it until then:
+        jobs it has never listed are read from squeue meanwhile, else they would read UNKNOWN,
+        as if gone, and a run just submitted would look ended."""
+        super().update()
+        unseen = self._registered - self._finished - self._info_dict.keys()
+        if unseen:
+            queued = self._queued(_squeue_command(unseen))
+            self._num_calls += 1
+            self._info_dict.update({job: info for job, info in (queued or {}).items() if job in unseen})
+
+    def _queued(self, command: list[str]) -> dict[str, dict[str, str]] | None:
+        """squeue's answer as {job or array task: info} ({} when none is queued); None when
+        squeue itself failed."""
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            return {} if "Invalid job id" in result.stderr else None
+        return self.read_info(result.stdout)
+
     def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
         text = string.decode() if isinstance(string, bytes) else string
         if text.startswith("JOBID|"):           # squeue's header: name the columns as sacct does
             text = "JobID|State|NodeList" + text[len("JOBID|STATE|NODELIST"):]
         return super().read_info(text)
+
+
+def _squeue_command(jobs) -> list[str] | None:
+    """One squeue call for these jobs (array tasks asked for by their array's id)."""
+    ids = sorted({job.split("_")[0] for job in jobs})
+    return ["squeue", "--array", "-o", "%i|%T|%N", "-j", ",".join(ids)] if ids else None
 
 
 class StageJob(submitit_slurm.SlurmJob):
