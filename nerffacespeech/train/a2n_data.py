@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 
 from nerffacespeech.data.processed import ProcessedClip, ProcessedData
-from nerffacespeech.models.audio2nerf.loudness import loudness
 from nerffacespeech.preprocess.audio import frame_window
 
 from .a2n_augment import MelAugment
@@ -55,12 +54,6 @@ class TalkingData:
         # and blink ratio seen in training, so expression offsets and LipaintNet stay in distribution.
         self.neutral = torch.stack([c.ref for c in self.clips]).mean(0)
         self.neutral_blink = float(torch.cat([c.blink[:c.n_train] for c in self.clips]).mean())
-
-    def loudness_offsets(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N,) speech amplitudes and (N, 64) expression offsets from the clip's reference of every
-        training frame (unaugmented): what the expression head's loudness term starts from."""
-        loud = torch.cat([loudness(c.mel[:c.n_train, None]) for c in self.clips])
-        return loud, torch.cat([c.exp[:c.n_train] - c.ref for c in self.clips])
 
     def train_batch(self, generator: torch.Generator, n: int, seq_len: int,
                     augment: MelAugment | None = None) -> dict[str, torch.Tensor]:

@@ -75,7 +75,6 @@ class Audio2NeRFTraining:
         torch.manual_seed(cfg.seed)                          # identical initial weights on every rank
         objective = factory()
         objective.w_init.copy_(generator.w_avg)
-        objective.net.expression.fit_loudness(*self.data.loudness_offsets())
         if cfg.sadtalker:
             from nerffacespeech.pretrained.sadtalker import init_audio_encoder
 

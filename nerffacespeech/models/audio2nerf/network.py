@@ -10,7 +10,6 @@ from nerffacespeech.configs.audio2nerf import ModelConfig
 from .audio_encoder import AudioEncoder
 from .expression import ExpressionHead
 from .lipaint import LipaintNet
-from .loudness import loudness
 
 
 class Audio2NeRF(nn.Module):
@@ -28,7 +27,7 @@ class Audio2NeRF(nn.Module):
         n = mel.shape[0]
         ref = ref_exp.expand(n, -1) if ref_exp.dim() == 1 else ref_exp
         blink = torch.zeros(n, device=mel.device) if blink is None else blink
-        return self.expression(self.audio_encoder(mel), ref, blink, loudness(mel)).float()
+        return self.expression(self.audio_encoder(mel), ref, blink).float()
 
 
 def parameter_counts(model: Audio2NeRF) -> dict[str, int]:

@@ -47,8 +47,8 @@ class TalkingHead:
         self.neutral_blink = neutral_blink
 
     def neutral_expression(self) -> torch.Tensor:
-        """(64,) the training frames' mean expression (the reference audio2nerf was trained with; zeros,
-        the morphable model's mean, for checkpoints that do not record it): the reference for seed identities."""
+        """(64,) the reference for seed identities: the training clips' mean reference expression
+        (zeros, the morphable model's mean, for checkpoints that do not record it)."""
         return self.neutral.to(self.device)
 
     @staticmethod
@@ -61,7 +61,8 @@ class TalkingHead:
     @torch.no_grad()
     def expressions(self, mel_windows: torch.Tensor, ref_exp: torch.Tensor,
                     blink: torch.Tensor | None = None, chunk: int = 256) -> torch.Tensor:
-        """(T, 64) expressions for mel windows (T, 80, 16) or (T, 1, 80, 16); blink (T,) ratios or None (0)."""
+        """(T, 64) expressions for mel windows (T, 80, 16) or (T, 1, 80, 16); blink (T,) ratios or
+        None (the training frames' mean)."""
         ref = ref_exp.to(self.device).float()
         out = []
         for i in range(0, mel_windows.shape[0], chunk):
