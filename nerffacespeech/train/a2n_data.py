@@ -50,6 +50,10 @@ class TalkingData:
             raise ValueError(f"{root}: no processed clips")
         self.face_model = data.face_model(keys)
         self.clips = [_training_clip(data.read_clip(k), resolution, holdout) for k in keys]
+        # What generation conditions a seed identity on (it has no source frame): the mean reference
+        # and blink ratio seen in training, so expression offsets and LipaintNet stay in distribution.
+        self.neutral = torch.stack([c.ref for c in self.clips]).mean(0)
+        self.neutral_blink = float(torch.cat([c.blink[:c.n_train] for c in self.clips]).mean())
 
     def train_batch(self, generator: torch.Generator, n: int, seq_len: int,
                     augment: MelAugment | None = None) -> dict[str, torch.Tensor]:

@@ -126,7 +126,8 @@ def main(ctx: TaskContext) -> None:
     data_dir, generator_spec = paths(cfg, ctx)
     training = Audio2NeRFTraining(cfg, env, data_dir, generator_spec)
     progress = {"step": 0, "evals": [], "model": asdict(cfg.model), "generator": training.source,
-                "face_model": training.data.face_model, "pretrained_root": str(pretrained_root())}
+                "face_model": training.data.face_model, "neutral": training.data.neutral.tolist(),
+                "neutral_blink": training.data.neutral_blink, "pretrained_root": str(pretrained_root())}
     board = None
     with StepLoop(ctx, env, training.checkpoint_state(progress), seed=cfg.seed, total_steps=cfg.max_steps,
                   before_save=training.sync_export) as loop:

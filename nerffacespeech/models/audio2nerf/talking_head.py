@@ -5,8 +5,11 @@
     frames = head.render(ws, exps, head.neutral_expression(), angles)      # (B, 3, H, W) in [-1, 1]
 
 `ref_exp` is the 3DMM expression of the source image. For a generated seed identity there is no
-fitted source: use `neutral_expression()` (zeros: the morphable model's mean expression, mouth
-closed), i.e. the seed's rendering is taken as the neutral face and the audio opens its mouth.
+fitted source: use `neutral_expression()` (the mean of the training clips' reference expressions,
+recorded in the checkpoint), i.e. the seed's rendering is taken as a typical source face and the
+audio moves its mouth. Zeros (the morphable model's mean, which the fits never produce) put the
+expression head and LipaintNet outside what they were trained on; the learned mouth motion then
+swung with the seed.
 """
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ PROGRESS = "progress"        # <step>/progress.json: step, model config, generat
 class TalkingHead:
     """The trained audio2nerf networks with the frozen generator they were trained through."""
 
-    def __init__(self, net: Audio2NeRF, generator, face: FaceBasis, preset: str, device: torch.device):
+    def __init__(self, net: Audio2NeRF, generator, face: FaceBasis, preset: str, device: torch.device,
+                 neutral: list[float] | None = None, neutral_blink: float = 0.0):
         self.net = net.eval().requires_grad_(False).to(device)
         self.generator = generator
         self.face = face.to(device)
@@ -39,10 +43,13 @@ class TalkingHead:
         self.preset = preset
         self.resolution = generator.cfg.resolution
         self.device = device
+        self.neutral = torch.zeros(EXP_DIM) if neutral is None else torch.tensor(neutral, dtype=torch.float32)
+        self.neutral_blink = neutral_blink
 
     def neutral_expression(self) -> torch.Tensor:
-        """(64,) zeros: the morphable model's mean expression, the reference for seed identities."""
-        return torch.zeros(EXP_DIM, device=self.device)
+        """(64,) the reference for seed identities: the training clips' mean reference expression
+        (zeros, the morphable model's mean, for checkpoints that do not record it)."""
+        return self.neutral.to(self.device)
 
     @staticmethod
     def mel_windows(mel: np.ndarray, n_frames: int) -> torch.Tensor:
@@ -54,11 +61,14 @@ class TalkingHead:
     @torch.no_grad()
     def expressions(self, mel_windows: torch.Tensor, ref_exp: torch.Tensor,
                     blink: torch.Tensor | None = None, chunk: int = 256) -> torch.Tensor:
-        """(T, 64) expressions for mel windows (T, 80, 16) or (T, 1, 80, 16); blink (T,) ratios or None (0)."""
+        """(T, 64) expressions for mel windows (T, 80, 16) or (T, 1, 80, 16); blink (T,) ratios or
+        None (the training frames' mean)."""
         ref = ref_exp.to(self.device).float()
         out = []
         for i in range(0, mel_windows.shape[0], chunk):
             b = None if blink is None else blink[i:i + chunk].to(self.device)
+            if b is None:
+                b = torch.full((len(mel_windows[i:i + chunk]),), self.neutral_blink, device=self.device)
             out.append(self.net.expressions(mel_windows[i:i + chunk].to(self.device).float(), ref, b))
         return torch.cat(out)
 
@@ -101,7 +111,8 @@ def load_talking_head(audio2nerf_ckpt: Path, generator_ckpt: Path | None = None,
         source = {**source, "model": source["model"] or record["generator"].get("model", {})}
     generator = generator_source.build(source, device)
     face = load_face_basis(record["face_model"], Path(record["pretrained_root"]))
-    return TalkingHead(net, generator, face, source["preset"], device)
+    return TalkingHead(net, generator, face, source["preset"], device, record.get("neutral"),
+                       record.get("neutral_blink", 0.0))
 
 
 __all__ = ["TalkingHead", "load_talking_head", "read_record"]
