@@ -125,7 +125,7 @@ def stage_plan(spec: JobSpec, stage: StageSpec, run_dir: str, python: str) -> St
         max_restarts=max_restarts, stop_signals=signals.stop_signals(spec.slurm.signal),
         checkpoint=dict(stage.checkpoint), device=device,
         partition=stage.partition or spec.slurm.partition, env=env, command=[],
-        restart_in_allocation=not local and spec.slurm.restart_in_allocation)
+        restart_in_allocation=not local and spec.slurm.restart_in_allocation,
         hang_timeouts=asdict(HangTimeouts(**stage.hang_timeouts)))
     command = (local_command(plan, run_dir, python) if local
                else slurm_step_command(plan, run_dir, python))

@@ -76,7 +76,8 @@ def test_render_prints_the_script_of_a_spec_whose_weights_are_missing_under_its_
     spec, data = str(ROOT / "jobs" / "stylenerf_8gpu.yaml"), WITHOUT_FID[2:]    # FID kept
     shown = launcher("render", spec, *data, cwd=tmp_path, check=True).stdout
     problems, script = shown.split("#!/bin/bash", 1)
-    assert "submit refuses this spec" in problems and "FID needs pretrained_networks/pt_inception" in problems
+    assert "submit refuses this spec" in problems
+    assert re.search(r"FID needs \S*pretrained_networks/pt_inception\S*: missing", problems), problems
     assert sbatch_options(script)["gpus-per-node"] == "8"
     refused = launcher("submit", spec, *data, cwd=tmp_path)
     assert refused.returncode == 2 and "FID needs" in refused.stderr and not (tmp_path / "runs").exists()
