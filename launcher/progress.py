@@ -17,23 +17,28 @@ RATES = (("images_per_s", "images/s"), ("throughput", "items/s"), ("steps_per_s"
 SCALARS_SHOWN = 4
 
 
-def tail_rows(path: Path, n: int = RATE_WINDOW) -> list[dict]:
-    """The last `n` complete JSON lines of a metrics file, oldest first (a torn last line is skipped)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.path.getsize(path) - TAIL_BYTES))
-            lines = f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return []
+def metric_rows(lines: list[str]) -> list[dict]:
+    """The metric lines that parse, in order: a torn last line of a live run is skipped."""
     rows = []
     for line in lines:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(row, dict) and "step" in row:
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
             rows.append(row)
-    return rows[-n:]
+    return rows
+
+
+def tail_rows(path: Path, n: int = RATE_WINDOW) -> list[dict]:
+    """The last `n` complete metric lines of a metrics file, oldest first."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - TAIL_BYTES))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []
+    return metric_rows(lines)[-n:]
 
 
 @dataclass(frozen=True)

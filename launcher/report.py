@@ -70,18 +70,9 @@ def with_checkpoint_steps(attempts: list[dict]) -> list[dict]:
 
 def read_metrics(path: Path) -> list[dict]:
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return progress.metric_rows(path.read_text(encoding="utf-8", errors="replace").splitlines())
     except OSError:
         return []
-    rows = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue                     # a torn last line of a live run
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            rows.append(row)
-    return rows
 
 
 def checkpoint_commits(folder: Path) -> list[tuple[float, int]]:

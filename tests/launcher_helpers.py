@@ -65,3 +65,10 @@ def supervisor_running(run: Path) -> bool:
     from launcher.backends.local import supervisor_lock
     from launcher.runs import RunDir
     return supervisor_lock(RunDir(run)).is_held()
+
+
+def slurm_items_pipeline(name: str, items: int) -> dict:
+    """A Slurm spec (as a dict): a 2-shard `diagnose.items` array of `items` items, then a stage after it."""
+    return {"name": name, "backend": "slurm", "run_root": "runs", "slurm": {"partition": "debug", "time": "5"},
+            "stages": {"shards": {"task": "diagnose.items", "array": 2, "config": {"items": items}},
+                       "after": {"task": "diagnose.items", "after": ["shards"], "config": {"items": 1}}}}

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from launcher import api
-from tests.launcher_helpers import launcher, processed_items, training_spec, wait_until, write_spec
+from tests.launcher_helpers import launcher, processed_items, slurm_items_pipeline, training_spec, wait_until, write_spec
 
 TOY = "launcher.diagnose_train:main"
 
@@ -112,21 +112,7 @@ def test_bad_input_gets_the_same_refusals_as_the_cli(tmp_path):
 @pytest.mark.slurm
 @pytest.mark.usefixtures("slurm_cluster")
 def test_a_slurm_run_through_the_api_reports_its_jobs_and_waits_for_them(tmp_path):
-    spec = write_spec(tmp_path, """
-        name: t-api
-        backend: slurm
-        run_root: runs
-        slurm: {partition: debug, time: "5"}
-        stages:
-          shards:
-            task: diagnose.items
-            array: 2
-            config: {items: 6}
-          after:
-            task: diagnose.items
-            after: [shards]
-            config: {items: 1}
-    """)
+    spec = slurm_items_pipeline("t-api", 6)
     run = api.submit(spec, overrides={"run_root": str(tmp_path / "runs")})
     jobs = {stage: [job.job_id for job in js] for stage, js in run.jobs().items()}   # submitit's job objects
     array = jobs["shards"][0].split("_")[0]

@@ -10,7 +10,7 @@ import pytest
 
 from launcher import api
 from launcher.backends.slurm import QueueWatcher, StageJob
-from tests.launcher_helpers import launcher, processed_items, wait_until, write_spec
+from tests.launcher_helpers import launcher, processed_items, slurm_items_pipeline, wait_until
 
 # In a fresh interpreter (signal handlers are process-wide): install submitit's batch-step
 # handlers exactly as submitit.core._submit does, then start our supervisor's step runner.
@@ -113,21 +113,7 @@ def test_with_accounting_states_come_from_sacct_also_after_the_jobs_left_the_que
         slurm_cluster_with_accounting, monkeypatch, tmp_path):
     monkeypatch.setenv("SLURM_CONF", slurm_cluster_with_accounting.env["SLURM_CONF"])
     monkeypatch.setattr(StageJob, "watcher", QueueWatcher())    # decides sacct/squeue afresh, here
-    spec = write_spec(tmp_path, """
-        name: t-acct
-        backend: slurm
-        run_root: runs
-        slurm: {partition: debug, time: "5"}
-        stages:
-          shards:
-            task: diagnose.items
-            array: 2
-            config: {items: 4}
-          after:
-            task: diagnose.items
-            after: [shards]
-            config: {items: 1}
-    """)
+    spec = slurm_items_pipeline("t-acct", 4)
     run = api.submit(spec, overrides={"run_root": str(tmp_path / "runs")})
     assert run.wait(timeout=180, poll=1) == {"shards": "completed", "after": "completed"}
     assert StageJob.watcher._use_sacct is True and StageJob.watcher.num_calls >= 1
