@@ -133,8 +133,9 @@ def _run_attempt(run: RunDir, stage: planner.StagePlan, shard: int, job_id: str,
     print(f"[launcher.supervise] {stage.name} shard {shard} attempt {number} job {job_id}: "
           f"{' '.join(step)}", flush=True)
 
+    signals_before = len(step_runner.signalled)     # an allocation may run several attempts
     code = step_runner.run(step, heartbeat.HangWatch(run.stage(stage.name).heartbeats(shard, number), stage.hang))
-    record.extra["sigterm_seen"] = bool(step_runner.signalled)
+    record.extra["sigterm_seen"] = len(step_runner.signalled) > signals_before
     if step_runner.hang is not None:
         record.extra["hang"] = step_runner.hang.ranks
 
