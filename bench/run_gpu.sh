@@ -43,6 +43,10 @@ run_one() {
                     bench stylenerf-fast 560 python3 bench/stylenerf_bench.py --device cuda --budget 540 --engines deepspeed \
                         --zero 2 --compile on --graphs on --presets "${PRESETS:-paper256,paper1024}" --batch auto --no-flops \
                         --out "$OUT/stylenerf-fast-gpu.json" ;;
+        stylenerf-resume)  # first step of a fresh attempt vs one resumed on the run's compile cache
+                    bench stylenerf-resume 420 python3 bench/stylenerf_bench.py --device cuda --budget 400 --engines deepspeed \
+                        --zero 2 --compile on --graphs on --presets paper256 --batch 4 --steps 16 --warmup 0 --no-flops \
+                        --metric-images 64 --resume-first-step --out "$OUT/stylenerf-resume-gpu.json" ;;
         audio2nerf) bench audio2nerf "$(awk -v m="${A2N_TRAIN_MINUTES:-0.6}" 'BEGIN { print int(90 + 60 * m) }')" \
                         python3 bench/audio2nerf_bench.py --device cuda --train-minutes "${A2N_TRAIN_MINUTES:-0.6}" \
                         ${A2N_PROCESSED:+--processed "$A2N_PROCESSED"} --output "$OUT/audio2nerf-gpu.json" ;;
@@ -51,7 +55,7 @@ run_one() {
                         --clips 8 --frames 250 --out "$OUT/preprocess-gpu.json" ;;
         checkpoint) bench checkpoint 90 python3 bench/checkpoint_bench.py --repeats 1 --output "$OUT/checkpoint-gpu.json" ;;
         launcher)   bench launcher 70 python3 bench/launcher_bench.py --device cuda --repeats 1 --output "$OUT/launcher-gpu.json" ;;
-        *) echo "unknown benchmark $1 (tests stylenerf stylenerf-fast audio2nerf generate preprocess checkpoint launcher)"; return 2 ;;
+        *) echo "unknown benchmark $1 (tests stylenerf stylenerf-fast stylenerf-resume audio2nerf generate preprocess checkpoint launcher)"; return 2 ;;
     esac
 }
 

@@ -29,6 +29,7 @@ class StageLayout:
     submitit_folder = _under("submitit")          # submitit's pickles and job records (Slurm)
     final_record = _under("final.json")            # a training stage's last step and state digests
     outputs = _under("outputs.json")               # what `generate` wrote
+    compile_cache = _under("compile-cache")        # torch.compile's caches, reused by later attempts
 
     def rank_log(self, attempt: int, shard: int | None, rank: int) -> Path:
         """attempt-<k>[/shard-<i>]/rank-<r>.log (the shard level only for array stages)."""

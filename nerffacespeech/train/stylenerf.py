@@ -15,13 +15,13 @@ import copy
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from launcher.atomic import write_bytes
-from launcher.runtime import checkpoint, distributed
+from launcher.runtime import checkpoint, compile_cache, distributed
 from launcher.runtime.context import TaskContext
 from launcher.runtime.loop import StepLoop, tensor_digest
 from launcher.runtime.metrics import MetricsWriter, Window
@@ -305,6 +305,14 @@ def _compile_blocks(generator: Generator, discriminator: Discriminator) -> None:
         block.compile(dynamic=False)
 
 
+def compile_cache_key(cfg: TrainConfig) -> dict:
+    """What decides the compiled blocks' code: a resume that changes only schedules or lengths
+    (max_steps, learning rates) reuses the first attempt's kernels."""
+    return {"model": asdict(cfg.model_config), "precision": cfg.precision, "batch_per_gpu": cfg.batch_per_gpu,
+            "engine": cfg.engine, "zero_stage": cfg.zero_stage, "cuda_graphs": cfg.cuda_graphs,
+            "channels_last": cfg.channels_last, "activation_checkpointing": cfg.activation_checkpointing}
+
+
 def _compiled_blocks_follow_swapped_weights() -> bool:
     """Whether a compiled block reads the weights `functional_call` swaps in at each call. Before
     torch 2.5 dynamo did not inline module calls by default and kept the tensors it first saw
@@ -447,6 +455,8 @@ def main(ctx: TaskContext) -> None:
     if any(m.startswith("fid") for m in cfg.metrics) and not Path(cfg.inception_path()).is_file():
         raise FileNotFoundError(f"FID needs the Inception weights {cfg.inception_path()} (python -m "
                                 "nerffacespeech.pretrained fetch, or set inception_weights); nothing is downloaded")
+    if cfg.compiles(env.device.type):
+        compile_cache.use_run_cache(ctx.layout.compile_cache, env.device, compile_cache_key(cfg))
     training = StyleNeRFTraining(cfg, env)
     dataset = image_data.ImageDataset(cfg.data, training.model_cfg.resolution)
     run = RunState.fresh()
