@@ -43,4 +43,7 @@ if [ ! -f "$stamp" ]; then
   fi
   rm -f "$VENV"/.installed-*; touch "$stamp"
 fi
+# DeepSpeed JIT-builds its CPU shared-memory comm op the first time a process group starts (about a
+# minute on 2 cores, every rank waiting on one build): build it now, not inside a job or a test.
+"$VENV/bin/python" -c 'from deepspeed.comm.torch import build_shm_op; build_shm_op()' 2>&1 | grep -v WARNING || true
 echo "[setup] ready: $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
