@@ -32,6 +32,7 @@ from nerffacespeech.models.stylenerf.layers import resize_images
 
 from . import images as image_data
 from . import losses, startup
+from .ada import AdaptiveP, AugmentPipe
 from .engine import EngineSpec, Regulariser, make_trainable, resolve_precision
 
 W_AVG_BETA = 0.995
@@ -108,6 +109,17 @@ class StyleNeRFTraining:
         self.num_ws = generator.num_ws
         self.ema_beta = 0.5 ** (cfg.batch_total / max(cfg.ema_kimg * 1000, 1e-8))
         self.pl_mean = torch.zeros((), device=env.device)       # running mean path length (kept on device)
+        self.ada = AdaptiveP(cfg.augment, cfg.augment_p, cfg.ada_target, cfg.ada_kimg, cfg.ada_interval, env.device)
+        self.augment_pipe = AugmentPipe() if cfg.augment != "none" else None
+        self._sync_p()
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """What D sees of any image, real or generated (differentiable; identity without augmentation)."""
+        return images if self.augment_pipe is None else self.augment_pipe(images)
+
+    def _sync_p(self) -> None:
+        if self.augment_pipe is not None:
+            self.augment_pipe.set_p(self.ada.p)
 
     # ------------------------------------------------------------------ one step
 
@@ -143,7 +155,7 @@ class StyleNeRFTraining:
             for _ in range(self.accumulation):
                 out = self.g(self.latents(batch), stage=stage, fade=fade, nerf_path_pixels=cfg.nerf_path_pixels,
                              **self.mixing())
-                gan = losses.generator_loss(d_fn(out.img, fade=fade))
+                gan = losses.generator_loss(d_fn(self.augment(out.img), fade=fade))
                 loss = gan + cfg.nerf_path_weight * out.nerf_path_loss if out.nerf_path_loss is not None else gan
                 self.g.backward(loss, injected)
                 injected = None
@@ -161,14 +173,16 @@ class StyleNeRFTraining:
         injected = None
         if regularize:
             key = regulariser_graph_key(stage, self.g.module.stages, fade, reals[0].shape[0])
-            injected, out = self.d.regulariser_grads(r1_regulariser(cfg, fade), {"real": reals[0]}, key)
+            injected, out = self.d.regulariser_grads(r1_regulariser(cfg, fade), {"real": self.augment(reals[0])},
+                                                     key)
             logs["r1_penalty"] = out["penalty"].clone()
         with self.g.frozen() as g_fn:
             for real in reals:
                 with torch.no_grad():
                     fake = g_fn(self.latents(real.shape[0]), stage=stage, fade=fade, **self.mixing()).img
-                logits = self.d(torch.cat([fake, real]), fade=fade)
+                logits = self.d(self.augment(torch.cat([fake, real])), fade=fade)
                 fake_logits, real_logits = logits.split(real.shape[0])
+                self.ada.accumulate(real_logits)
                 loss = losses.discriminator_loss(fake_logits, real_logits)
                 self.d.backward(loss, injected)
                 injected = None
@@ -188,10 +202,13 @@ class StyleNeRFTraining:
     def save_progress(self, run: RunState) -> None:
         """Put device-side counters into the progress dict (before a checkpoint)."""
         run.progress["pl_mean"] = float(self.pl_mean)
+        run.progress["ada"] = self.ada.state()
 
     def load_progress(self, run: RunState) -> None:
         """Take device-side counters from a restored progress dict."""
         self.pl_mean = torch.tensor(run.progress["pl_mean"], device=self.env.device)
+        self.ada.load(run.progress.get("ada"))
+        self._sync_p()
 
     def step(self, batch_iter, run: RunState) -> dict:
         """One optimizer step of G and D at the current point of the curriculum; returns its numbers
@@ -206,6 +223,13 @@ class StyleNeRFTraining:
                                                                       and step % cfg.r1_every == 0)))
         run.progress["step"] = step + 1
         run.progress["images"] += cfg.batch_total
+        if self.ada.adapts:
+            self.ada.maybe_update(step + 1, cfg.batch_total * cfg.ada_interval,
+                                  torch.distributed.all_reduce if self.env.is_distributed else None)
+            self._sync_p()
+            logs["ada_rt"] = self.ada.rt
+        if self.augment_pipe is not None:
+            logs["augment_p"] = self.ada.p
         logs["resolution"] = float(resolution)
         logs["fade"] = float(fade)
         return logs
