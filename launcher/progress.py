@@ -80,7 +80,9 @@ def from_rows(rows: list[dict], config: dict | None = None) -> Progress:
     rates = [r["steps_per_s"] for r in rows if _number(r.get("steps_per_s"))]
     steps_per_s = sum(rates) / len(rates) if rates else None
     rate = next((f"{last[key]:.3g} {unit}" for key, unit in RATES if _number(last.get(key)) and last[key] > 0), None)
-    shown = {k: v for k, v in last.items() if (k in SHOWN or k.startswith("loss")) and _number(v)}
+    # from the newest line that has them: an evaluation's line (same step) carries only its metrics
+    shown = next(({k: v for k, v in row.items() if (k in SHOWN or k.startswith("loss")) and _number(v)}
+                  for row in reversed(rows) if any(k in SHOWN or k.startswith("loss") for k in row)), {})
     return Progress(last.get("step"), total if isinstance(total, int) else None,
                     steps_per_s if steps_per_s else None, rate, shown)
 

@@ -64,8 +64,8 @@ def test_r_t_of_a_memorising_discriminator_settles_at_the_target():
         return torch.where(distance < 1e-5, 1.0, -1.0)
 
     ada = AdaptiveP("ada", 0.0, 0.6, kimg=10.0, interval=4, device=CPU)
-    history = run_controller(ada, memorising, 240)
-    late = [rt for _, rt in history[120:]]
+    history = run_controller(ada, memorising, 160)
+    late = [rt for _, rt in history[80:]]
     assert abs(sum(late) / len(late) - 0.6) < 0.15, late
     assert 0 < ada.p < 0.2
 

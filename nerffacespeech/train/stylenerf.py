@@ -189,6 +189,8 @@ class StyleNeRFTraining:
                 logs["loss_d"] = logs.get("loss_d", 0) + loss.detach() / self.accumulation
                 logs["score_real"] = logs.get("score_real", 0) + real_logits.detach().mean() / self.accumulation
                 logs["score_fake"] = logs.get("score_fake", 0) + fake_logits.detach().mean() / self.accumulation
+                # ADA's overfitting heuristic r_t = E[sign(D(real))], logged whatever the augmentation
+                logs["rt"] = logs.get("rt", 0) + real_logits.detach().sign().mean() / self.accumulation
         self.d.step()
         return logs
 
@@ -227,7 +229,6 @@ class StyleNeRFTraining:
             self.ada.maybe_update(step + 1, cfg.batch_total * cfg.ada_interval,
                                   torch.distributed.all_reduce if self.env.is_distributed else None)
             self._sync_p()
-            logs["ada_rt"] = self.ada.rt
         if self.augment_pipe is not None:
             logs["augment_p"] = self.ada.p
         logs["resolution"] = float(resolution)

@@ -1,0 +1,200 @@
+"""Does adaptive discriminator augmentation help on a small face set? `augment: none` against
+`augment: ada`, same data, same seeds, same images shown.
+
+    python bench/ada_bench.py --device cuda --budget 240 --out bench/results/ada     # GPU: a few minutes
+    python bench/ada_bench.py --device cpu --budget 30 --eval-every 4 --out /tmp/ada   # a CPU check
+
+The faces (default data/sample/faces/lfw, 100 images) are split into training images and
+held-out ones (every `--holdout`-th). Both runs train in lockstep in one process (one step of
+each in turn), so they have seen the same number of images whenever the `--budget` in seconds
+(or `--kimg`) ends them. Every `--eval-every` steps: SWD of the EMA generator against the
+held-out faces and against the training faces, r_t = E[sign(D(real))] and p. At the end: a
+table, the JSON (`<out>/ada.json`: config, machine, the curves, the final numbers, seconds per
+step of each mode) and the sample grids `<out>/grid-<mode>.png` (fixed seeds and yaws: no
+rotated or colour-shifted face may appear there; augmentation must not leak).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import report as bench_report
+
+ROOT = bench_report.REPO
+MODES = ("none", "ada")
+
+
+def split(faces: Path, holdout: int, into: Path) -> tuple[Path, Path]:
+    """Symlink folders `train/` and `heldout/` (every `holdout`-th image of the sorted list)."""
+    from nerffacespeech.train.images import list_images
+
+    train, held = into / "train", into / "heldout"
+    train.mkdir(parents=True)
+    held.mkdir()
+    for i, ref in enumerate(list_images(faces)):
+        if ref.member is not None:
+            raise SystemExit(f"{faces}: give a folder of images, not a zip")
+        target = held if i % holdout == 0 else train
+        os.symlink(os.path.abspath(ref.path), target / f"{i:05d}{Path(ref.path).suffix}")
+    return train, held
+
+
+def training_for(args, data: Path, mode: str):
+    """A StyleNeRFTraining of the preset (world size 1, full resolution from step 0)."""
+    import torch
+
+    from launcher.runtime import distributed
+    from nerffacespeech.configs.stylenerf import TrainConfig
+    from nerffacespeech.train.stylenerf import RunState, StyleNeRFTraining
+
+    config = {"data": str(data), "preset": args.preset, "engine": "ddp", "zero_stage": 0,
+              "precision": args.precision, "curriculum_kimg": None, "compile": False, "cuda_graphs": False,
+              "workers": 0, "augment": mode, "ada_kimg": args.ada_kimg, "ada_target": args.ada_target,
+              "model": {"resolution": args.resolution} if args.resolution else {}}
+    if args.batch:
+        config.update(batch_per_gpu=args.batch, batch_total=args.batch)
+    parsed, problems = TrainConfig.parse(config)
+    if problems:
+        raise SystemExit(f"bad config: {problems}")
+    env = distributed.init(args.device)
+    torch.manual_seed(args.seed)
+    return StyleNeRFTraining(parsed.resolved(env.world_size), env), RunState.fresh(), env
+
+
+def evaluate(training, suites: dict, z_dim: int) -> dict:
+    import torch
+
+    with torch.random.fork_rng(devices=[training.env.device] if training.env.device.type == "cuda" else []):
+        return {f"swd_{name}": suite.evaluate(training.sample, z_dim)["swd"] for name, suite in suites.items()}
+
+
+def save_grid(images, path: Path) -> None:
+    import io
+
+    import torch
+    from PIL import Image
+
+    from launcher.atomic import write_bytes
+
+    images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    n, _, h, w = images.shape
+    cols = int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    canvas = torch.zeros(3, rows * h, cols * w, dtype=torch.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        canvas[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = images[i]
+    buffer = io.BytesIO()
+    Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+    write_bytes(path, buffer.getvalue())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--faces", default=str(ROOT / "data" / "sample" / "faces" / "lfw"))
+    parser.add_argument("--holdout", type=int, default=4, help="every N-th image is held out")
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--resolution", type=int, default=0, help="override the preset's output size")
+    parser.add_argument("--batch", type=int, default=0, help="images per step (0: the preset's)")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--budget", type=float, default=240, help="seconds of training for both runs together")
+    parser.add_argument("--kimg", type=float, default=0, help="stop at this many kimg (0: the budget decides)")
+    parser.add_argument("--eval-every", type=int, default=100, help="steps between SWD evaluations")
+    parser.add_argument("--metric-images", type=int, default=256)
+    parser.add_argument("--ada-kimg", type=float, default=20, help="ADA speed (the paper's 500 is for long runs)")
+    parser.add_argument("--ada-target", type=float, default=0.6)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--out", default=str(bench_report.RESULTS / "ada"))
+    args = parser.parse_args()
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29517")
+
+    import torch
+
+    from nerffacespeech.metrics.evaluate import MetricSuite
+    from nerffacespeech.train import images as image_data
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        train_dir, held_dir = split(Path(args.faces), args.holdout, Path(tmp))
+        runs = {}
+        for mode in MODES:
+            training, run, env = training_for(args, train_dir, mode)
+            res, batch = training.model_cfg.resolution, training.cfg.batch_per_gpu
+            dataset = image_data.ImageDataset(train_dir, res)
+            sampler = image_data.PositionSampler(len(dataset), 0, 1, batch, args.seed, training.cfg.mirror)
+            suites = {name: MetricSuite(("swd",), image_data.ImageDataset(folder, res), args.metric_images, batch,
+                                        0, 1, env.device) for name, folder in (("heldout", held_dir),
+                                                                               ("train", train_dir))}
+            runs[mode] = {"training": training, "run": run, "batches": image_data.batches(dataset, sampler, 0, False),
+                          "suites": suites, "seconds": 0.0, "curve": [], "window": []}
+        print(f"ada_bench: {len(dataset)} training and {len(suites['heldout'].dataset)} held-out faces at {res} px, "
+              f"batch {batch}, preset {args.preset}, device {env.device}", flush=True)
+
+        def record(step: int) -> None:
+            for mode, r in runs.items():
+                point = {"step": step, "kimg": r["run"].progress["images"] / 1000,
+                         **evaluate(r["training"], r["suites"], r["training"].model_cfg.z_dim)}
+                window = r.pop("window")
+                point["rt"] = sum(window) / len(window) if window else None
+                point["p"] = r["training"].ada.p
+                r["curve"].append(point)
+                r["window"] = []
+                print(f"  {mode:4s} step {step:6d} kimg {point['kimg']:7.2f} swd held-out {point['swd_heldout']:.4f} "
+                      f"train {point['swd_train']:.4f} r_t {point['rt'] if point['rt'] is None else round(point['rt'], 3)}"
+                      f" p {point['p']:.3f}", flush=True)
+
+        record(0)
+        step, started = 0, time.perf_counter()
+        while True:
+            for r in runs.values():
+                t = time.perf_counter()
+                logs = r["training"].step(r["batches"], r["run"])
+                r["window"].append(float(logs["rt"]))
+                if env.device.type == "cuda":
+                    torch.cuda.synchronize(env.device)
+                r["seconds"] += time.perf_counter() - t
+            step += 1
+            done = (args.kimg and runs["none"]["run"].progress["images"] >= args.kimg * 1000) or \
+                (not args.kimg and time.perf_counter() - started >= args.budget)
+            if step % args.eval_every == 0 or done:
+                record(step)
+            if done:
+                break
+
+        grid = torch.Generator().manual_seed(args.seed + 7)
+        z = torch.randn(16, training.model_cfg.z_dim, generator=grid).to(env.device)
+        yaw = torch.linspace(-1, 1, 16) * training.model_cfg.yaw_std
+        angles = torch.stack([yaw, torch.zeros_like(yaw)], 1).to(env.device)
+        results = {}
+        for mode, r in runs.items():
+            save_grid(r["training"].sample(z, angles), out / f"grid-{mode}.png")
+            last = r["curve"][-1]
+            rts = [c["rt"] for c in r["curve"][len(r["curve"]) // 2:] if c["rt"] is not None]
+            results[mode] = {"steps": step, "kimg": last["kimg"], "swd_heldout": last["swd_heldout"],
+                             "swd_train": last["swd_train"], "best_swd_heldout": min(c["swd_heldout"] for c in r["curve"]),
+                             "rt_late": sum(rts) / len(rts) if rts else None, "p": last["p"],
+                             "s_per_step": r["seconds"] / step, "curve": r["curve"]}
+    rows = [[mode, f"{v['kimg']:.2f}", f"{v['swd_heldout']:.4f}", f"{v['best_swd_heldout']:.4f}",
+             f"{v['swd_train']:.4f}", "-" if v["rt_late"] is None else f"{v['rt_late']:.3f}", f"{v['p']:.3f}",
+             f"{1000 * v['s_per_step']:.1f}"] for mode, v in results.items()]
+    print(bench_report.table(rows, ("augment", "kimg", "SWD held-out", "best", "SWD train", "r_t (late half)", "p",
+                                    "ms/step")))
+    bench_report.write("ada", {**bench_report.metadata(vars(args), "kornia", "numpy"), "results": results},
+                       out / "ada.json")
+    print(f"sample grids: {out}/grid-*.png", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
