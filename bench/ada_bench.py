@@ -5,13 +5,14 @@
     python bench/ada_bench.py --device cpu --budget 30 --eval-every 4 --out /tmp/ada   # a CPU check
 
 The faces (default data/sample/faces/lfw, 100 images) are split into training images and
-held-out ones (every `--holdout`-th). Both runs train in lockstep in one process (one step of
-each in turn), so they have seen the same number of images whenever the `--budget` in seconds
-(or `--kimg`) ends them. Every `--eval-every` steps: SWD of the EMA generator against the
-held-out faces and against the training faces, r_t = E[sign(D(real))] and p. At the end: a
-table, the JSON (`<out>/ada.json`: config, machine, the curves, the final numbers, seconds per
-step of each mode) and the sample grids `<out>/grid-<mode>.png` (fixed seeds and yaws: no
-rotated or colour-shifted face may appear there; augmentation must not leak).
+held-out ones (every `--holdout`-th). First the cost: ms per step at a fixed p of 0, 0.2, 0.6
+and 1. Then both runs train in lockstep in one process (one step of each in turn), so they have
+seen the same number of images whenever the `--budget` in seconds (or `--kimg`) ends them.
+Every `--eval-every` steps: SWD of the EMA generator against the held-out faces and against the
+training faces, r_t = E[sign(D(real))] and p. At the end: tables, the JSON (`<out>/ada.json`:
+config, machine, the curves, the final numbers, the step costs) and the sample grids
+`<out>/grid-<mode>.png` (fixed seeds and yaws: no rotated or colour-shifted face may appear
+there; augmentation must not leak into G).
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def split(faces: Path, holdout: int, into: Path) -> tuple[Path, Path]:
     return train, held
 
 
-def training_for(args, data: Path, mode: str):
+def training_for(args, data: Path, mode: str, p: float = 0.0):
     """A StyleNeRFTraining of the preset (world size 1, full resolution from step 0)."""
     import torch
 
@@ -54,7 +55,7 @@ def training_for(args, data: Path, mode: str):
 
     config = {"data": str(data), "preset": args.preset, "engine": "ddp", "zero_stage": 0,
               "precision": args.precision, "curriculum_kimg": None, "compile": False, "cuda_graphs": False,
-              "workers": 0, "augment": mode, "ada_kimg": args.ada_kimg, "ada_target": args.ada_target,
+              "workers": 0, "augment": mode, "augment_p": p, "ada_kimg": args.ada_kimg, "ada_target": args.ada_target,
               "model": {"resolution": args.resolution} if args.resolution else {}}
     if args.batch:
         config.update(batch_per_gpu=args.batch, batch_total=args.batch)
@@ -64,6 +65,32 @@ def training_for(args, data: Path, mode: str):
     env = distributed.init(args.device)
     torch.manual_seed(args.seed)
     return StyleNeRFTraining(parsed.resolved(env.world_size), env), RunState.fresh(), env
+
+
+def step_cost(args, data: Path) -> list[dict]:
+    """Seconds per training step with `augment: fixed` at several p (p = 0 is `none`'s cost):
+    what augmentation adds to a step, from `--cost-steps` timed steps after 2 warm-up steps."""
+    import torch
+
+    from nerffacespeech.train import images as image_data
+
+    rows = []
+    for p in (0.0, 0.2, 0.6, 1.0):
+        training, run, env = training_for(args, data, "fixed" if p else "none", p)
+        dataset = image_data.ImageDataset(data, training.model_cfg.resolution)
+        sampler = image_data.PositionSampler(len(dataset), 0, 1, training.cfg.batch_per_gpu, args.seed, True)
+        batches = image_data.batches(dataset, sampler, 0, False)
+        for _ in range(2):
+            training.step(batches, run)
+        sync = torch.cuda.synchronize if env.device.type == "cuda" else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        for _ in range(args.cost_steps):
+            training.step(batches, run)
+        sync()
+        rows.append({"p": p, "s_per_step": (time.perf_counter() - start) / args.cost_steps})
+        print(f"  step cost at p {p:.1f}: {1000 * rows[-1]['s_per_step']:.1f} ms", flush=True)
+    return rows
 
 
 def evaluate(training, suites: dict, z_dim: int) -> dict:
@@ -111,6 +138,7 @@ def main() -> None:
     parser.add_argument("--ada-target", type=float, default=0.6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--cost-steps", type=int, default=16, help="timed steps per p of the cost rows (0: none)")
     parser.add_argument("--out", default=str(bench_report.RESULTS / "ada"))
     args = parser.parse_args()
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
@@ -128,6 +156,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         train_dir, held_dir = split(Path(args.faces), args.holdout, Path(tmp))
+        cost = step_cost(args, train_dir) if args.cost_steps else []
         runs = {}
         for mode in MODES:
             training, run, env = training_for(args, train_dir, mode)
@@ -191,8 +220,14 @@ def main() -> None:
              f"{1000 * v['s_per_step']:.1f}"] for mode, v in results.items()]
     print(bench_report.table(rows, ("augment", "kimg", "SWD held-out", "best", "SWD train", "r_t (late half)", "p",
                                     "ms/step")))
-    bench_report.write("ada", {**bench_report.metadata(vars(args), "kornia", "numpy"), "results": results},
+    bench_report.write("ada", {**bench_report.metadata(vars(args), "kornia", "numpy"), "results": results,
+                       "step_cost": cost},
                        out / "ada.json")
+    if cost:
+        base = cost[0]["s_per_step"]
+        print(bench_report.table([(f"{c['p']:.1f}", f"{1000 * c['s_per_step']:.1f}",
+                                   f"{100 * (c['s_per_step'] / base - 1):+.0f}%") for c in cost],
+                                 ("p (fixed)", "ms/step", "vs p = 0")))
     print(f"sample grids: {out}/grid-*.png", flush=True)
 
 
