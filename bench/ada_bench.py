@@ -180,9 +180,9 @@ def main() -> None:
                 point["p"] = r["training"].ada.p
                 r["curve"].append(point)
                 r["window"] = []
+                rt = "-" if point["rt"] is None else f"{point['rt']:.3f}"
                 print(f"  {mode:4s} step {step:6d} kimg {point['kimg']:7.2f} swd held-out {point['swd_heldout']:.4f} "
-                      f"train {point['swd_train']:.4f} r_t {point['rt'] if point['rt'] is None else round(point['rt'], 3)}"
-                      f" p {point['p']:.3f}", flush=True)
+                      f"train {point['swd_train']:.4f} r_t {rt} p {point['p']:.3f}", flush=True)
 
         record(0)
         step, started = 0, time.perf_counter()
@@ -211,8 +211,9 @@ def main() -> None:
             save_grid(r["training"].sample(z, angles), out / f"grid-{mode}.png")
             last = r["curve"][-1]
             rts = [c["rt"] for c in r["curve"][len(r["curve"]) // 2:] if c["rt"] is not None]
+            best = min(c["swd_heldout"] for c in r["curve"])
             results[mode] = {"steps": step, "kimg": last["kimg"], "swd_heldout": last["swd_heldout"],
-                             "swd_train": last["swd_train"], "best_swd_heldout": min(c["swd_heldout"] for c in r["curve"]),
+                             "swd_train": last["swd_train"], "best_swd_heldout": best,
                              "rt_late": sum(rts) / len(rts) if rts else None, "p": last["p"],
                              "s_per_step": r["seconds"] / step, "curve": r["curve"]}
     rows = [[mode, f"{v['kimg']:.2f}", f"{v['swd_heldout']:.4f}", f"{v['best_swd_heldout']:.4f}",

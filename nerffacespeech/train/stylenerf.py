@@ -388,10 +388,12 @@ class Monitor:
             self.wandb.log(scalars, step=progress["step"])
         if self.env.is_main:
             memory = f" mem {scalars['peak_memory_gib']:.2f} GiB" if "peak_memory_gib" in scalars else ""
+            augment = f" aug p {scalars['augment_p']:.3f}" if "augment_p" in scalars else ""
             print(f"tick {progress['tick']:<5d} kimg {kimg:<8.2f} step {progress['step']:<7d} "
                   f"res {int(scalars.get('resolution', 0))} | {sec_per_kimg:7.1f} s/kimg "
                   f"{scalars['images_per_s']:7.1f} img/s | G {scalars.get('loss_g', 0):.3f} "
-                  f"D {scalars.get('loss_d', 0):.3f} r1 {scalars.get('r1_penalty', 0):.4f} "
+                  f"D {scalars.get('loss_d', 0):.3f} r_t {scalars.get('rt', 0):.2f}{augment} "
+                  f"r1 {scalars.get('r1_penalty', 0):.4f} "
                   f"pl {scalars.get('pl_penalty', 0):.4f} nerf {scalars.get('nerf_path', 0):.4f}{memory} "
                   f"| ETA {_duration(remaining)}", flush=True)
         self.tick_images, self.tick_start = 0, now
