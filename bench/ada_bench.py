@@ -1,18 +1,19 @@
 """Does adaptive discriminator augmentation help on a small face set? `augment: none` against
 `augment: ada`, same data, same seeds, same images shown.
 
-    python bench/ada_bench.py --device cuda --budget 240 --out bench/results/ada     # GPU: a few minutes
+    python bench/ada_bench.py --device cuda --budget 120 --out bench/results/ada     # GPU: a few minutes
     python bench/ada_bench.py --device cpu --budget 30 --eval-every 4 --out /tmp/ada   # a CPU check
 
-The faces (default data/sample/faces/lfw, 100 images) are split into training images and
-held-out ones (every `--holdout`-th). First the cost: ms per step at a fixed p of 0, 0.2, 0.6
-and 1. Then both runs train in lockstep in one process (one step of each in turn), so they have
-seen the same number of images whenever the `--budget` in seconds (or `--kimg`) ends them.
-Every `--eval-every` steps: SWD of the EMA generator against the held-out faces and against the
-training faces, r_t = E[sign(D(real))] and p. At the end: tables, the JSON (`<out>/ada.json`:
-config, machine, the curves, the final numbers, the step costs) and the sample grids
-`<out>/grid-<mode>.png` (fixed seeds and yaws: no rotated or colour-shifted face may appear
-there; augmentation must not leak into G).
+Two sets (`--sets`): `lfw`, the 100 faces of data/sample/faces/lfw, every `--holdout`-th held
+out; `clips`, a larger one made here from the sample clips' 776 frames, each `--copies` times
+under its own random pose jitter (kornia), whole clips held out. First the cost: ms per step at
+a fixed p of 0, 0.2, 0.6 and 1. Then, per set, both runs train in lockstep in one process (one
+step of each in turn), so they have seen the same number of images whenever the `--budget` in
+seconds (or `--kimg`) ends them. Every `--eval-every` steps: SWD of the EMA generator against
+the held-out images and against the training images, r_t = E[sign(D(real))] and p. At the end:
+tables, the JSON (`<out>/ada.json`: config, machine, the curves, the final numbers, the step
+costs) and the sample grids `<out>/grid-<set>-<mode>.png` (fixed seeds and yaws: no rotated or
+colour-shifted face may appear there; augmentation must not leak into G).
 """
 from __future__ import annotations
 
@@ -121,16 +122,117 @@ def save_grid(images, path: Path) -> None:
     write_bytes(path, buffer.getvalue())
 
 
+def jittered_clips(clips: Path, copies: int, resolution: int, holdout: int, into: Path, seed: int) -> tuple[Path, Path]:
+    """A larger set from the sample clips: every frame `copies` times, each under its own small
+    random similarity transform (rotation +-5 degrees, scale 0.95-1.05, shift 3 %: pose jitter
+    around the aligned face) by kornia, written as PNG at `resolution`. Whole clips are held out
+    (every `holdout`-th clip), so no held-out frame has a jittered twin in training."""
+    import kornia.augmentation as K
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    jitter = K.RandomAffine(degrees=5.0, translate=(0.03, 0.03), scale=(0.95, 1.05), padding_mode="reflection",
+                            p=1.0)
+    torch.manual_seed(seed)
+    train, held = into / "train", into / "heldout"
+    train.mkdir(parents=True)
+    held.mkdir()
+    folders = sorted(d for d in clips.glob("*/*") if d.is_dir())
+    for c, folder in enumerate(folders):
+        frames = sorted(folder.glob("*.jpg"))
+        images = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB").resize(
+            (resolution, resolution), Image.LANCZOS))).permute(2, 0, 1) for f in frames]).float() / 255
+        target = held if c % holdout == 0 else train
+        for k in range(copies):
+            out = (jitter(images) * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            for f, image in zip(frames, out):
+                Image.fromarray(image).save(target / f"{c:02d}-{f.stem}-{k}.png")
+    return train, held
+
+
+def compare(args, name: str, train_dir: Path, held_dir: Path, out: Path) -> dict:
+    """none and ada in lockstep on one set: the curves, the final numbers, the grids."""
+    import torch
+
+    from nerffacespeech.metrics.evaluate import MetricSuite
+    from nerffacespeech.train import images as image_data
+
+    runs = {}
+    for mode in MODES:
+        training, run, env = training_for(args, train_dir, mode)
+        res, batch = training.model_cfg.resolution, training.cfg.batch_per_gpu
+        dataset = image_data.ImageDataset(train_dir, res)
+        sampler = image_data.PositionSampler(len(dataset), 0, 1, batch, args.seed, training.cfg.mirror)
+        suites = {split_name: MetricSuite(("swd",), image_data.ImageDataset(folder, res), args.metric_images, batch,
+                                          0, 1, env.device)
+                  for split_name, folder in (("heldout", held_dir), ("train", train_dir))}
+        runs[mode] = {"training": training, "run": run, "batches": image_data.batches(dataset, sampler, 0, False),
+                      "suites": suites, "seconds": 0.0, "curve": [], "window": []}
+    print(f"ada_bench {name}: {len(dataset)} training and {len(suites['heldout'].dataset)} held-out images at "
+          f"{res} px, batch {batch}, preset {args.preset}, device {env.device}", flush=True)
+
+    def record(step: int) -> None:
+        for mode, r in runs.items():
+            point = {"step": step, "kimg": r["run"].progress["images"] / 1000,
+                     **evaluate(r["training"], r["suites"], r["training"].model_cfg.z_dim)}
+            window = r.pop("window")
+            point["rt"] = sum(window) / len(window) if window else None
+            point["p"] = r["training"].ada.p
+            r["curve"].append(point)
+            r["window"] = []
+            rt = "-" if point["rt"] is None else f"{point['rt']:.3f}"
+            print(f"  {mode:4s} step {step:6d} kimg {point['kimg']:7.2f} swd held-out {point['swd_heldout']:.4f} "
+                  f"train {point['swd_train']:.4f} r_t {rt} p {point['p']:.3f}", flush=True)
+
+    record(0)
+    step, started = 0, time.perf_counter()
+    while True:
+        for r in runs.values():
+            t = time.perf_counter()
+            logs = r["training"].step(r["batches"], r["run"])
+            r["window"].append(float(logs["rt"]))
+            if env.device.type == "cuda":
+                torch.cuda.synchronize(env.device)
+            r["seconds"] += time.perf_counter() - t
+        step += 1
+        done = (args.kimg and runs["none"]["run"].progress["images"] >= args.kimg * 1000) or \
+            (not args.kimg and time.perf_counter() - started >= args.budget)
+        if step % args.eval_every == 0 or done:
+            record(step)
+        if done:
+            break
+
+    grid = torch.Generator().manual_seed(args.seed + 7)
+    z = torch.randn(16, training.model_cfg.z_dim, generator=grid).to(env.device)
+    yaw = torch.linspace(-1, 1, 16) * training.model_cfg.yaw_std
+    angles = torch.stack([yaw, torch.zeros_like(yaw)], 1).to(env.device)
+    results = {}
+    for mode, r in runs.items():
+        save_grid(r["training"].sample(z, angles), out / f"grid-{name}-{mode}.png")
+        last = r["curve"][-1]
+        rts = [c["rt"] for c in r["curve"][len(r["curve"]) // 2:] if c["rt"] is not None]
+        best = min(c["swd_heldout"] for c in r["curve"])
+        results[mode] = {"images": len(dataset), "steps": step, "kimg": last["kimg"],
+                         "swd_heldout": last["swd_heldout"], "swd_train": last["swd_train"],
+                         "best_swd_heldout": best, "rt_late": sum(rts) / len(rts) if rts else None,
+                         "p": last["p"], "s_per_step": r["seconds"] / step, "curve": r["curve"]}
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--sets", default="lfw,clips", help="lfw (the faces), clips (jittered clip frames)")
     parser.add_argument("--faces", default=str(ROOT / "data" / "sample" / "faces" / "lfw"))
-    parser.add_argument("--holdout", type=int, default=4, help="every N-th image is held out")
+    parser.add_argument("--clips", default=str(ROOT / "data" / "sample" / "images"))
+    parser.add_argument("--copies", type=int, default=4, help="jittered copies of each clip frame")
+    parser.add_argument("--holdout", type=int, default=4, help="every N-th image (clip) is held out")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--resolution", type=int, default=0, help="override the preset's output size")
     parser.add_argument("--batch", type=int, default=0, help="images per step (0: the preset's)")
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--budget", type=float, default=240, help="seconds of training for both runs together")
+    parser.add_argument("--budget", type=float, default=120, help="seconds of training per set, both runs together")
     parser.add_argument("--kimg", type=float, default=0, help="stop at this many kimg (0: the budget decides)")
     parser.add_argument("--eval-every", type=int, default=100, help="steps between SWD evaluations")
     parser.add_argument("--metric-images", type=int, default=256)
@@ -147,89 +249,40 @@ def main() -> None:
 
     import torch
 
-    from nerffacespeech.metrics.evaluate import MetricSuite
-    from nerffacespeech.train import images as image_data
+    from nerffacespeech.configs.stylenerf import PRESETS
 
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    resolution = args.resolution or PRESETS[args.preset].model.resolution
+    results, cost = {}, []
     with tempfile.TemporaryDirectory() as tmp:
-        train_dir, held_dir = split(Path(args.faces), args.holdout, Path(tmp))
-        cost = step_cost(args, train_dir) if args.cost_steps else []
-        runs = {}
-        for mode in MODES:
-            training, run, env = training_for(args, train_dir, mode)
-            res, batch = training.model_cfg.resolution, training.cfg.batch_per_gpu
-            dataset = image_data.ImageDataset(train_dir, res)
-            sampler = image_data.PositionSampler(len(dataset), 0, 1, batch, args.seed, training.cfg.mirror)
-            suites = {name: MetricSuite(("swd",), image_data.ImageDataset(folder, res), args.metric_images, batch,
-                                        0, 1, env.device) for name, folder in (("heldout", held_dir),
-                                                                               ("train", train_dir))}
-            runs[mode] = {"training": training, "run": run, "batches": image_data.batches(dataset, sampler, 0, False),
-                          "suites": suites, "seconds": 0.0, "curve": [], "window": []}
-        print(f"ada_bench: {len(dataset)} training and {len(suites['heldout'].dataset)} held-out faces at {res} px, "
-              f"batch {batch}, preset {args.preset}, device {env.device}", flush=True)
-
-        def record(step: int) -> None:
-            for mode, r in runs.items():
-                point = {"step": step, "kimg": r["run"].progress["images"] / 1000,
-                         **evaluate(r["training"], r["suites"], r["training"].model_cfg.z_dim)}
-                window = r.pop("window")
-                point["rt"] = sum(window) / len(window) if window else None
-                point["p"] = r["training"].ada.p
-                r["curve"].append(point)
-                r["window"] = []
-                rt = "-" if point["rt"] is None else f"{point['rt']:.3f}"
-                print(f"  {mode:4s} step {step:6d} kimg {point['kimg']:7.2f} swd held-out {point['swd_heldout']:.4f} "
-                      f"train {point['swd_train']:.4f} r_t {rt} p {point['p']:.3f}", flush=True)
-
-        record(0)
-        step, started = 0, time.perf_counter()
-        while True:
-            for r in runs.values():
-                t = time.perf_counter()
-                logs = r["training"].step(r["batches"], r["run"])
-                r["window"].append(float(logs["rt"]))
-                if env.device.type == "cuda":
-                    torch.cuda.synchronize(env.device)
-                r["seconds"] += time.perf_counter() - t
-            step += 1
-            done = (args.kimg and runs["none"]["run"].progress["images"] >= args.kimg * 1000) or \
-                (not args.kimg and time.perf_counter() - started >= args.budget)
-            if step % args.eval_every == 0 or done:
-                record(step)
-            if done:
-                break
-
-        grid = torch.Generator().manual_seed(args.seed + 7)
-        z = torch.randn(16, training.model_cfg.z_dim, generator=grid).to(env.device)
-        yaw = torch.linspace(-1, 1, 16) * training.model_cfg.yaw_std
-        angles = torch.stack([yaw, torch.zeros_like(yaw)], 1).to(env.device)
-        results = {}
-        for mode, r in runs.items():
-            save_grid(r["training"].sample(z, angles), out / f"grid-{mode}.png")
-            last = r["curve"][-1]
-            rts = [c["rt"] for c in r["curve"][len(r["curve"]) // 2:] if c["rt"] is not None]
-            best = min(c["swd_heldout"] for c in r["curve"])
-            results[mode] = {"steps": step, "kimg": last["kimg"], "swd_heldout": last["swd_heldout"],
-                             "swd_train": last["swd_train"], "best_swd_heldout": best,
-                             "rt_late": sum(rts) / len(rts) if rts else None, "p": last["p"],
-                             "s_per_step": r["seconds"] / step, "curve": r["curve"]}
-    rows = [[mode, f"{v['kimg']:.2f}", f"{v['swd_heldout']:.4f}", f"{v['best_swd_heldout']:.4f}",
+        for name in args.sets.split(","):
+            folder = Path(tmp) / name
+            if name == "lfw":
+                train_dir, held_dir = split(Path(args.faces), args.holdout, folder)
+            elif name == "clips":
+                train_dir, held_dir = jittered_clips(Path(args.clips), args.copies, resolution, args.holdout, folder,
+                                                     args.seed)
+            else:
+                raise SystemExit(f"unknown set {name!r} (lfw, clips)")
+            if args.cost_steps and not cost:
+                cost = step_cost(args, train_dir)
+            results[name] = compare(args, name, train_dir, held_dir, out)
+    rows = [[name, mode, v["images"], f"{v['kimg']:.2f}", f"{v['swd_heldout']:.4f}", f"{v['best_swd_heldout']:.4f}",
              f"{v['swd_train']:.4f}", "-" if v["rt_late"] is None else f"{v['rt_late']:.3f}", f"{v['p']:.3f}",
-             f"{1000 * v['s_per_step']:.1f}"] for mode, v in results.items()]
-    print(bench_report.table(rows, ("augment", "kimg", "SWD held-out", "best", "SWD train", "r_t (late half)", "p",
-                                    "ms/step")))
-    bench_report.write("ada", {**bench_report.metadata(vars(args), "kornia", "numpy"), "results": results,
-                       "step_cost": cost},
-                       out / "ada.json")
+             f"{1000 * v['s_per_step']:.1f}"] for name, modes in results.items() for mode, v in modes.items()]
+    print(bench_report.table(rows, ("set", "augment", "images", "kimg", "SWD held-out", "best", "SWD train",
+                                    "r_t (late half)", "p", "ms/step")))
     if cost:
         base = cost[0]["s_per_step"]
         print(bench_report.table([(f"{c['p']:.1f}", f"{1000 * c['s_per_step']:.1f}",
                                    f"{100 * (c['s_per_step'] / base - 1):+.0f}%") for c in cost],
                                  ("p (fixed)", "ms/step", "vs p = 0")))
-    print(f"sample grids: {out}/grid-*.png", flush=True)
+    bench_report.write("ada", {**bench_report.metadata(vars(args), "kornia", "numpy"), "results": results,
+                               "step_cost": cost}, out / "ada.json")
+    print(f"sample grids: {out}/grid-<set>-<mode>.png", flush=True)
 
 
 if __name__ == "__main__":
