@@ -109,10 +109,10 @@ class AdaptiveP:
         return self.mode == "ada"
 
     def accumulate(self, real_logits: torch.Tensor) -> None:
-        if self.adapts:
+        if self.adapts:                           # no host round trip: a new device tensor would wait for the GPU
             signs = real_logits.detach().float().sign()
-            self.sums += torch.stack([signs.sum().double(), torch.tensor(signs.numel(), dtype=torch.float64,
-                                                                         device=signs.device)])
+            self.sums[0] += signs.sum().double()
+            self.sums[1] += signs.numel()
 
     def maybe_update(self, step: int, images_per_update: int, all_reduce=None) -> None:
         """After step `step` (1-based): every `interval` steps, r_t from the sums and the new p.
