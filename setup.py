@@ -31,7 +31,7 @@ def installed_torch_version():
 
 
 TORCH = MIN_TORCH if installed_torch_version() else PINNED_TORCH
-TRAIN = [TORCH, "deepspeed>=0.19", "safetensors>=0.4", "tensorboard>=2.14", "numpy>=1.24"]
+TRAIN = [TORCH, "deepspeed>=0.19", "safetensors>=0.4", "tensorboard>=2.14", "numpy>=1.24", "kornia>=0.7"]
 PREPROCESS = [TORCH, "numpy>=1.24", "scipy>=1.10", "librosa>=0.10", "soundfile>=0.12",
               "face-alignment>=1.4", "kornia>=0.7", "scikit-image>=0.22",
               # OpenCV 5 wheels have no CascadeClassifier; face-alignment pulls opencv-python.

@@ -5,6 +5,7 @@
 #   bash bench/run_gpu.sh                          # all of them
 #   bash bench/run_gpu.sh audio2nerf generate      # a subset, in this order
 #   bash bench/run_gpu.sh tests                    # the GPU-only tests (pytest -m gpu)
+#   bash bench/run_gpu.sh ada                      # ADA against no augmentation (420 s; docs/STYLENERF.md)
 #   PRESETS=paper256 bash bench/run_gpu.sh stylenerf-fast   # compiled + CUDA graphs: its own call
 #
 # The machine has torch but not every package we use: wheels for the missing ones travel in
@@ -50,12 +51,15 @@ run_one() {
         audio2nerf) bench audio2nerf "$(awk -v m="${A2N_TRAIN_MINUTES:-0.6}" 'BEGIN { print int(90 + 60 * m) }')" \
                         python3 bench/audio2nerf_bench.py --device cuda --train-minutes "${A2N_TRAIN_MINUTES:-0.6}" \
                         ${A2N_PROCESSED:+--processed "$A2N_PROCESSED"} --output "$OUT/audio2nerf-gpu.json" ;;
+        ada)        # augment none vs ada in lockstep, LFW faces and jittered clip frames (not in the default set)
+                    bench ada 420 python3 bench/ada_bench.py --device cuda --budget 150 --resolution 64 --batch 32 \
+                        --eval-every 250 --out "$OUT/ada" ;;
         generate)   bench generate 30 python3 bench/generate_bench.py --device cuda --out "$OUT/generate-gpu.json" ;;
         preprocess) bench preprocess 40 python3 bench/preprocess_bench.py --device cuda --parts fit3dmm,reference \
                         --clips 8 --frames 250 --out "$OUT/preprocess-gpu.json" ;;
         checkpoint) bench checkpoint 90 python3 bench/checkpoint_bench.py --repeats 1 --output "$OUT/checkpoint-gpu.json" ;;
         launcher)   bench launcher 70 python3 bench/launcher_bench.py --device cuda --repeats 1 --output "$OUT/launcher-gpu.json" ;;
-        *) echo "unknown benchmark $1 (tests stylenerf stylenerf-fast stylenerf-resume audio2nerf generate preprocess checkpoint launcher)"; return 2 ;;
+        *) echo "unknown benchmark $1 (tests stylenerf stylenerf-fast stylenerf-resume ada audio2nerf generate preprocess checkpoint launcher)"; return 2 ;;
     esac
 }
 

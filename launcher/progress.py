@@ -15,6 +15,7 @@ RATE_WINDOW = 20            # metric lines averaged for the rate
 TAIL_BYTES = 32768          # read from the end of metrics.jsonl; lines are ~100-800 bytes
 RATES = (("images_per_s", "images/s"), ("throughput", "items/s"), ("steps_per_s", "steps/s"))
 SCALARS_SHOWN = 4
+SHOWN = ("kimg", "augment_p")     # besides loss*: images shown (StyleNeRF), the augmentation probability
 
 
 def metric_rows(lines: list[str]) -> list[dict]:
@@ -47,7 +48,7 @@ class Progress:
     total: int | None           # the loop's total_steps, else the stage config's `steps`
     steps_per_s: float | None   # mean steps_per_s of the lines given
     rate: str | None            # the task's own rate, e.g. "43.1 images/s", else steps/s
-    shown: dict[str, float]     # the last line's kimg (StyleNeRF) and losses (scalars named loss*)
+    shown: dict[str, float]     # the last line's SHOWN scalars and losses (scalars named loss*)
 
     @property
     def seconds_left(self) -> float | None:
@@ -79,7 +80,9 @@ def from_rows(rows: list[dict], config: dict | None = None) -> Progress:
     rates = [r["steps_per_s"] for r in rows if _number(r.get("steps_per_s"))]
     steps_per_s = sum(rates) / len(rates) if rates else None
     rate = next((f"{last[key]:.3g} {unit}" for key, unit in RATES if _number(last.get(key)) and last[key] > 0), None)
-    shown = {k: v for k, v in last.items() if (k == "kimg" or k.startswith("loss")) and _number(v)}
+    # from the newest line that has them: an evaluation's line (same step) carries only its metrics
+    shown = next(({k: v for k, v in row.items() if (k in SHOWN or k.startswith("loss")) and _number(v)}
+                  for row in reversed(rows) if any(k in SHOWN or k.startswith("loss") for k in row)), {})
     return Progress(last.get("step"), total if isinstance(total, int) else None,
                     steps_per_s if steps_per_s else None, rate, shown)
 

@@ -29,6 +29,15 @@ def test_the_tasks_own_rate_is_shown_and_the_config_gives_the_total_when_the_loo
     assert line == "step 10/20 (50%), 43.1 images/s, ETA 0m 05s, kimg 0.32"
 
 
+def test_the_augmentation_probability_is_shown_and_an_evaluation_line_does_not_hide_the_scalars():
+    """StyleNeRF's `augment_p` (ADA's p) is shown with the losses and kimg, also when the last line
+    is a snapshot's metrics at the same step."""
+    training = rows(range(1, 11), loss_g=0.5, loss_d=1.25, augment_p=0.125, kimg=0.16)
+    evaluation = {"step": 10, "time": 10.5, "total_steps": 100, "swd": 0.02}
+    line = progress.from_rows(training + [evaluation]).line(running=False)
+    assert line == "step 10/100 (10%), loss_g 0.5, loss_d 1.25, augment_p 0.125, kimg 0.16"
+
+
 def test_a_stage_that_is_not_running_shows_no_rate_and_no_eta():
     """A finished stage's last steps_per_s is often 0: neither '0 steps/s' nor an ETA is true then."""
     finished = progress.from_rows(rows(range(99, 101), rate=0.0, loss=0.5))

@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from launcher import progress
 from launcher.runtime.checkpoint import committed_steps, step_dirname, verify
 from tests.launcher_helpers import launcher, run_dir_from, supervisor_running, training_spec, wait_until, write_spec
 
@@ -102,14 +103,25 @@ def workers_of(run: Path) -> list[psutil.Process]:
         return []
 
 
+# ADA on (p moves by 32/500 every 2 steps; a stop between two updates keeps the pending sums): p
+# and its sums are training state like the rest
+ADA = {"augment": "ada", "augment_p": 0.3, "ada_kimg": 0.5, "ada_interval": 2}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("engine,zero,precision", [("deepspeed", 2, "bf16"), ("deepspeed", 3, "fp32"),
-                                                   ("ddp", 0, "fp32")], ids=["zero2-bf16", "zero3-fp32", "ddp-fp32"])
-def test_a_run_stopped_by_the_preemption_signal_resumes_bitwise(tmp_path, engine, zero, precision):
+@pytest.mark.parametrize("engine,zero,precision,extra", [("deepspeed", 2, "bf16", ADA), ("deepspeed", 3, "fp32", {}),
+                                                         ("ddp", 0, "fp32", {})],
+                         ids=["zero2-bf16-ada", "zero3-fp32", "ddp-fp32"])
+def test_a_run_stopped_by_the_preemption_signal_resumes_bitwise(tmp_path, engine, zero, precision, extra):
     steps = 80
     config = {"engine": engine, "zero_stage": zero, "precision": precision, "max_steps": steps,
-              "tick_kimg": 0.016, "snapshot_ticks": 1000}
-    expected = final(submit(tmp_path, "reference", config))["digests"]
+              "tick_kimg": 0.016, "snapshot_ticks": 1000, **extra}
+    reference = submit(tmp_path, "reference", config)
+    expected = final(reference)["digests"]
+    if extra:
+        p = [m["augment_p"] for m in metric_lines(reference) if "augment_p" in m]
+        assert len(p) == steps and len(set(p)) > 5 and max(p) > 0         # p moved, and augmentation ran
+        assert "augment_p" in progress.from_rows(metric_lines(reference)).line()     # what `status` shows
 
     run = submit(tmp_path, "stopped", config, "--detach", every_steps=1000, restarts=2)
     wait_until(lambda: any(m["step"] >= 6 for m in metric_lines(run)) and len(workers_of(run)) == 2, 300,

@@ -17,6 +17,7 @@ ENGINES = ("deepspeed", "ddp")
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 METRICS = ("swd", "fid50k_full", "fid10k", "fid2k")
+AUGMENT_MODES = ("none", "fixed", "ada")      # discriminator augmentation (docs/STYLENERF.md, ADA)
 AUTO_GRAPHS_MAX_RESOLUTION = 512       # cuda_graphs: auto graphs the regularisers up to this output size
 BATCH_FIELDS = ("preset", "model", "batch_per_gpu", "batch_total")   # what a batch split is made of
 
@@ -125,6 +126,11 @@ class TrainConfig:
     nerf_path_pixels: int = 16
     curriculum_kimg: tuple | None = ()          # () = the preset's; None = full resolution from the start
     mirror: bool = True
+    augment: str = "none"                       # what D sees: none | fixed (p = augment_p) | ada (p adapts)
+    augment_p: float = 0.0                      # p at the start (ada) or throughout (fixed)
+    ada_target: float = 0.6                     # ada: the r_t = E[sign(D(real))] that p is driven to
+    ada_kimg: float = 500.0                     # ada: p can go from 0 to 1 in this many kimg at most
+    ada_interval: int = 4                       # ada: steps between updates of p
     seed: int = 0
     tick_kimg: float | None = None
     snapshot_ticks: int = 50                    # checkpoint-independent image grid + metrics
@@ -225,6 +231,16 @@ def _value_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
         value = getattr(cfg, name)
         if value is not None and value < 1:
             out.append((name, "must be at least 1"))
+    if cfg.augment not in AUGMENT_MODES:
+        out.append(("augment", f"must be one of {', '.join(AUGMENT_MODES)}, got {cfg.augment!r}"))
+    if not 0 <= cfg.augment_p <= 1:
+        out.append(("augment_p", "must be between 0 and 1"))
+    if not 0 < cfg.ada_target < 1:
+        out.append(("ada_target", "must be between 0 and 1 (exclusive)"))
+    if cfg.ada_kimg <= 0:
+        out.append(("ada_kimg", "must be positive"))
+    if cfg.ada_interval < 1:
+        out.append(("ada_interval", "must be at least 1"))
     for name in ("r1_every", "pl_every", "nerf_path_pixels", "workers"):
         if getattr(cfg, name) < 0:
             out.append((name, "must be at least 0"))

@@ -32,6 +32,7 @@ from nerffacespeech.models.stylenerf.layers import resize_images
 
 from . import images as image_data
 from . import losses, startup
+from .ada import AdaptiveP, AugmentPipe
 from .engine import EngineSpec, Regulariser, make_trainable, resolve_precision
 
 W_AVG_BETA = 0.995
@@ -108,6 +109,17 @@ class StyleNeRFTraining:
         self.num_ws = generator.num_ws
         self.ema_beta = 0.5 ** (cfg.batch_total / max(cfg.ema_kimg * 1000, 1e-8))
         self.pl_mean = torch.zeros((), device=env.device)       # running mean path length (kept on device)
+        self.ada = AdaptiveP(cfg.augment, cfg.augment_p, cfg.ada_target, cfg.ada_kimg, cfg.ada_interval, env.device)
+        self.augment_pipe = AugmentPipe() if cfg.augment != "none" else None
+        self._sync_p()
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """What D sees of any image, real or generated (differentiable; identity without augmentation)."""
+        return images if self.augment_pipe is None else self.augment_pipe(images)
+
+    def _sync_p(self) -> None:
+        if self.augment_pipe is not None:
+            self.augment_pipe.set_p(self.ada.p)
 
     # ------------------------------------------------------------------ one step
 
@@ -143,7 +155,7 @@ class StyleNeRFTraining:
             for _ in range(self.accumulation):
                 out = self.g(self.latents(batch), stage=stage, fade=fade, nerf_path_pixels=cfg.nerf_path_pixels,
                              **self.mixing())
-                gan = losses.generator_loss(d_fn(out.img, fade=fade))
+                gan = losses.generator_loss(d_fn(self.augment(out.img), fade=fade))
                 loss = gan + cfg.nerf_path_weight * out.nerf_path_loss if out.nerf_path_loss is not None else gan
                 self.g.backward(loss, injected)
                 injected = None
@@ -161,20 +173,24 @@ class StyleNeRFTraining:
         injected = None
         if regularize:
             key = regulariser_graph_key(stage, self.g.module.stages, fade, reals[0].shape[0])
-            injected, out = self.d.regulariser_grads(r1_regulariser(cfg, fade), {"real": reals[0]}, key)
+            injected, out = self.d.regulariser_grads(r1_regulariser(cfg, fade), {"real": self.augment(reals[0])},
+                                                     key)
             logs["r1_penalty"] = out["penalty"].clone()
         with self.g.frozen() as g_fn:
             for real in reals:
                 with torch.no_grad():
                     fake = g_fn(self.latents(real.shape[0]), stage=stage, fade=fade, **self.mixing()).img
-                logits = self.d(torch.cat([fake, real]), fade=fade)
+                logits = self.d(self.augment(torch.cat([fake, real])), fade=fade)
                 fake_logits, real_logits = logits.split(real.shape[0])
+                self.ada.accumulate(real_logits)
                 loss = losses.discriminator_loss(fake_logits, real_logits)
                 self.d.backward(loss, injected)
                 injected = None
                 logs["loss_d"] = logs.get("loss_d", 0) + loss.detach() / self.accumulation
                 logs["score_real"] = logs.get("score_real", 0) + real_logits.detach().mean() / self.accumulation
                 logs["score_fake"] = logs.get("score_fake", 0) + fake_logits.detach().mean() / self.accumulation
+                # ADA's overfitting heuristic r_t = E[sign(D(real))], logged whatever the augmentation
+                logs["rt"] = logs.get("rt", 0) + real_logits.detach().sign().mean() / self.accumulation
         self.d.step()
         return logs
 
@@ -188,10 +204,13 @@ class StyleNeRFTraining:
     def save_progress(self, run: RunState) -> None:
         """Put device-side counters into the progress dict (before a checkpoint)."""
         run.progress["pl_mean"] = float(self.pl_mean)
+        run.progress["ada"] = self.ada.state()
 
     def load_progress(self, run: RunState) -> None:
         """Take device-side counters from a restored progress dict."""
         self.pl_mean = torch.tensor(run.progress["pl_mean"], device=self.env.device)
+        self.ada.load(run.progress.get("ada"))
+        self._sync_p()
 
     def step(self, batch_iter, run: RunState) -> dict:
         """One optimizer step of G and D at the current point of the curriculum; returns its numbers
@@ -206,6 +225,12 @@ class StyleNeRFTraining:
                                                                       and step % cfg.r1_every == 0)))
         run.progress["step"] = step + 1
         run.progress["images"] += cfg.batch_total
+        if self.ada.adapts:
+            self.ada.maybe_update(step + 1, cfg.batch_total * cfg.ada_interval,
+                                  torch.distributed.all_reduce if self.env.is_distributed else None)
+            self._sync_p()
+        if self.augment_pipe is not None:
+            logs["augment_p"] = self.ada.p
         logs["resolution"] = float(resolution)
         logs["fade"] = float(fade)
         return logs
@@ -371,10 +396,12 @@ class Monitor:
             self.wandb.log(scalars, step=progress["step"])
         if self.env.is_main:
             memory = f" mem {scalars['peak_memory_gib']:.2f} GiB" if "peak_memory_gib" in scalars else ""
+            augment = f" aug p {scalars['augment_p']:.3f}" if "augment_p" in scalars else ""
             print(f"tick {progress['tick']:<5d} kimg {kimg:<8.2f} step {progress['step']:<7d} "
                   f"res {int(scalars.get('resolution', 0))} | {sec_per_kimg:7.1f} s/kimg "
                   f"{scalars['images_per_s']:7.1f} img/s | G {scalars.get('loss_g', 0):.3f} "
-                  f"D {scalars.get('loss_d', 0):.3f} r1 {scalars.get('r1_penalty', 0):.4f} "
+                  f"D {scalars.get('loss_d', 0):.3f} r_t {scalars.get('rt', 0):.2f}{augment} "
+                  f"r1 {scalars.get('r1_penalty', 0):.4f} "
                   f"pl {scalars.get('pl_penalty', 0):.4f} nerf {scalars.get('nerf_path', 0):.4f}{memory} "
                   f"| ETA {_duration(remaining)}", flush=True)
         self.tick_images, self.tick_start = 0, now
