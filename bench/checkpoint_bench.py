@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -378,25 +377,5 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def exit_now(code: int) -> None:
-    """End the process at once, naming what would have kept it alive: the results are written,
-    and a benchmark must not sit on its time limit after them (it once did, on the H200, until
-    its 90 s limit killed it). Skips interpreter teardown (threads joined, CUDA and process
-    groups torn down), as the launcher's ranks do."""
-    lingering = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
-    children = []
-    for child in psutil.Process().children(recursive=True):
-        try:
-            children.append(f"{child.pid} {' '.join(child.cmdline()[:3])}")
-        except psutil.Error:
-            pass            # ended meanwhile
-    if lingering or children:
-        print(f"exiting with non-daemon threads {lingering} and child processes {children} alive",
-              file=sys.stderr)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
-    exit_now(main())
+    report_meta.run_and_exit(main)

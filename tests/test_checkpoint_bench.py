@@ -14,6 +14,7 @@ RUN_WITH_A_THREAD_LEFT = """
 import runpy, sys, threading
 threading.Thread(target=threading.Event().wait, name="left-running").start()
 sys.argv = ["bench/checkpoint_bench.py", *sys.argv[1:]]
+sys.path.insert(0, "bench")
 runpy.run_path("bench/checkpoint_bench.py", run_name="__main__")
 """
 
