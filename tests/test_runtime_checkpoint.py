@@ -271,18 +271,20 @@ def test_a_save_requested_while_one_is_writing_commits_both_in_order_and_latest_
             seen.append((tmp_path / "latest").read_text() if (tmp_path / "latest").exists() else "")
             time.sleep(0.001)
 
-    watcher = threading.Thread(target=watch_latest)
+    watcher = threading.Thread(target=watch_latest, daemon=True)
     watcher.start()
     states = []
-    for step, seconds in ((1, 0.4), (2, 0.0), (3, 0.2)):       # each requested while the one before writes
-        states.append({k: v.clone() for k, v in model.state_dict().items()})
-        manager.save(step, {"model": ModuleState(model), "slow": SlowWrite(seconds), "progress": {"step": step}})
-        assert committed_steps(tmp_path) == list(range(1, step))     # the one before is committed first
-        with torch.no_grad():
-            model.weight.add_(1.0)
-    manager.wait()
-    watching.set()
-    watcher.join()
+    try:
+        for step, seconds in ((1, 0.4), (2, 0.0), (3, 0.2)):       # each requested while the one before writes
+            states.append({k: v.clone() for k, v in model.state_dict().items()})
+            manager.save(step, {"model": ModuleState(model), "slow": SlowWrite(seconds), "progress": {"step": step}})
+            assert committed_steps(tmp_path) == list(range(1, step))     # the one before is committed first
+            with torch.no_grad():
+                model.weight.add_(1.0)
+        manager.wait()
+    finally:
+        watching.set()
+        watcher.join()
     assert committed_steps(tmp_path) == [1, 2, 3] and (tmp_path / "latest").read_text() == "step-000003\n"
     names = [name for i, name in enumerate(seen) if name and (i == 0 or name != seen[i - 1])]
     assert names == sorted(names) and names[-1] == "step-000003\n"       # `latest` only moves forward
