@@ -133,16 +133,19 @@ def measure_stall(manager: checkpoint.CheckpointManager, step: int, state: dict,
     started = time.perf_counter()
     manager.save(step, state)
     call = time.perf_counter() - started
-    slowdown, steps = 0.0, 0
+    slowdown, steps, commit = 0.0, 0, 0.0
     while steps < steps_after or manager.pending:          # train until the save is committed
         started = time.perf_counter()
         train()
+        pending, trained = manager.pending, time.perf_counter()
         manager.due(step + steps + 1)
+        if pending and not manager.pending:
+            commit = time.perf_counter() - trained         # the commit, on the trainer's thread
         slowdown += time.perf_counter() - started - step_s
         steps += 1
     slowdown = max(slowdown, 0.0)
     return {"step_s": step_s, "save_call_s": call, "steps_until_committed": steps,
-            "slowdown_of_later_steps_s": slowdown, "stall_s": call + slowdown}
+            "slowdown_of_later_steps_s": slowdown, "commit_s": commit, "stall_s": call + slowdown}
 
 
 def bench_stall(cfg: toy.ToyConfig, env: distributed.DistEnv, root: Path, steps_after: int,
@@ -300,7 +303,8 @@ def print_table(results: dict) -> None:
         rows += [
             (f"stall, sync save ({what})", f"{stall['sync']['stall_s']:.2f} s  (step {stall['sync']['step_s']:.3f} s)"),
             (f"stall, async save ({what})", f"{stall['async']['stall_s']:.2f} s  (call "
-                                            f"{stall['async']['save_call_s']:.2f} s; first save "
+                                            f"{stall['async']['save_call_s']:.2f} s, commit "
+                                            f"{stall['async']['commit_s']:.2f} s; first save "
                                             f"{stall['async_first']['stall_s']:.2f} s)"),
         ]
     if "agree" in results:
