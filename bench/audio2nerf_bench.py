@@ -167,4 +167,4 @@ def main() -> None:
     bench_report.write("audio2nerf", report, Path(args.output))
 
 if __name__ == "__main__":
-    main()
+    bench_report.run_and_exit(main)

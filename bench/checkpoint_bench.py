@@ -2,13 +2,17 @@
 
 Measures, for a ~150M-parameter stack of Linear layers with AdamW state:
 - save and load throughput of the checkpoint protocol (one process; hashing cost separately),
-- the training stall of a synchronous save versus an async one (one process),
+- the training stall of a synchronous save versus an async one (one process): the save call plus
+  the slowdown of the training steps that run while the save is written, until its commit; for
+  the toy model's state and for the StyleNeRF paper256/paper1024 states (G, D, G_ema, AdamW of
+  G and D, built on the device without training; the toy model's steps are the training then),
 - the cost of the per-step stop agreement (one all-reduce, 2 ranks),
 - signal-to-committed-checkpoint and restart-to-first-step times of a real 2-rank job run by
   `python -m launcher submit --backend local` (SIGUSR2 to every rank, as Slurm sends it).
-Runs on CPU or CUDA unchanged. Prints a table and writes bench/results/checkpoint-<host>.json.
+Runs on CPU or CUDA unchanged. Prints a table and writes bench/results/checkpoint-<host>.json,
+then exits at once (naming any thread or child process that would have kept it alive).
 
-    .venv/bin/python bench/checkpoint_bench.py [--width 4096 --depth 9] [--quick]
+    .venv/bin/python bench/checkpoint_bench.py [--width 4096 --depth 9] [--quick] [--parts stall]
 
 (with the project installed, e.g. `pip install -e .`, or PYTHONPATH set to the repository root).
 """
@@ -19,6 +23,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +43,7 @@ from launcher.runtime import checkpoint, distributed
 from launcher.runtime.context import CheckpointPolicy
 
 REPO = report_meta.REPO
+PARTS = ("save_load", "stall", "agree", "job")
 
 
 # ---------------------------------------------------------------- one process
@@ -94,33 +100,79 @@ def bench_save_load(cfg: toy.ToyConfig, env: distributed.DistEnv, root: Path, re
             "repeats": repeats}
 
 
-def bench_stall(cfg: toy.ToyConfig, env: distributed.DistEnv, root: Path, steps_after: int) -> dict:
-    """How long training waits for a save: the save call, plus any slowdown of the steps after it."""
-    model, optimizer = model_and_optimizer(cfg, env.device)
-    state = {"model": checkpoint.ModuleState(model), "optim": checkpoint.OptimizerState(optimizer)}
-    baseline = []
-    for _ in range(3):
+def stylenerf_state(preset: str, device: torch.device) -> tuple[dict, int]:
+    """What stylenerf.train checkpoints for `preset` with the DDP engine (G, D, G_ema, the AdamW
+    state of G and D), on `device` without training: one AdamW step on zero gradients creates
+    the moments. Also the parameter count."""
+    from nerffacespeech.configs.stylenerf import PRESETS
+    from nerffacespeech.models import stylenerf
+
+    generator, discriminator = (m.to(device) for m in stylenerf.build(PRESETS[preset].model))
+    g_ema = stylenerf.Generator(PRESETS[preset].model).to(device)
+    state = {"G_ema": checkpoint.ModuleState(g_ema)}
+    for name, module in (("G", generator), ("D", discriminator)):
+        optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4)
+        for parameter in module.parameters():
+            parameter.grad = torch.zeros_like(parameter)
+        optimizer.step()
+        state.update({name: checkpoint.ModuleState(module), f"{name}_optim": checkpoint.OptimizerState(optimizer)})
+    parameters = sum(p.numel() for m in (generator, discriminator, g_ema) for p in m.parameters())
+    return state, parameters
+
+
+def timed_step(model, optimizer, cfg: toy.ToyConfig, device: torch.device) -> float:
+    started = time.perf_counter()
+    train_step(model, optimizer, cfg, device)
+    return time.perf_counter() - started
+
+
+def measure_stall(manager: checkpoint.CheckpointManager, step: int, state: dict, train, steps_after: int) -> dict:
+    """One save's stall: its call, plus how much longer than the median step before it the
+    steps took that ran until it was committed (`due` included, as the step loop calls it)."""
+    step_s = statistics.median(train() for _ in range(5))
+    started = time.perf_counter()
+    manager.save(step, state)
+    call = time.perf_counter() - started
+    slowdown, steps, commit = 0.0, 0, 0.0
+    while steps < steps_after or manager.pending:          # train until the save is committed
         started = time.perf_counter()
-        train_step(model, optimizer, cfg, env.device)
-        baseline.append(time.perf_counter() - started)
-    step_s = min(baseline)
-    result = {"step_s": step_s}
-    for mode, async_save in (("sync", False), ("async", True)):
-        manager = checkpoint.CheckpointManager(root / mode, env, CheckpointPolicy(keep_last=1, async_save=async_save))
-        for save in (1, 2):                      # the second save shows the steady state (buffers reused)
-            started = time.perf_counter()
-            manager.save(save, state)
-            call = time.perf_counter() - started
-            started = time.perf_counter()
-            steps = 0
-            while steps < steps_after or manager.pending:      # train until the save is committed
-                train_step(model, optimizer, cfg, env.device)
-                manager.due(steps + 1)
-                steps += 1
-            overhead = max(time.perf_counter() - started - steps * step_s, 0.0)
-            result[mode if save == 2 else f"{mode}_first"] = {
-                "save_call_s": call, "steps_until_committed": steps, "slowdown_of_later_steps_s": overhead,
-                "stall_s": call + overhead}
+        train()
+        pending, trained = manager.pending, time.perf_counter()
+        manager.due(step + steps + 1)
+        if pending and not manager.pending:
+            commit = time.perf_counter() - trained         # the commit, on the trainer's thread
+        slowdown += time.perf_counter() - started - step_s
+        steps += 1
+    slowdown = max(slowdown, 0.0)
+    return {"step_s": step_s, "save_call_s": call, "steps_until_committed": steps,
+            "slowdown_of_later_steps_s": slowdown, "commit_s": commit, "stall_s": call + slowdown}
+
+
+def bench_stall(cfg: toy.ToyConfig, env: distributed.DistEnv, root: Path, steps_after: int,
+                states: list[str]) -> dict:
+    """How long training waits for a save, sync and async, for each state in `states` ("toy":
+    the training model's own state; a StyleNeRF preset name: that preset's state)."""
+    model, optimizer = model_and_optimizer(cfg, env.device)
+
+    def train() -> float:
+        return timed_step(model, optimizer, cfg, env.device)
+
+    result = {}
+    for name in states:
+        if name == "toy":
+            state = {"model": checkpoint.ModuleState(model), "optim": checkpoint.OptimizerState(optimizer)}
+            parameters = sum(p.numel() for p in model.parameters())
+        else:
+            state, parameters = stylenerf_state(name, env.device)
+        rows = {"parameters": parameters}
+        for mode, async_save in (("sync", False), ("async", True)):
+            manager = checkpoint.CheckpointManager(root / name / mode, env,
+                                                   CheckpointPolicy(keep_last=1, async_save=async_save))
+            for save in (1, 2):                  # the second save shows the steady state (buffers reused)
+                rows[mode if save == 2 else f"{mode}_first"] = measure_stall(manager, save, state, train, steps_after)
+            rows["checkpoint_bytes"] = folder_bytes(root / name / mode / checkpoint.step_dirname(2))
+        result[name] = rows
+        shutil.rmtree(root / name)
     return result
 
 
@@ -236,24 +288,37 @@ def bench_signal_and_restart(cfg: toy.ToyConfig, ranks: int, device: str, root: 
 
 
 def print_table(results: dict) -> None:
-    io, stall, agree, job = results["save_load"], results["stall"], results["agree"], results["job"]
-    rows = [
-        ("model parameters", f"{io['parameters'] / 1e6:.1f} M"),
-        ("checkpoint size (weights + AdamW + RNG)", f"{io['checkpoint_bytes'] / 1e9:.2f} GB"),
-        ("sync save (write, fsync, sha256, commit)", f"{io['save_s']:.2f} s  = {io['save_GBps']:.2f} GB/s"),
-        ("verify (sha256 of every file)", f"{io['verify_s']:.2f} s  = {io['verify_GBps']:.2f} GB/s"),
-        ("restore (verify + load)", f"{io['load_s']:.2f} s  = {io['load_GBps']:.2f} GB/s"),
-        ("training step (1 process)", f"{stall['step_s']:.3f} s"),
-        ("stall, sync save", f"{stall['sync']['stall_s']:.2f} s"),
-        ("stall, async save (copy + slowdown)", f"{stall['async']['stall_s']:.2f} s  (call "
-                                                f"{stall['async']['save_call_s']:.2f} s)"),
-        (f"stop agreement, {agree['ranks']} ranks", f"{agree['agree_us_per_call']:.0f} us/step"),
-        (f"job step ({job['ranks']} ranks, {job['device']})", f"{job['step_s']:.2f} s"),
-        ("SIGUSR2 -> committed checkpoint", f"{job['signal_to_commit_s']:.2f} s"),
-        ("commit -> attempt exit (75)", f"{job['commit_to_exit_s']:.2f} s"),
-        ("start -> first step, fresh", f"{job['start_to_first_step_fresh_s']:.2f} s"),
-        ("restart -> first step, resumed", f"{job['restart_to_first_step_s']:.2f} s"),
-    ]
+    rows = []
+    if "save_load" in results:
+        io = results["save_load"]
+        rows += [
+            ("model parameters", f"{io['parameters'] / 1e6:.1f} M"),
+            ("checkpoint size (weights + AdamW + RNG)", f"{io['checkpoint_bytes'] / 1e9:.2f} GB"),
+            ("sync save (write, fsync, sha256, commit)", f"{io['save_s']:.2f} s  = {io['save_GBps']:.2f} GB/s"),
+            ("verify (sha256 of every file)", f"{io['verify_s']:.2f} s  = {io['verify_GBps']:.2f} GB/s"),
+            ("restore (verify + load)", f"{io['load_s']:.2f} s  = {io['load_GBps']:.2f} GB/s"),
+        ]
+    for name, stall in results.get("stall", {}).items():
+        what = f"{name} state, {stall['checkpoint_bytes'] / 1e9:.2f} GB"
+        rows += [
+            (f"stall, sync save ({what})", f"{stall['sync']['stall_s']:.2f} s  (step {stall['sync']['step_s']:.3f} s)"),
+            (f"stall, async save ({what})", f"{stall['async']['stall_s']:.2f} s  (call "
+                                            f"{stall['async']['save_call_s']:.2f} s, commit "
+                                            f"{stall['async']['commit_s']:.2f} s; first save "
+                                            f"{stall['async_first']['stall_s']:.2f} s)"),
+        ]
+    if "agree" in results:
+        agree = results["agree"]
+        rows.append((f"stop agreement, {agree['ranks']} ranks", f"{agree['agree_us_per_call']:.0f} us/step"))
+    if "job" in results:
+        job = results["job"]
+        rows += [
+            (f"job step ({job['ranks']} ranks, {job['device']})", f"{job['step_s']:.2f} s"),
+            ("SIGUSR2 -> committed checkpoint", f"{job['signal_to_commit_s']:.2f} s"),
+            ("commit -> attempt exit (75)", f"{job['commit_to_exit_s']:.2f} s"),
+            ("start -> first step, fresh", f"{job['start_to_first_step_fresh_s']:.2f} s"),
+            ("restart -> first step, resumed", f"{job['restart_to_first_step_s']:.2f} s"),
+        ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
@@ -266,9 +331,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a ~1M-parameter model, to check the bench runs")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    parser.add_argument("--states", default="toy,paper256,paper1024",
+                        help="states whose save stall is measured: toy and/or StyleNeRF presets")
     parser.add_argument("--workdir", type=Path, default=None, help="where checkpoints go (default: a temp dir)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args(argv)
+    parts = args.parts.split(",")
+    if set(parts) - set(PARTS):
+        parser.error(f"unknown parts {sorted(set(parts) - set(PARTS))}; choose from {', '.join(PARTS)}")
     if args.quick:
         args.width, args.depth = 512, 4
     threads = max(1, (os.cpu_count() or 2) // 2)
@@ -282,21 +353,26 @@ def main(argv: list[str] | None = None) -> int:
                             threads=max(1, threads // ranks))
     load_before = os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="checkpoint-bench-", dir=args.workdir))
+    results = {}
     try:
-        print("save and load ...", flush=True)
-        results = {"save_load": bench_save_load(cfg, env, root / "io", args.repeats)}
-        shutil.rmtree(root / "io")
-        print("training stall, sync and async ...", flush=True)
-        results["stall"] = bench_stall(cfg, env, root / "stall", steps_after=3)
-        shutil.rmtree(root / "stall")
-        print("stop agreement ...", flush=True)
-        results["agree"] = bench_agree(ranks, job_device)
-        print(f"signal and restart of a {ranks}-rank job ...", flush=True)
-        results["job"] = bench_signal_and_restart(job_cfg, ranks, job_device, root)
+        if "save_load" in parts:
+            print("save and load ...", flush=True)
+            results["save_load"] = bench_save_load(cfg, env, root / "io", args.repeats)
+            shutil.rmtree(root / "io")
+        if "stall" in parts:
+            print("training stall, sync and async ...", flush=True)
+            results["stall"] = bench_stall(cfg, env, root / "stall", steps_after=3, states=args.states.split(","))
+        if "agree" in parts:
+            print("stop agreement ...", flush=True)
+            results["agree"] = bench_agree(ranks, job_device)
+        if "job" in parts:
+            print(f"signal and restart of a {ranks}-rank job ...", flush=True)
+            results["job"] = bench_signal_and_restart(job_cfg, ranks, job_device, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report = {**report_meta.metadata({"width": args.width, "depth": args.depth, "batch_size": args.batch_size,
-                                      "repeats": args.repeats, "threads": threads}),
+                                      "repeats": args.repeats, "threads": threads, "parts": parts,
+                                      "states": args.states}),
               "load_average_before": load_before,       # shared machines are noisy
               "device": str(env.device), "workdir_filesystem": str(args.workdir or tempfile.gettempdir()),
               "results": results}
@@ -306,4 +382,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    report_meta.run_and_exit(main)

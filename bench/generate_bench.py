@@ -141,4 +141,4 @@ def main() -> None:
     bench_report.write("generate", report, Path(args.out))
 
 if __name__ == "__main__":
-    main()
+    bench_report.run_and_exit(main)

@@ -1,7 +1,8 @@
 """What every benchmark records beside its numbers, so a result can be traced and reproduced.
 
 `metadata()` gives the git commit, date, machine and package versions; `write()` stores a
-result JSON atomically under bench/results/; `table()` formats rows for the terminal.
+result JSON atomically under bench/results/; `table()` formats rows for the terminal;
+`run_and_exit(main)` runs a benchmark and ends its process at once, whatever it left running.
 """
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
+import traceback
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -96,3 +100,38 @@ def table(rows: list[tuple], header: tuple) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def run_and_exit(main: Callable[[], int | None]) -> None:
+    """Run a benchmark's `main`, then end the process at once with its exit code (1 after a
+    traceback), naming any non-daemon thread or child process still alive: once its results are
+    written, a benchmark must not sit on its time limit (the checkpoint bench once did, on the
+    H200, until its 90 s limit killed it). Skips interpreter teardown, as the launcher's ranks do."""
+    try:
+        code = main() or 0
+    except SystemExit as stop:                  # argparse's usage errors, an explicit sys.exit
+        code = stop.code if isinstance(stop.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    lingering = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    children = _child_processes()
+    if lingering or children:
+        print(f"exiting with non-daemon threads {lingering} and child processes {children} alive",
+              file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _child_processes() -> list[str]:
+    """'pid command' of every process below this one."""
+    import psutil
+
+    children = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            children.append(f"{child.pid} {' '.join(child.cmdline()[:3])}")
+        except psutil.Error:
+            pass            # ended meanwhile
+    return children

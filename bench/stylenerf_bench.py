@@ -397,4 +397,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    main()
+    bench_report.run_and_exit(main)

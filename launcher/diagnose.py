@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 
 from . import atomic
@@ -39,6 +40,8 @@ def allreduce(ctx) -> None:
 
 def items(ctx) -> None:
     """Process items i with i % shard_count == shard_index; skip those already done."""
+    if ctx.config.get("leave_thread"):      # a non-daemon thread that never ends: the rank must exit anyway
+        threading.Thread(target=threading.Event().wait, name="left-running").start()
     total = int(ctx.config.get("items", 8))
     pause = float(ctx.config.get("seconds_per_item", 0.0))
     if ctx.config.get("fail_shard") == ctx.shard_index:

@@ -82,14 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     elif "error" in outcome:        # the supervisor shows it when rank 0 itself did not fail
         atomic.write_json(ctx.layout.rank_failure(ctx.shard_index, ctx.attempt, rank), outcome)
     print(f"[launcher.entry] exit {code} ({exitcodes.describe(code)})", flush=True)
-    if "torch.distributed" in sys.modules:
-        # Skip the interpreter's teardown: destroying a gloo group while its worker thread waits
-        # for the GIL deadlocks (seen when the peer rank had already exited), and a rank that
-        # never exits holds its job. Everything worth keeping is written and flushed above.
-        sys.stderr.flush()
-        os._exit(code)
-    del ended
-    return code
+    # Skip the interpreter's teardown, whatever the task imported: it joins every non-daemon
+    # thread a task left running (a writer, a pool: the rank would never exit and would hold its
+    # job), and destroying a gloo group while its worker thread waits for the GIL deadlocks (seen
+    # when the peer rank had already exited). Everything worth keeping is written and flushed above.
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

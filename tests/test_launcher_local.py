@@ -83,6 +83,20 @@ def test_the_exception_of_a_failing_rank_other_than_0_is_shown(tmp_path):
     assert "rank 1: RuntimeError: rank 1 fails on purpose (config fail_rank) (diagnose.py:" in status
 
 
+def test_a_rank_that_leaves_a_non_daemon_thread_running_still_exits(tmp_path):
+    """The task returns with a thread that never ends (a writer or pool left behind): the rank
+    exits anyway, so the attempt ends instead of holding its job (no heartbeat watches this task)."""
+    spec = write_spec(tmp_path, """
+        name: lingering
+        run_root: runs
+        local: {max_restarts: 0}
+        stages:
+          work: {task: diagnose.items, config: {items: 2, leave_thread: true}}
+    """)
+    result = launcher("submit", str(spec), cwd=tmp_path, timeout=120, check=True)
+    assert processed_items(run_dir_from(result.stdout), "work") == [0, 1]
+
+
 def test_status_and_logs_show_a_finished_local_run(tmp_path):
     result = launcher("submit", str(write_spec(tmp_path, PIPELINE)), cwd=tmp_path, check=True)
     run = run_dir_from(result.stdout)

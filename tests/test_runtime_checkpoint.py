@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -258,6 +259,69 @@ def test_due_commits_a_finished_async_save(tmp_path):
     assert committed_steps(tmp_path) == []
     manager.due(2)
     assert committed_steps(tmp_path) == [1]
+
+
+def test_a_save_requested_while_one_is_writing_commits_both_in_order_and_latest_never_goes_back(tmp_path):
+    model = torch.nn.Linear(64, 64)
+    manager = CheckpointManager(tmp_path, ENV, CheckpointPolicy(async_save=True, keep_last=5))
+    seen, watching = [], threading.Event()
+
+    def watch_latest():                         # every value `latest` takes while the saves run
+        while not watching.is_set():
+            seen.append((tmp_path / "latest").read_text() if (tmp_path / "latest").exists() else "")
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch_latest, daemon=True)
+    watcher.start()
+    states = []
+    try:
+        for step, seconds in ((1, 0.4), (2, 0.0), (3, 0.2)):       # each requested while the one before writes
+            states.append({k: v.clone() for k, v in model.state_dict().items()})
+            manager.save(step, {"model": ModuleState(model), "slow": SlowWrite(seconds), "progress": {"step": step}})
+            assert committed_steps(tmp_path) == list(range(1, step))     # the one before is committed first
+            with torch.no_grad():
+                model.weight.add_(1.0)
+        manager.wait()
+    finally:
+        watching.set()
+        watcher.join()
+    assert committed_steps(tmp_path) == [1, 2, 3] and (tmp_path / "latest").read_text() == "step-000003\n"
+    names = [name for i, name in enumerate(seen) if name and (i == 0 or name != seen[i - 1])]
+    assert names == sorted(names) and names[-1] == "step-000003\n"       # `latest` only moves forward
+    for step, expected in enumerate(states, start=1):
+        folder = tmp_path / f"step-{step:06d}"
+        assert verify(folder) == [] and json.loads((folder / "progress.json").read_text()) == {"step": step}
+        written = load_file(str(folder / "model.safetensors"))
+        assert all(torch.equal(written[k], v) for k, v in expected.items())
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+EXIT_WITH_SAVE_IN_FLIGHT = """
+import sys, torch
+from launcher.runtime.checkpoint import CheckpointManager, ModuleState
+from launcher.runtime.context import CheckpointPolicy
+from launcher.runtime.distributed import single_process_env
+from launcher.diagnose_train import SlowWrite
+manager = CheckpointManager(sys.argv[1], single_process_env(), CheckpointPolicy(async_save=True))
+model = torch.nn.Linear(64, 64)
+manager.save(1, {"model": ModuleState(model)}, blocking=True)
+manager.save(2, {"model": ModuleState(model), "slow": SlowWrite(120)})
+print("returning with the save of step 2 in flight", flush=True)
+"""
+
+
+def test_a_process_that_returns_with_an_async_save_in_flight_exits_and_the_save_is_cancelled(tmp_path):
+    script = tmp_path / "saver.py"
+    script.write_text(EXIT_WITH_SAVE_IN_FLIGHT)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "ckpt")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 30                 # not the writer's 120 s: it does not hold the exit
+    assert committed_steps(tmp_path / "ckpt") == [1]
+    assert (tmp_path / "ckpt" / "latest").read_text() == "step-000001\n"
+    assert CheckpointManager(tmp_path / "ckpt", ENV).restore_latest({"model": ModuleState(torch.nn.Linear(64, 64))}) == 1
+    assert [p.name for p in (tmp_path / "ckpt").iterdir() if p.name.startswith(".")] == []   # quarantined
 
 
 KILLED_SAVER = """

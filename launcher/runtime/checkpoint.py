@@ -4,7 +4,8 @@ Protocol (all ranks take part in `save`):
 1. rank 0 checks that the free space holds another checkpoint the size of the newest one and
    creates `.step-000123.tmp-<nonce>/`; every rank writes its files (shards, per-rank RNG,
    DeepSpeed ZeRO partitions) into it;
-2. the ranks agree that every write succeeded, then hash the files between them (sha256, fsync);
+2. the ranks agree that every write succeeded, then hash between them the files whose writers did
+   not hash them as they wrote them (sha256, fsync);
 3. rank 0 writes `manifest.json` (every file's size and sha256, the files each rank wrote)
    last and atomically, renames the folder to `step-000123/`, fsyncs, and rewrites `latest`.
 A visible `step-*` folder is therefore complete; a kill at any instant leaves at worst a
@@ -42,7 +43,8 @@ import torch.distributed as dist
 from launcher import checkpoint_health
 from launcher.atomic import fsync_dir, write_json, write_text
 from launcher.checkpoint_health import FRESH_START, QUARANTINE
-from launcher.runtime import rng
+from launcher.runtime import checkpoint_files, rng
+from launcher.runtime.checkpoint_files import Written
 from launcher.runtime.context import CheckpointPolicy
 from launcher.runtime.distributed import DistEnv
 
@@ -59,7 +61,9 @@ _HASH_THREADS = 8
 _NEARLY_FULL = 1 << 20        # a write that failed with less free space than this ran out of it
 _SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
-Writer = Callable[[Path], list]       # writes this rank's files into a folder, returns their names
+# Writes this rank's files into a folder; returns each one's name, or its `Written` record when it
+# was hashed and fsynced as it was written (the commit then does not read it back).
+Writer = Callable[[Path], "list[str | Written]"]
 
 
 def step_dirname(step: int) -> str:
@@ -159,35 +163,14 @@ def _on_host(value: Any) -> Any:
     return value
 
 
-def _safetensors_ready(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Contiguous tensors, none sharing memory with another (tied weights get their own copy)."""
-    ready, seen_storage = {}, set()
-    for key, tensor in tensors.items():
-        pointer = tensor.untyped_storage().data_ptr()
-        if pointer in seen_storage or not tensor.is_contiguous():
-            tensor = tensor.clone(memory_format=torch.contiguous_format)
-        seen_storage.add(pointer)
-        ready[key] = tensor
-    return ready
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _contiguous(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors as safetensors writes them (tied weights may share memory: each is written)."""
+    return {key: tensor.contiguous() for key, tensor in tensors.items()}
 
 
 def _torch_save_writer(state: Any, filename: str) -> Writer:
-    """A writer that torch.saves `state` (already taken) as `filename` and makes it durable."""
-    def write(folder: Path) -> list:
-        path = folder / filename
-        torch.save(state, path)
-        _fsync_file(path)
-        return [filename]
-
-    return write
+    """A writer that torch.saves `state` (already taken) as `filename`, hashed and durable."""
+    return lambda folder: [checkpoint_files.torch_save(state, folder / filename)]
 
 
 class ModuleState:
@@ -207,17 +190,9 @@ class ModuleState:
         if not env.is_main:
             return lambda folder: []
         state = _unwrap(self.module).state_dict()
-        tensors = _copied_to_host(state, self._staging) if copy else _safetensors_ready(_on_host(state))
+        tensors = _copied_to_host(state, self._staging) if copy else _contiguous(_on_host(state))
 
-        def write(folder: Path) -> list:
-            from safetensors.torch import save_file
-
-            path = folder / f"{name}.safetensors"
-            save_file(tensors, str(path))
-            _fsync_file(path)
-            return [path.name]
-
-        return write
+        return lambda folder: [checkpoint_files.save_safetensors(tensors, folder / f"{name}.safetensors")]
 
     def load(self, folder: Path, name: str, env: DistEnv) -> None:
         from safetensors.torch import load_file
@@ -354,10 +329,9 @@ class ProgressState:
         text = json.dumps(self.progress, indent=2, sort_keys=True) + "\n"
 
         def write(folder: Path) -> list:
-            path = folder / f"{name}.json"
-            path.write_text(text)
-            _fsync_file(path)
-            return [path.name]
+            with checkpoint_files.HashedFile(folder / f"{name}.json") as file:
+                file.write(text.encode())
+                return [file.finish()]
 
         return write
 
@@ -851,20 +825,28 @@ class CheckpointManager:
         return files
 
     def _commit(self, step: int, tmp: Path, my_files: list, error: BaseException | None = None) -> None:
-        """Hash, write the manifest last, rename into view, move `latest`; collective. A failure
-        on any rank (`error`: this rank's writing failed) abandons the save on every rank."""
+        """Hash what the writers did not, write the manifest last, rename into view, move
+        `latest`; collective. A failure on any rank (`error`: this rank's writing failed)
+        abandons the save on every rank."""
         name = step_dirname(step)
-        self._settle(name, tmp, error)                         # every rank's files are written
-        listing = _broadcast(self.env, _listing(tmp) if self.env.is_main else None)
+        hashed = {f.name: f.entry() for f in my_files if isinstance(f, Written)}
+        settled = _all_gather(self.env, (self._failure(error), hashed))     # every rank's files are written
+        failures = [failure for failure, _ in settled if failure]
+        if failures:
+            self._abandon(name, tmp, failures, error)
+        hashed = {rel: entry for _, entries in settled for rel, entry in entries.items()}
+        listing = _broadcast(self.env, [rel for rel in _listing(tmp) if rel not in hashed]
+                             if self.env.is_main else None)
         mine = listing[self.env.rank::self.env.world_size]
-        digests, error = {}, None
+        digests, error = (hashed if self.env.is_main else {}), None
         try:
             hashes = sha256_files([tmp / rel for rel in mine], fsync=True)
-            digests = {rel: {"size": (tmp / rel).stat().st_size, "sha256": digest}
-                       for rel, digest in zip(mine, hashes)}
+            digests.update({rel: {"size": (tmp / rel).stat().st_size, "sha256": digest}
+                            for rel, digest in zip(mine, hashes)})
         except Exception as failure:                           # fsync of a full NFS, say
             error = failure
-        gathered = _all_gather(self.env, (digests, my_files, self._failure(error)))
+        names = [f.name if isinstance(f, Written) else f for f in my_files]
+        gathered = _all_gather(self.env, (digests, names, self._failure(error)))
         failures = [failure for _, _, failure in gathered if failure]
         if failures:
             self._abandon(name, tmp, failures, error)
