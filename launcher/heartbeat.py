@@ -6,13 +6,16 @@ when its phase changes; the step loop's only cost is a clock read per step. The 
 them (`HangWatch.check`): when no rank has made progress for its phase's budget (`starting`
 until the first step ends, `saving` during a checkpoint save, `evaluating` during a task's
 evaluation, `step` otherwise, `finished` after the final record: a rank that does not exit), the
-attempt hangs. No torch here: the supervisors
-import this.
+attempt hangs. Each rank also keeps the mean of its last steps' own work (the step's time
+outside the stop vote), from which `stragglers` names a rank the others keep waiting for. No torch
+here: the supervisors and `status` import this.
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
+import statistics
 import signal
 import socket
 import time
@@ -21,6 +24,14 @@ from pathlib import Path
 
 STARTING, STEP, SAVING, EVALUATING, FINISHED = "starting", "step", "saving", "evaluating", "finished"
 DUMP_SIGNAL = "QUIT"        # faulthandler dumps every thread's stack on it; no stop signal collides
+# A straggler: over its last BUSY_WINDOW steps (at least STRAGGLER_MIN_STEPS), its own work per step
+# is at least STRAGGLER_RATIO times the other ranks' median and STRAGGLER_MIN_EXCESS_S longer.
+BUSY_WINDOW = 8
+STRAGGLER_MIN_STEPS = 4
+STRAGGLER_RATIO = 2.0
+STRAGGLER_MIN_EXCESS_S = 0.05
+COLLECTIVE_TIMEOUT_VARIABLE = "NFS_COLLECTIVE_TIMEOUT_S"   # the plan sets it; distributed.init reads it
+COLLECTIVE_MARGIN_S = 60.0  # a derived collective timeout outlasts every hang budget by this much
 
 
 @dataclass(frozen=True)
@@ -30,9 +41,17 @@ class HangTimeouts:
     start: float = 1800.0       # restore and the first step (compilation, CUDA graph capture)
     save: float = 1800.0        # a blocking checkpoint save
     evaluate: float = 3600.0    # a task's evaluation inside `StepLoop.evaluating()` (FID, samples)
+    collective: float = 0.0     # the spec's collective_timeout; 0: derived (collective_s)
 
     def budget(self, phase: str) -> float:
         return {STARTING: self.start, SAVING: self.save, EVALUATING: self.evaluate}.get(phase, self.step)
+
+    def collective_s(self) -> float:
+        """How long one collective may wait for its peers (the process groups' timeout): the spec's
+        value, else the longest phase budget plus a margin, so that a rank waiting for an
+        evaluation or a save is never cut short and the hang watch (which dumps stacks) acts first;
+        the timeout is the backstop where nothing watches (tasks off the step loop, a lost supervisor)."""
+        return self.collective or max(self.step, self.start, self.save, self.evaluate) + COLLECTIVE_MARGIN_S
 
 
 class Heartbeat:
@@ -43,7 +62,14 @@ class Heartbeat:
         self.record = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(), "step": 0,
                        "phase": "", "time": 0.0}
         self._written = float("-inf")
+        self._busy: collections.deque[float] = collections.deque(maxlen=BUSY_WINDOW)
         path.parent.mkdir(parents=True, exist_ok=True)
+
+    def took(self, seconds: float) -> None:
+        """One step's own work on this rank (its time outside the stop vote); the record keeps
+        the mean of the last BUSY_WINDOW steps, written with the next beat."""
+        self._busy.append(seconds)
+        self.record.update(busy_s=round(sum(self._busy) / len(self._busy), 4), busy_steps=len(self._busy))
 
     def beat(self, step: int, phase: str = STEP) -> None:
         now = time.time()
@@ -107,6 +133,40 @@ class HangWatch:
         if any(b["age"] <= self.timeouts.budget(b["phase"]) for b in beats):
             return None
         return Hang(beats, self.timeouts)
+
+
+@dataclass(frozen=True)
+class Straggler:
+    """A rank the others keep waiting for: its own work per step against the others' median."""
+    rank: int
+    host: str
+    busy_s: float
+    others_s: float
+    steps: int
+
+    def describe(self) -> str:
+        return (f"straggler: rank {self.rank} on {self.host} works {self.busy_s:.2f} s a step, "
+                f"the others {self.others_s:.2f} s (mean of its last {self.steps} steps)")
+
+
+def stragglers(beats: list[dict]) -> list[Straggler]:
+    """The ranks whose mean own work per step is persistently much longer than the others'.
+
+    In synchronous training every rank completes the same steps at the same rate, so step rates
+    cannot tell a slow rank; its peers' time waiting for it in the stop vote can: their own work
+    per step stays short while the slow rank's is long. A rank whose slowness its peers absorb
+    inside the task's own collectives (DDP's gradient all-reduce) looks like them and is not named.
+    """
+    measured = [b for b in beats if b.get("busy_steps", 0) >= STRAGGLER_MIN_STEPS]
+    found = []
+    for beat in measured:
+        others = [b["busy_s"] for b in measured if b is not beat]
+        if not others:
+            continue
+        median = statistics.median(others)
+        if beat["busy_s"] >= STRAGGLER_RATIO * median and beat["busy_s"] - median >= STRAGGLER_MIN_EXCESS_S:
+            found.append(Straggler(beat["rank"], beat["host"], beat["busy_s"], median, beat["busy_steps"]))
+    return found
 
 
 def dump_stacks(hang: Hang, wait_s: float = 1.0) -> None:
