@@ -32,26 +32,45 @@ STRAGGLER_RATIO = 2.0
 STRAGGLER_MIN_EXCESS_S = 0.05
 COLLECTIVE_TIMEOUT_VARIABLE = "NFS_COLLECTIVE_TIMEOUT_S"   # the plan sets it; distributed.init reads it
 COLLECTIVE_MARGIN_S = 60.0  # a derived collective timeout outlasts every hang budget by this much
+# Without a spec hang_timeout a step may take STEP_FACTOR times the measured step time (the mean of
+# the last BUSY_WINDOW steps), and never less than STEP_FLOOR_S.
+STEP_FACTOR = 20.0
+STEP_FLOOR_S = 300.0
 
 
 @dataclass(frozen=True)
 class HangTimeouts:
     """Seconds without progress that mean a hang, per phase (the spec's hang_timeout fields)."""
-    step: float = 600.0
+    step: float = 0.0           # 0: derived from the measured step time (step_budget)
     start: float = 1800.0       # restore and the first step (compilation, CUDA graph capture)
     save: float = 1800.0        # a blocking checkpoint save
     evaluate: float = 3600.0    # a task's evaluation inside `StepLoop.evaluating()` (FID, samples)
     collective: float = 0.0     # the spec's collective_timeout; 0: derived (collective_s)
 
-    def budget(self, phase: str) -> float:
-        return {STARTING: self.start, SAVING: self.save, EVALUATING: self.evaluate}.get(phase, self.step)
+    def step_budget(self, step_s: float | None) -> float:
+        """The spec's hang_timeout, else STEP_FACTOR times the measured step time, at least
+        STEP_FLOOR_S (and the floor alone before any step was measured)."""
+        if self.step:
+            return self.step
+        return max(STEP_FLOOR_S, STEP_FACTOR * (step_s or 0.0))
+
+    def budget(self, phase: str, step_s: float | None = None) -> float:
+        return {STARTING: self.start, SAVING: self.save, EVALUATING: self.evaluate}.get(
+            phase, self.step_budget(step_s))
+
+    def describe_budget(self, phase: str) -> str:
+        """The budget in words without a measured time (the loop guard compares hang texts)."""
+        if phase in (STARTING, SAVING, EVALUATING) or self.step:
+            return f"budget {self.budget(phase):.0f} s"
+        return f"budget {STEP_FACTOR:g}x its step time, at least {STEP_FLOOR_S:.0f} s"
 
     def collective_s(self) -> float:
         """How long one collective may wait for its peers (the process groups' timeout): the spec's
         value, else the longest phase budget plus a margin, so that a rank waiting for an
         evaluation or a save is never cut short and the hang watch (which dumps stacks) acts first;
         the timeout is the backstop where nothing watches (tasks off the step loop, a lost supervisor)."""
-        return self.collective or max(self.step, self.start, self.save, self.evaluate) + COLLECTIVE_MARGIN_S
+        return self.collective or max(self.step_budget(None), self.start, self.save, self.evaluate) \
+            + COLLECTIVE_MARGIN_S
 
 
 class Heartbeat:
@@ -62,14 +81,16 @@ class Heartbeat:
         self.record = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(), "step": 0,
                        "phase": "", "time": 0.0}
         self._written = float("-inf")
-        self._busy: collections.deque[float] = collections.deque(maxlen=BUSY_WINDOW)
+        self._busy: collections.deque[tuple[float, float]] = collections.deque(maxlen=BUSY_WINDOW)
         path.parent.mkdir(parents=True, exist_ok=True)
 
-    def took(self, seconds: float) -> None:
-        """One step's own work on this rank (its time outside the stop vote); the record keeps
-        the mean of the last BUSY_WINDOW steps, written with the next beat."""
-        self._busy.append(seconds)
-        self.record.update(busy_s=round(sum(self._busy) / len(self._busy), 4), busy_steps=len(self._busy))
+    def took(self, busy_s: float, step_s: float) -> None:
+        """One step on this rank: its own work (the time outside the stop vote) and its whole
+        time; the record keeps the means of the last BUSY_WINDOW steps, written with the next beat."""
+        self._busy.append((busy_s, step_s))
+        count = len(self._busy)
+        self.record.update(busy_s=round(sum(b for b, _ in self._busy) / count, 4), busy_steps=count,
+                           step_s=round(sum(t for _, t in self._busy) / count, 4))
 
     def beat(self, step: int, phase: str = STEP) -> None:
         now = time.time()
@@ -108,7 +129,7 @@ class Hang:
         """Where the ranks stopped; no times in it, so the same hang twice reads the same (the
         policy's loop guard compares these)."""
         where = "; ".join(f"rank {b['rank']} on {b['host']} at step {b['step']} ({b['phase']}, "
-                          f"budget {self.timeouts.budget(b['phase']):.0f} s)" for b in self.ranks)
+                          f"{self.timeouts.describe_budget(b['phase'])})" for b in self.ranks)
         return f"hang: no rank made progress: {where}"
 
 
@@ -128,11 +149,27 @@ class HangWatch:
         beats = read_all(self.folder)
         if not beats:
             return None             # a task off the step loop: not watched
+        step_s = measured_step_s(beats) or self._earlier_step_s()
         for beat in beats:
             beat["age"] = now - beat["time"]
-        if any(b["age"] <= self.timeouts.budget(b["phase"]) for b in beats):
+        if any(b["age"] <= self.timeouts.budget(b["phase"], step_s) for b in beats):
             return None
         return Hang(beats, self.timeouts)
+
+    def _earlier_step_s(self) -> float | None:
+        """The step time the newest earlier attempt of this shard measured (until this one has)."""
+        earlier = sorted((p for p in self.folder.parent.glob("attempt-*") if p != self.folder),
+                         key=lambda p: int(p.name.split("-")[1]))
+        for folder in reversed(earlier):
+            step_s = measured_step_s(read_all(folder))
+            if step_s:
+                return step_s
+        return None
+
+
+def measured_step_s(beats: list[dict]) -> float | None:
+    """The slowest rank's mean step time in these heartbeats (None before any was measured)."""
+    return max((b["step_s"] for b in beats if b.get("step_s")), default=None)
 
 
 @dataclass(frozen=True)

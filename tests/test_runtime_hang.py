@@ -88,6 +88,26 @@ def test_hang_rule_each_phase_has_its_budget(tmp_path):
     assert hang.describe() == HangWatch(tmp_path, TIMEOUTS).check(now + 5).describe()   # no times in it
 
 
+def test_without_a_spec_value_the_step_budget_is_derived_from_measured_step_times(tmp_path):
+    derived, now = HangTimeouts(), 1000.0
+    current, earlier = tmp_path / "attempt-2", tmp_path / "attempt-1"
+    write_beats(current, (3, "step", now - 301))
+    assert HangWatch(current, derived).check(now) is not None          # nothing measured: the floor
+    write_beats(earlier, (9, "step", now - 5000))
+    (earlier / "rank-0.json").write_text(json.dumps({**json.loads((earlier / "rank-0.json").read_text()),
+                                                     "step_s": 30.0}))
+    assert HangWatch(current, derived).check(now) is None              # the earlier attempt's 30 s: 600 s
+    write_beats(current, (3, "step", now - 401))
+    beat = json.loads((current / "rank-0.json").read_text())
+    (current / "rank-0.json").write_text(json.dumps({**beat, "step_s": 20.0}))
+    hang = HangWatch(current, derived).check(now)                       # its own 20 s a step: 400 s
+    assert hang.describe() == ("hang: no rank made progress: rank 0 on h at step 3 "
+                               "(step, budget 20x its step time, at least 300 s)")
+    (current / "rank-0.json").write_text(json.dumps({**beat, "time": now - 399, "step_s": 20.0}))
+    assert HangWatch(current, derived).check(now) is None
+    assert HangWatch(current, HangTimeouts(step=100)).check(now) is not None   # the spec's value wins
+
+
 def busy_beats(*ranks: tuple[float, int]) -> list[dict]:
     return [{"rank": r, "host": f"h{r}", "busy_s": busy, "busy_steps": steps} for r, (busy, steps) in enumerate(ranks)]
 

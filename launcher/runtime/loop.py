@@ -65,9 +65,10 @@ class StepLoop:
             self.step += 1
             started, self._evaluated = time.monotonic(), False
             yield self.step
-            if self.step > first and not self._evaluated:   # an evaluation may be rank 0's alone
-                self.heartbeat.took(time.monotonic() - started)
+            voting = time.monotonic()
             stopping = self.stop.agree(self.env)
+            if self.step > first and not self._evaluated:   # an evaluation may be rank 0's alone
+                self.heartbeat.took(voting - started, time.monotonic() - started)
             self.checkpoints.save_if_due(self.step, self.state, last_step=self.step == self.total_steps,
                                          stopping=stopping, prepare=self._saving)
             self.heartbeat.beat(self.step)
