@@ -21,6 +21,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 STARTING, STEP, SAVING, EVALUATING, FINISHED = "starting", "step", "saving", "evaluating", "finished"
 DUMP_SIGNAL = "QUIT"        # faulthandler dumps every thread's stack on it; no stop signal collides
@@ -78,8 +79,8 @@ class Heartbeat:
 
     def __init__(self, path: Path, rank: int, interval_s: float = 2.0):
         self.path, self.interval_s = path, interval_s
-        self.record = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(), "step": 0,
-                       "phase": "", "time": 0.0}
+        self.record = {"rank": rank, "host": socket.gethostname(), "node": this_node(), "pid": os.getpid(),
+                       "step": 0, "phase": "", "time": 0.0}
         self._written = float("-inf")
         self._busy: collections.deque[tuple[float, float]] = collections.deque(maxlen=BUSY_WINDOW)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,15 +207,28 @@ def stragglers(beats: list[dict]) -> list[Straggler]:
     return found
 
 
-def dump_stacks(hang: Hang, wait_s: float = 1.0) -> None:
-    """SIGQUIT to every hung rank on this host (launcher.entry registered faulthandler on it: the
-    stacks of all its threads go to its log), then `wait_s` for them to be written. A rank on
-    another node is out of reach here (multi-node Slurm steps: see docs/ARCHITECTURE.md)."""
-    host = socket.gethostname()
+def this_node() -> str:
+    """This process's node as the scheduler names it (Slurm's SLURMD_NODENAME), else the host."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def dump_stacks(hang: Hang, wait_s: float = 1.0,
+                remote: Callable[[str, list[int]], None] | None = None) -> None:
+    """SIGQUIT to every hung rank (launcher.entry registered faulthandler on it: the stacks of all
+    its threads go to its log), then `wait_s` for them to be written. Ranks on this node are
+    signalled here; those on another node through `remote(node, pids)` (the Slurm supervisor's
+    step on that node), and without it are out of reach."""
+    here, elsewhere = this_node(), collections.defaultdict(list)
     for beat in hang.ranks:
-        if beat["host"] == host:
-            try:
-                os.kill(beat["pid"], signal.SIGQUIT)
-            except ProcessLookupError:
-                pass
+        node = beat.get("node", beat["host"])
+        if node != here:
+            elsewhere[node].append(beat["pid"])
+            continue
+        try:
+            os.kill(beat["pid"], signal.SIGQUIT)
+        except ProcessLookupError:
+            pass
+    for node, pids in sorted(elsewhere.items()):
+        if remote is not None:
+            remote(node, pids)
     time.sleep(wait_s)

@@ -209,7 +209,9 @@ class StepRunner:
                     if self.hang is not None:
                         print(f"[launcher.supervise] {self.hang.describe()}: dumping stacks, ending the step",
                               flush=True)
-                        heartbeat.dump_stacks(self.hang)
+                        heartbeat.dump_stacks(self.hang, remote=signal_on_node)
+                        if step[0] == "srun":
+                            kill_job_steps()
                         runlock.signal_tree(self.process.pid, signal.SIGKILL)
         finally:
             if relay is not None:
@@ -243,6 +245,31 @@ def _exclude_nodes(job_id: str, fields: dict[str, str], nodes: list[str]) -> str
     if result.returncode != 0:
         return f"; could not exclude {','.join(nodes)}: {result.stderr.strip() or 'scontrol failed'}"
     return f"; excluding {','.join(nodes)} (failed {FAILURES_TO_EXCLUDE}+ times)"
+
+
+def signal_on_node(node: str, pids: list[int]) -> None:
+    """Send the stack-dump signal to `pids` on another node of this allocation, through a
+    one-task step there (`--overlap`: the hung step keeps its resources)."""
+    try:
+        subprocess.run(["srun", f"--jobid={os.environ.get('SLURM_JOB_ID', '')}", "--overlap", "--nodes=1",
+                        "--ntasks=1", "--cpus-per-task=1", "--mem=0", f"--nodelist={node}", "--quiet", "kill", f"-{heartbeat.DUMP_SIGNAL}",
+                        *map(str, pids)], stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        pass            # the dump is a help; ending the step must not wait on it
+
+
+def kill_job_steps() -> None:
+    """SIGKILL the processes of every numbered step of this job on all its nodes (not the batch
+    step, where this supervisor runs): a killed srun client leaves its tasks on the other nodes
+    running, and they would hold the nodes the next attempt's step needs."""
+    job = os.environ.get("SLURM_JOB_ID", "")
+    try:
+        listed = subprocess.run(["squeue", "-h", "-s", "-j", job, "-o", "%i"], capture_output=True, text=True,
+                                timeout=30).stdout.split()
+        for step in (s for s in listed if re.search(r"\.\d+$", s)):
+            subprocess.run(["scancel", "--signal=KILL", step], capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        pass
 
 
 def _requeue(job_id: str, fields: dict[str, str], why: str, stopped: bool,

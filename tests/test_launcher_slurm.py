@@ -268,7 +268,7 @@ def test_render_shows_exactly_the_script_that_submit_hands_to_sbatch(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_hung_rank_is_detected_dumped_and_restarted_inside_the_allocation_on_slurm(tmp_path):
+def test_a_hung_rank_is_detected_dumped_on_every_node_and_restarted_inside_the_allocation_on_slurm(tmp_path):
     run = submit(tmp_path, """
         name: t-hang
         backend: slurm
@@ -277,7 +277,7 @@ def test_a_hung_rank_is_detected_dumped_and_restarted_inside_the_allocation_on_s
         stages:
           train:
             task: launcher.diagnose_train:main
-            resources: {tasks_per_node: 2}
+            resources: {nodes: 2, tasks_per_node: 1}
             checkpoint: {every_steps: 2}
             hang_timeout: 5
             hang_timeout_start: 120
@@ -290,7 +290,10 @@ def test_a_hung_rank_is_detected_dumped_and_restarted_inside_the_allocation_on_s
     assert first["error"].startswith("hang: no rank made progress: rank 0 on ")
     assert {b["rank"]: b["step"] for b in first["hang"]} == {0: 2, 1: 2}
     assert first["end"] - max(b["time"] for b in first["hang"]) < 5 + 4
+    # one rank on the supervisor's node, the other on another: both dumped their stacks
+    assert len({b["node"] for b in first["hang"]}) == 2, first["hang"]
     assert "in freeze" in (run / "stages/train/logs/attempt-0/rank-1.log").read_text()
+    assert "in agree" in (run / "stages/train/logs/attempt-0/rank-0.log").read_text()
     assert json.loads((run / "stages/train/final.json").read_text())["step"] == 6
 
 
