@@ -173,7 +173,7 @@ def init(device: str = "auto", timeout_s: float | None = None) -> DistEnv:
     for one process too, so collectives and `deepspeed.initialize` (which reuses it) work alike.
     With several ranks a gloo group for control messages is created once as well (collective:
     all ranks call init). Both groups' collectives error after `timeout_s` (default:
-    `collective_timeout_s`), and NCCL's async error handling (TORCH_NCCL_ASYNC_ERROR_HANDLING=1,
+    `collective_timeout_s`), and on NCCL the async error handling (TORCH_NCCL_ASYNC_ERROR_HANDLING=1,
     unless set) aborts a rank whose collective timed out, so a dead peer cannot block forever.
     """
     import torch
@@ -188,7 +188,8 @@ def init(device: str = "auto", timeout_s: float | None = None) -> DistEnv:
     timeout = timedelta(seconds=timeout_s if timeout_s is not None else collective_timeout_s(os.environ))
     if not dist.is_initialized():
         _export_for_env_init(layout, os.environ)
-        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+        if backend == "nccl":       # on gloo it is no help, and it hung a failed ZeRO-3 save's exit
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         store = dist.HashStore() if layout.world_size == 1 else None
         dist.init_process_group(
             backend=backend,
