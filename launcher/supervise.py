@@ -175,8 +175,9 @@ class StepRunner:
     step runs here, in the batch step (launcher.plan says why), and two things keep the signals
     flowing: every stop signal this process gets is passed to the step's whole process tree,
     and a relay step (launcher.relay) brings the signals Slurm sends to steps only. While the
-    step runs, the hang watch reads the ranks' heartbeats (launcher.heartbeat): on a hang the
-    ranks on this node dump their stacks and the step is killed.
+    step runs, the hang watch reads the ranks' heartbeats (launcher.heartbeat): on a hang every
+    rank dumps its stack (on other nodes through `signal_on_node`) and the step is killed, on
+    every node (`kill_job_steps`).
     """
 
     def __init__(self, stop_signals: list[str]):
@@ -252,7 +253,8 @@ def signal_on_node(node: str, pids: list[int]) -> None:
     one-task step there (`--overlap`: the hung step keeps its resources)."""
     try:
         subprocess.run(["srun", f"--jobid={os.environ.get('SLURM_JOB_ID', '')}", "--overlap", "--nodes=1",
-                        "--ntasks=1", "--cpus-per-task=1", "--mem=0", f"--nodelist={node}", "--quiet", "kill", f"-{heartbeat.DUMP_SIGNAL}",
+                        "--ntasks=1", "--cpus-per-task=1", "--mem=0", f"--nodelist={node}", "--quiet",
+                        "kill", f"-{heartbeat.DUMP_SIGNAL}",
                         *map(str, pids)], stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         pass            # the dump is a help; ending the step must not wait on it

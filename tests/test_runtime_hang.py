@@ -115,7 +115,8 @@ def busy_beats(*ranks: tuple[float, int]) -> list[dict]:
 def test_a_straggler_is_a_rank_persistently_twice_as_busy_as_the_others():
     found = heartbeat.stragglers(busy_beats((0.10, 8), (0.31, 8), (0.12, 8)))
     assert [(s.rank, s.host, s.others_s) for s in found] == [(1, "h1", 0.11)]
-    assert found[0].describe() == "straggler: rank 1 on h1 works 0.31 s a step, the others 0.11 s (mean of its last 8 steps)"
+    assert found[0].describe() == ("straggler: rank 1 on h1 works 0.31 s a step, the others 0.11 s "
+                                   "(mean of its last 8 steps)")
     assert heartbeat.stragglers(busy_beats((0.10, 8), (0.19, 8))) == []        # under twice
     assert heartbeat.stragglers(busy_beats((0.001, 8), (0.04, 8))) == []       # 40x, but 39 ms: jitter
     assert heartbeat.stragglers(busy_beats((0.10, 8), (0.90, 3))) == []        # 3 steps: not yet persistent
