@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every CPU benchmark on this machine (about 10 minutes on 2 cores), results to bench/results/.
+# Every CPU benchmark on this machine (about 14 minutes on 2 cores), results to bench/results/.
 #
 #   bash bench/run_cpu.sh                          # all of them
 #   bash bench/run_cpu.sh launcher checkpoint      # a subset
@@ -23,10 +23,11 @@ run_one() {
                         --output bench/results/audio2nerf-cpu.json ;;
         generate)   $PY bench/generate_bench.py --presets tiny --frames 16 --device cpu \
                         --out bench/results/generate-cpu.json ;;
+        restart)    $PY bench/restart_bench.py --repeats 3 ;;      # needs the local Slurm cluster running
         *) echo "unknown benchmark $1"; return 2 ;;
     esac
 }
 
-for name in "${@:-launcher checkpoint preprocess stylenerf audio2nerf generate}"; do
+for name in "${@:-launcher checkpoint preprocess stylenerf audio2nerf generate restart}"; do
     for one in $name; do run_one "$one"; done
 done

@@ -157,7 +157,8 @@ class StageStatus:
     attempts: int
     checkpoint_step: int | None
     progress: str
-    reason: str
+    reason: str                 # the last attempt's error and reason, after any stragglers
+    stragglers: tuple[str, ...] = ()    # ranks of the newest attempt the others keep waiting for
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,8 @@ class Run:
     @property
     def stages(self) -> list[StageStatus]:
         """Every stage's status, in dependency order (the rows of `launcher status RUN`)."""
-        return [StageStatus(name, job, state, int(attempts), None if step == "-" else int(step), progress, reason)
+        return [StageStatus(name, job, state, int(attempts), None if step == "-" else int(step), progress, reason,
+                            tuple(status.stragglers(self.dir, name)))
                 for name, job, state, attempts, step, progress, reason in status.stage_rows(self.dir)]
 
     def states(self) -> dict[str, str]:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from . import signals, tasks
-from .heartbeat import HangTimeouts
+from .heartbeat import COLLECTIVE_TIMEOUT_VARIABLE, HangTimeouts
 from .layout import RunLayout
 from .spec import JobSpec, StageSpec, processes_per_node
 
@@ -113,8 +113,10 @@ def stage_plan(spec: JobSpec, stage: StageSpec, run_dir: str, python: str) -> St
         max_restarts = spec.slurm.max_restarts
     if stage.max_restarts is not None:
         max_restarts = stage.max_restarts
+    hang = HangTimeouts(**stage.hang_timeouts)
     env = dict(spec.env)
-    env.update({"NFS_RUN_DIR": run_dir, "NFS_STAGE": stage.name})
+    env.update({"NFS_RUN_DIR": run_dir, "NFS_STAGE": stage.name,
+                COLLECTIVE_TIMEOUT_VARIABLE: f"{hang.collective_s():g}"})
     plan = StagePlan(
         name=stage.name, task=stage.task, target=_target(stage.task), config=stage.config,
         after=list(stage.after), array=stage.array,
@@ -126,7 +128,7 @@ def stage_plan(spec: JobSpec, stage: StageSpec, run_dir: str, python: str) -> St
         checkpoint=dict(stage.checkpoint), device=device,
         partition=stage.partition or spec.slurm.partition, env=env, command=[],
         restart_in_allocation=not local and spec.slurm.restart_in_allocation,
-        hang_timeouts=asdict(HangTimeouts(**stage.hang_timeouts)))
+        hang_timeouts=asdict(hang))
     command = (local_command(plan, run_dir, python) if local
                else slurm_step_command(plan, run_dir, python))
     slurm = {} if local else sbatch_parameters(spec, plan, run_dir)

@@ -412,11 +412,14 @@ def _read_stages(top: Reader, slurm: SlurmSettings) -> tuple[dict[str, StageSpec
 def _read_hang_timeouts(r: Reader) -> dict[str, float]:
     """hang_timeout (seconds without a step), hang_timeout_start (until the first step ends),
     hang_timeout_save (during a checkpoint save) and hang_timeout_evaluate (during a task's
-    evaluation): those given, as launcher.heartbeat.HangTimeouts fields. At least 5 s: a rank's heartbeat is rewritten only every 2 s."""
+    evaluation), and collective_timeout (how long a collective waits for its peers): those given,
+    as launcher.heartbeat.HangTimeouts fields. At least 5 s: a rank's heartbeat is rewritten only
+    every 2 s."""
     given = {"step": r.number("hang_timeout", None, minimum=5),
              "start": r.number("hang_timeout_start", None, minimum=5),
              "save": r.number("hang_timeout_save", None, minimum=5),
-             "evaluate": r.number("hang_timeout_evaluate", None, minimum=5)}
+             "evaluate": r.number("hang_timeout_evaluate", None, minimum=5),
+             "collective": r.number("collective_timeout", None, minimum=10)}
     return {k: float(v) for k, v in given.items() if v is not None}
 
 

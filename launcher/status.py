@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import backends, checkpoint_health, failures, plan as planner, progress
+from . import backends, checkpoint_health, failures, heartbeat, plan as planner, progress
 from .layout import RunLayout
 from .runs import RunDir
 
@@ -32,6 +32,20 @@ def attempt_count(attempts: list[dict]) -> str:
     return str(max(per_shard.values(), default=0))
 
 
+def stragglers(run: RunDir, stage: str) -> list[str]:
+    """The stragglers of each shard's newest attempt (launcher.heartbeat.stragglers), in words."""
+    newest: dict[int, int] = {}
+    for record in run.attempts(stage):
+        shard = record.get("shard", 0)
+        newest[shard] = max(newest.get(shard, 0), record.get("attempt", 0))
+    found = []
+    for shard, attempt in sorted(newest.items()):
+        beats = heartbeat.read_all(run.stage(stage).heartbeats(shard, attempt))
+        prefix = f"shard {shard} " if len(newest) > 1 else ""
+        found += [prefix + s.describe() for s in heartbeat.stragglers(beats)]
+    return found
+
+
 def _last_reason(attempts: list[dict]) -> str:
     """The last attempt's reason, after its exception (type, message, where) when it failed."""
     if not attempts:
@@ -55,6 +69,9 @@ def stage_rows(run: RunDir) -> list[list[str]]:
         if quarantined:
             reason = f"{len(quarantined)} checkpoint(s) quarantined, last: {quarantined[-1]['name']} " \
                      f"({quarantined[-1]['reason']}); " + reason
+        slow = stragglers(run, name)
+        if slow:
+            reason = "; ".join(slow) + ("; " + reason if reason else "")
         step = run.checkpoint_step(name)
         rows.append([name, job, state, attempt_count(attempts), "-" if step is None else str(step),
                      stage_progress(run, stage, state), reason[:160]])

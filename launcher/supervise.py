@@ -9,6 +9,7 @@ never after `launcher cancel`, never when the cap or the loop guard says stop.
 """
 from __future__ import annotations
 
+import collections
 import os
 import re
 import shlex
@@ -30,6 +31,7 @@ SUBMITIT_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGCONT)
 STAGE_LOCK_WAIT_SECONDS = 300
 RESTARTED = "restarted"             # a failed attempt retried at once inside the same allocation
 IN_ALLOCATION_MIN_SECONDS = 120     # less left than this: requeue instead (a fresh time limit)
+FAILURES_TO_EXCLUDE = 2             # a node that failed this often is excluded from the requeue
 
 
 def scontrol(*args: str) -> str:
@@ -144,7 +146,13 @@ def _run_attempt(run: RunDir, stage: planner.StagePlan, shard: int, job_id: str,
         if stage.restart_in_allocation and not stopped and not step_runner.signalled \
                 and _seconds_left(fields) > IN_ALLOCATION_MIN_SECONDS:
             return RESTARTED, f"restarted inside the allocation ({decision.reason})"
-        return _requeue(job_id, fields, decision.reason, stopped=stopped)
+        history = [r for r in run.attempts(stage.name, shard) if r.get("attempt") != number]
+        if not stopped:
+            history.append({"nodes": record.nodes, "exit_code": exitcodes.FAILED})
+        exclude = failed_twice(history)
+        if exclude:
+            record.extra["excluded_nodes"] = exclude
+        return _requeue(job_id, fields, decision.reason, stopped=stopped, exclude=exclude)
 
     return attempts.finish_attempt(
         run, stage, record, code, end=time.time(), on_continue=restart_here_or_requeue,
@@ -167,8 +175,9 @@ class StepRunner:
     step runs here, in the batch step (launcher.plan says why), and two things keep the signals
     flowing: every stop signal this process gets is passed to the step's whole process tree,
     and a relay step (launcher.relay) brings the signals Slurm sends to steps only. While the
-    step runs, the hang watch reads the ranks' heartbeats (launcher.heartbeat): on a hang the
-    ranks on this node dump their stacks and the step is killed.
+    step runs, the hang watch reads the ranks' heartbeats (launcher.heartbeat): on a hang every
+    rank dumps its stack (on other nodes through `signal_on_node`) and the step is killed, on
+    every node (`kill_job_steps`).
     """
 
     def __init__(self, stop_signals: list[str]):
@@ -201,7 +210,9 @@ class StepRunner:
                     if self.hang is not None:
                         print(f"[launcher.supervise] {self.hang.describe()}: dumping stacks, ending the step",
                               flush=True)
-                        heartbeat.dump_stacks(self.hang)
+                        heartbeat.dump_stacks(self.hang, remote=signal_on_node)
+                        if step[0] == "srun":
+                            kill_job_steps()
                         runlock.signal_tree(self.process.pid, signal.SIGKILL)
         finally:
             if relay is not None:
@@ -214,7 +225,57 @@ class StepRunner:
                                  str(os.getpid()), ",".join(self.stop_signals)], stdin=subprocess.DEVNULL)
 
 
-def _requeue(job_id: str, fields: dict[str, str], why: str, stopped: bool) -> tuple[str, str]:
+def failed_twice(attempts: list[dict]) -> list[str]:
+    """The nodes on which at least FAILURES_TO_EXCLUDE failed attempts ran. Only one-node attempts
+    count: of several nodes the ledger cannot tell which one failed, and excluding them all could
+    leave the job nowhere to run."""
+    counts = collections.Counter(
+        a["nodes"] for a in attempts
+        if a.get("nodes") and not set("[,") & set(a["nodes"])
+        and a.get("exit_code") not in (None, exitcodes.OK, exitcodes.STOPPED_FOR_REQUEUE))
+    return sorted(node for node, failures in counts.items() if failures >= FAILURES_TO_EXCLUDE)
+
+
+def _exclude_nodes(job_id: str, fields: dict[str, str], nodes: list[str]) -> str:
+    """Add `nodes` to the requeued job's ExcNodeList (Slurm takes it only once the job is no
+    longer running, i.e. after `scontrol requeue`); the reason's words."""
+    before = fields.get("ExcNodeList", "(null)")
+    merged = ",".join(([] if before in ("(null)", "") else [before]) + nodes)
+    result = subprocess.run(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={merged}"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        return f"; could not exclude {','.join(nodes)}: {result.stderr.strip() or 'scontrol failed'}"
+    return f"; excluding {','.join(nodes)} (failed {FAILURES_TO_EXCLUDE}+ times)"
+
+
+def signal_on_node(node: str, pids: list[int]) -> None:
+    """Send the stack-dump signal to `pids` on another node of this allocation, through a
+    one-task step there (`--overlap`: the hung step keeps its resources)."""
+    try:
+        subprocess.run(["srun", f"--jobid={os.environ.get('SLURM_JOB_ID', '')}", "--overlap", "--nodes=1",
+                        "--ntasks=1", "--cpus-per-task=1", "--mem=0", f"--nodelist={node}", "--quiet",
+                        "kill", f"-{heartbeat.DUMP_SIGNAL}",
+                        *map(str, pids)], stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        pass            # the dump is a help; ending the step must not wait on it
+
+
+def kill_job_steps() -> None:
+    """SIGKILL the processes of every numbered step of this job on all its nodes (not the batch
+    step, where this supervisor runs): a killed srun client leaves its tasks on the other nodes
+    running, and they would hold the nodes the next attempt's step needs."""
+    job = os.environ.get("SLURM_JOB_ID", "")
+    try:
+        listed = subprocess.run(["squeue", "-h", "-s", "-j", job, "-o", "%i"], capture_output=True, text=True,
+                                timeout=30).stdout.split()
+        for step in (s for s in listed if re.search(r"\.\d+$", s)):
+            subprocess.run(["scancel", "--signal=KILL", step], capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        pass
+
+
+def _requeue(job_id: str, fields: dict[str, str], why: str, stopped: bool,
+             exclude: list[str] = ()) -> tuple[str, str]:
     """Requeue this job (only this array task) unless Slurm is already doing it.
 
     A preempted job that stops within its GraceTime ends on its own, and Slurm then treats it as
@@ -222,7 +283,8 @@ def _requeue(job_id: str, fields: dict[str, str], why: str, stopped: bool) -> tu
     step is Slurm's own requeue under way (state REQUEUE*/PREEMPTED), and nothing is added.
     `scontrol requeue` by an operator shows as COMPLETING with `Restarts` already above this
     run's SLURM_RESTART_COUNT: it reruns, nothing is added. `stopped`: the step stopped on a
-    stop request (rather than failing and being retried).
+    stop request (rather than failing and being retried). `exclude`: nodes the requeued job
+    must not run on (failed_twice).
     """
     state = fields.get("JobState", "")
     preempted = fields.get("PreemptTime", "None") not in ("None", "Unknown", "")
@@ -240,4 +302,5 @@ def _requeue(job_id: str, fields: dict[str, str], why: str, stopped: bool) -> tu
             f"preempted; Slurm requeues it ({why})")
     if result.returncode != 0:
         return policy.GAVE_UP, f"could not requeue: {result.stderr.strip() or 'scontrol failed'}"
-    return "requeued", (("time limit near; " if near_limit else "stop signal; ") if stopped else "") + why
+    excluded = _exclude_nodes(job_id, fields, list(exclude)) if exclude else ""
+    return "requeued", (("time limit near; " if near_limit else "stop signal; ") if stopped else "") + why + excluded

@@ -268,7 +268,7 @@ def test_render_shows_exactly_the_script_that_submit_hands_to_sbatch(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_hung_rank_is_detected_dumped_and_restarted_inside_the_allocation_on_slurm(tmp_path):
+def test_a_hung_rank_is_detected_dumped_on_every_node_and_restarted_inside_the_allocation_on_slurm(tmp_path):
     run = submit(tmp_path, """
         name: t-hang
         backend: slurm
@@ -277,7 +277,7 @@ def test_a_hung_rank_is_detected_dumped_and_restarted_inside_the_allocation_on_s
         stages:
           train:
             task: launcher.diagnose_train:main
-            resources: {tasks_per_node: 2}
+            resources: {nodes: 2, tasks_per_node: 1}
             checkpoint: {every_steps: 2}
             hang_timeout: 5
             hang_timeout_start: 120
@@ -290,5 +290,29 @@ def test_a_hung_rank_is_detected_dumped_and_restarted_inside_the_allocation_on_s
     assert first["error"].startswith("hang: no rank made progress: rank 0 on ")
     assert {b["rank"]: b["step"] for b in first["hang"]} == {0: 2, 1: 2}
     assert first["end"] - max(b["time"] for b in first["hang"]) < 5 + 4
+    # one rank on the supervisor's node, the other on another: both dumped their stacks
+    assert len({b["node"] for b in first["hang"]}) == 2, first["hang"]
     assert "in freeze" in (run / "stages/train/logs/attempt-0/rank-1.log").read_text()
+    assert "in agree" in (run / "stages/train/logs/attempt-0/rank-0.log").read_text()
     assert json.loads((run / "stages/train/final.json").read_text())["step"] == 6
+
+
+def test_a_node_that_failed_twice_is_excluded_from_the_requeue(slurm_cluster):
+    """The supervisor's requeue puts the nodes `failed_twice` names in the job's ExcNodeList
+    (Slurm takes it once the job is requeued); a plain sleeping job stands in for a training job."""
+    from launcher import supervise
+
+    history = [{"nodes": "node2", "exit_code": 1}, {"nodes": "node2", "exit_code": 75},   # a stop
+               {"nodes": "node[1-2]", "exit_code": 1},                                     # which node?
+               {"nodes": "node2", "exit_code": 1}, {"nodes": "node3", "exit_code": 1}]
+    assert supervise.failed_twice(history) == ["node2"]
+    job = subprocess.run(["sbatch", "--parsable", "-p", "debug", "-w", "node1", "--requeue", "-J", "t-exclude",
+                          "--wrap", "sleep 300"], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        slurm_cluster.wait_for(job, "RUNNING", timeout=60)
+        action, reason = supervise._requeue(job, supervise.job_fields(job), "failed-exit-1", stopped=False,
+                                            exclude=["node2"])
+        assert (action, reason) == ("requeued", "failed-exit-1; excluding node2 (failed 2+ times)")
+        assert slurm_cluster.job(job)["ExcNodeList"] == "node2"
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)

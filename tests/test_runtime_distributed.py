@@ -126,3 +126,38 @@ def test_init_twice_joins_once_and_keeps_one_working_control_group():
     outputs = [rank.communicate(timeout=300)[0] for rank in ranks]
     assert [rank.returncode for rank in ranks] == [0, 0], outputs
     assert all("sum 2" in output for output in outputs), outputs
+
+
+SILENT_PEER = """
+import os, sys, time, torch, torch.distributed as dist
+from launcher.runtime import distributed
+env = distributed.init("cpu")          # the timeout from NFS_COLLECTIVE_TIMEOUT_S
+if env.rank == 1:
+    time.sleep(120)                     # alive but never joins another collective
+for name, group in (("control", env.control_group), ("world", None)):
+    began = time.monotonic()
+    try:
+        dist.all_reduce(torch.ones(1), group=group)
+        print(name, "returned", flush=True)
+    except RuntimeError as error:
+        print(name, "timed out after", round(time.monotonic() - began, 1), type(error).__name__, flush=True)
+os._exit(0)
+"""
+
+
+def test_a_collective_whose_peer_never_comes_errors_after_the_plans_timeout():
+    """Both groups (the job's and its gloo control group) take the timeout the plan exports."""
+    base = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+            "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+            "NFS_COLLECTIVE_TIMEOUT_S": "3"}
+    ranks = [subprocess.Popen([sys.executable, "-c", SILENT_PEER], env={**base, "RANK": str(rank)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    try:
+        output = ranks[0].communicate(timeout=120)[0]
+    finally:
+        for rank in ranks:
+            rank.kill()
+            rank.communicate()
+    waited = {line.split()[0]: float(line.split()[4]) for line in output.splitlines() if "timed out after" in line}
+    assert set(waited) == {"control", "world"}, output
+    assert all(2.5 <= seconds < 20 for seconds in waited.values()), output

@@ -2,12 +2,13 @@
 (detected within its timeout, stacks in the logs, restarted from the newest checkpoint, the same
 final digest as a run that did not hang), next to a slow but alive rank that is left alone."""
 import json
+import socket
 import time
 from pathlib import Path
 
 import pytest
 
-from launcher import heartbeat, plan as planner
+from launcher import api, heartbeat, plan as planner
 from launcher.fields import SpecInvalid
 from launcher.heartbeat import HangTimeouts, HangWatch, Heartbeat
 from launcher.spec import load_spec
@@ -55,6 +56,7 @@ def test_the_step_loop_beats_each_phase_a_save_and_an_evaluation_enter(tmp_path)
                       "evaluating", "step", "saving"]           # step 3, the last: saved
     record = json.loads(path.read_text())
     assert (record["step"], record["phase"], record["rank"]) == (3, "finished", 0)
+    assert "busy_s" not in record       # every step evaluated: none is a sample of the rank's own work
 
 
 def write_beats(folder: Path, *beats: tuple[int, str, float]) -> None:
@@ -86,6 +88,42 @@ def test_hang_rule_each_phase_has_its_budget(tmp_path):
     assert hang.describe() == HangWatch(tmp_path, TIMEOUTS).check(now + 5).describe()   # no times in it
 
 
+def test_without_a_spec_value_the_step_budget_is_derived_from_measured_step_times(tmp_path):
+    derived, now = HangTimeouts(), 1000.0
+    current, earlier = tmp_path / "attempt-2", tmp_path / "attempt-1"
+    write_beats(current, (3, "step", now - 301))
+    assert HangWatch(current, derived).check(now) is not None          # nothing measured: the floor
+    write_beats(earlier, (9, "step", now - 5000))
+    (earlier / "rank-0.json").write_text(json.dumps({**json.loads((earlier / "rank-0.json").read_text()),
+                                                     "step_s": 30.0}))
+    assert HangWatch(current, derived).check(now) is None              # the earlier attempt's 30 s: 600 s
+    write_beats(current, (3, "step", now - 401))
+    beat = json.loads((current / "rank-0.json").read_text())
+    (current / "rank-0.json").write_text(json.dumps({**beat, "step_s": 20.0}))
+    hang = HangWatch(current, derived).check(now)                       # its own 20 s a step: 400 s
+    assert hang.describe() == ("hang: no rank made progress: rank 0 on h at step 3 "
+                               "(step, budget 20x its step time, at least 300 s)")
+    (current / "rank-0.json").write_text(json.dumps({**beat, "time": now - 399, "step_s": 20.0}))
+    assert HangWatch(current, derived).check(now) is None
+    assert HangWatch(current, HangTimeouts(step=100)).check(now) is not None   # the spec's value wins
+
+
+def busy_beats(*ranks: tuple[float, int]) -> list[dict]:
+    return [{"rank": r, "host": f"h{r}", "busy_s": busy, "busy_steps": steps} for r, (busy, steps) in enumerate(ranks)]
+
+
+def test_a_straggler_is_a_rank_persistently_twice_as_busy_as_the_others():
+    found = heartbeat.stragglers(busy_beats((0.10, 8), (0.31, 8), (0.12, 8)))
+    assert [(s.rank, s.host, s.others_s) for s in found] == [(1, "h1", 0.11)]
+    assert found[0].describe() == ("straggler: rank 1 on h1 works 0.31 s a step, the others 0.11 s "
+                                   "(mean of its last 8 steps)")
+    assert heartbeat.stragglers(busy_beats((0.10, 8), (0.19, 8))) == []        # under twice
+    assert heartbeat.stragglers(busy_beats((0.001, 8), (0.04, 8))) == []       # 40x, but 39 ms: jitter
+    assert heartbeat.stragglers(busy_beats((0.10, 8), (0.90, 3))) == []        # 3 steps: not yet persistent
+    assert heartbeat.stragglers(busy_beats((0.90, 8))) == []                   # alone: nobody waits for it
+    assert heartbeat.stragglers(busy_beats((0.10, 8), (0.90, 8), (0.95, 8))) == []    # no norm to lag
+
+
 def test_hang_timeouts_are_validated_and_reach_the_plan(tmp_path):
     spec = json.loads(training_spec("t", "launcher.diagnose_train:main", {}))
     spec["stages"]["train"].update(hang_timeout=30, hang_timeout_save=300, hang_timeout_evaluate=900)
@@ -93,6 +131,11 @@ def test_hang_timeouts_are_validated_and_reach_the_plan(tmp_path):
     assert plan.stage("train").hang == HangTimeouts(step=30, start=HangTimeouts().start, save=300, evaluate=900)
     assert planner.Plan.from_json(json.loads(json.dumps(plan.to_json()))).stage("train").hang == \
         plan.stage("train").hang
+    # collectives wait the longest budget (here the start's) and a margin, unless the spec says
+    assert plan.stage("train").env["NFS_COLLECTIVE_TIMEOUT_S"] == f"{HangTimeouts().start + 60:g}"
+    spec["stages"]["train"].update(collective_timeout=45)
+    assert planner.build(load_spec(spec), str(tmp_path), "python").stage("train").env[
+        "NFS_COLLECTIVE_TIMEOUT_S"] == "45"
     spec["stages"]["train"].update(hang_timeout=1, hang_timeout_start="soon")
     with pytest.raises(SpecInvalid) as refused:
         load_spec(spec)
@@ -127,6 +170,12 @@ def test_a_frozen_rank_is_detected_dumped_and_restarted_a_slow_one_is_not(tmp_pa
     # Slow but alive: rank 1 takes 1.5 s more per step; heartbeats stay within the 5 s budget.
     slow = run_training(tmp_path, "slow", {"slow_rank": 1, "slow_seconds": 1.5})
     assert [a["state"] for a in ledger(slow)] == ["completed"]
+    # ... and named as the straggler with its host, in the API and in `status`
+    (stage,) = api.open_run(str(slow)).stages
+    assert len(stage.stragglers) == 1 and stage.stragglers[0].startswith(
+        f"straggler: rank 1 on {socket.gethostname()} works 1.5"), stage.stragglers
+    shown = launcher("status", str(slow), cwd=tmp_path)
+    assert stage.stragglers[0] in shown.stdout, shown.stdout
 
     # Frozen: rank 1 stops inside step 3 of the first attempt; rank 0 waits in the next collective.
     hung = run_training(tmp_path, "hung", {"hang_rank": 1, "hang_at_step": 3})

@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Mapping, MutableMapping
 
+from launcher import heartbeat
+
 if TYPE_CHECKING:
     import torch
 
+DEFAULT_COLLECTIVE_TIMEOUT_S = 1800.0     # without a plan (tools, tests): torch's own default
 DEFAULT_MASTER_ADDR = "127.0.0.1"
 DEFAULT_MASTER_PORT = 29500
 SLURM_PORT_BASE = 20000          # Slurm jobs without MASTER_PORT: base + job id % SLURM_PORT_SPAN
@@ -157,13 +160,21 @@ def resolve_device(device: str, local_rank: int) -> "torch.device":
     return torch.device(device)
 
 
-def init(device: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
+def collective_timeout_s(environ: Mapping[str, str]) -> float:
+    """How long a collective may wait for its peers before it errors: the plan's
+    NFS_COLLECTIVE_TIMEOUT_S (launcher.heartbeat.HangTimeouts.collective_s), else 30 minutes."""
+    return float(environ.get(heartbeat.COLLECTIVE_TIMEOUT_VARIABLE) or DEFAULT_COLLECTIVE_TIMEOUT_S)
+
+
+def init(device: str = "auto", timeout_s: float | None = None) -> DistEnv:
     """Join the job's process group (nccl on CUDA, gloo on CPU) and select this rank's device.
 
     Idempotent: a second call reuses the process group and its control group. The group exists
     for one process too, so collectives and `deepspeed.initialize` (which reuses it) work alike.
     With several ranks a gloo group for control messages is created once as well (collective:
-    all ranks call init).
+    all ranks call init). Both groups' collectives error after `timeout_s` (default:
+    `collective_timeout_s`), and on NCCL the async error handling (TORCH_NCCL_ASYNC_ERROR_HANDLING=1,
+    unless set) aborts a rank whose collective timed out, so a dead peer cannot block forever.
     """
     import torch
     import torch.distributed as dist
@@ -174,29 +185,32 @@ def init(device: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
     prepare_deepspeed_environ(os.environ)
     if torch_device.type == "cuda":
         torch.cuda.set_device(torch_device)
+    timeout = timedelta(seconds=timeout_s if timeout_s is not None else collective_timeout_s(os.environ))
     if not dist.is_initialized():
         _export_for_env_init(layout, os.environ)
+        if backend == "nccl":       # on gloo it is no help, and it hung a failed ZeRO-3 save's exit
+            os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         store = dist.HashStore() if layout.world_size == 1 else None
         dist.init_process_group(
             backend=backend,
             store=store,
             rank=layout.rank,
             world_size=layout.world_size,
-            timeout=timedelta(minutes=timeout_minutes),
+            timeout=timeout,
         )
     else:
         backend = dist.get_backend()
-    control_group = _gloo_control_group() if layout.world_size > 1 else None
+    control_group = _gloo_control_group(timeout) if layout.world_size > 1 else None
     return DistEnv(device=torch_device, backend=backend, control_group=control_group, **vars(layout))
 
 
 @functools.cache
-def _gloo_control_group() -> Any:
+def _gloo_control_group(timeout: timedelta) -> Any:
     """The process group's gloo companion, made on first use and kept while the group lives
     (torch's process group is per process, so its companion is too; `shutdown` forgets it)."""
     import torch.distributed as dist
 
-    return dist.new_group(backend="gloo")
+    return dist.new_group(backend="gloo", timeout=timeout)
 
 
 def single_process_env(device: str = "cpu") -> DistEnv:

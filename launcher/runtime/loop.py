@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
@@ -43,6 +44,7 @@ class StepLoop:
         self.checkpoints = checkpoint.CheckpointManager(ctx.checkpoint_dir, env, ctx.checkpoint)
         self.metrics = MetricsWriter(ctx, env, total_steps=total_steps)
         self.step = 0                   # steps done
+        self._evaluated = False         # the current step ran an evaluation (no straggler sample)
         self.heartbeat = heartbeat.Heartbeat(ctx.layout.heartbeat(ctx.shard_index, ctx.attempt, env.rank),
                                              env.rank)
         self.heartbeat.beat(0, heartbeat.STARTING)
@@ -58,10 +60,15 @@ class StepLoop:
     def steps(self) -> Iterator[int]:
         """Each step number to run (1-based: the steps done once it ends); after each, the end-of-step
         protocol. Raises StopForRequeue after the stop checkpoint is committed."""
+        first = self.step + 1           # its time includes compilation: not a straggler's sign
         while self.step < self.total_steps:
             self.step += 1
+            started, self._evaluated = time.monotonic(), False
             yield self.step
+            voting = time.monotonic()
             stopping = self.stop.agree(self.env)
+            if self.step > first and not self._evaluated:   # an evaluation may be rank 0's alone
+                self.heartbeat.took(voting - started, time.monotonic() - started)
             self.checkpoints.save_if_due(self.step, self.state, last_step=self.step == self.total_steps,
                                          stopping=stopping, prepare=self._saving)
             self.heartbeat.beat(self.step)
@@ -81,6 +88,7 @@ class StepLoop:
         """Around a task's evaluation (metrics, sample grids): the heartbeat's phase is
         `evaluating`, whose hang budget (`hang_timeout_evaluate`) is longer than a step's."""
         previous = self.heartbeat.record["phase"]
+        self._evaluated = True
         self.heartbeat.beat(self.step, heartbeat.EVALUATING)
         try:
             yield
