@@ -1,8 +1,9 @@
 """One torchrun rank of the reshard tests (tests/test_runtime_reshard.py): `diagnose.train` to
 STEPS in RUN's stage `train`, with the full state of the newest checkpoint gathered before
-(as this world size loads it) and after, each written by rank 0 as OUT/<start|end>-w<world>.pt.
+(as this world size loads it) and after, each written by rank 0 as OUT/<start|end>-w<world>.pt;
+PROBES (default "start,end") says which of the two to gather.
 
-    torchrun --nproc_per_node N tests/reshard_worker.py RUN CONFIG_JSON STEPS OUT
+    torchrun --nproc_per_node N tests/reshard_worker.py RUN CONFIG_JSON STEPS OUT [PROBES]
 """
 import json
 import sys
@@ -44,6 +45,7 @@ def gathered_state(cfg: diagnose_train.ToyConfig, ctx: TaskContext) -> dict:
 
 def main() -> None:
     run, config, steps, out = Path(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+    probes = (sys.argv[5] if len(sys.argv) > 5 else "start,end").split(",")
     torch.set_num_threads(1)
     ctx = TaskContext(run_dir=run, stage="train", config={**config, "steps": steps}, device="cpu",
                       checkpoint=CheckpointPolicy(every_steps=1000, keep_last=5))
@@ -54,7 +56,7 @@ def main() -> None:
     for phase in ("start", "end"):
         if phase == "end":
             diagnose_train.main(ctx)
-        if checkpoint.committed_steps(ctx.checkpoint_dir):
+        if phase in probes and checkpoint.committed_steps(ctx.checkpoint_dir):
             full = gathered_state(cfg, ctx)
             if env.is_main:
                 out.mkdir(parents=True, exist_ok=True)

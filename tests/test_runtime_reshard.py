@@ -25,10 +25,10 @@ ENGINES = {"ddp": {"engine": "ddp"},
            "zero3": {"engine": "deepspeed", "zero_stage": 3}}
 
 
-def torchrun(ranks: int, run: Path, config: dict, steps: int, out: Path) -> None:
+def torchrun(ranks: int, run: Path, config: dict, steps: int, out: Path, probes: str = "start,end") -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                           str(ranks), str(WORKER), str(run), json.dumps(config), str(steps), str(out)],
+                           str(ranks), str(WORKER), str(run), json.dumps(config), str(steps), str(out), probes],
                           env=env, timeout=300, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
 
@@ -48,7 +48,7 @@ def assert_same_state(after: dict, before: dict) -> None:
 @pytest.fixture(scope="module")
 def three_ranks_throughout(tmp_path_factory) -> dict[int, float]:
     run = tmp_path_factory.mktemp("reference")
-    torchrun(3, run / "run", {**BASE, "batch_size": TOTAL_BATCH // 3}, 12, run / "out")
+    torchrun(3, run / "run", {**BASE, "batch_size": TOTAL_BATCH // 3}, 12, run / "out", probes="none")
     return losses(run / "run")
 
 
@@ -57,8 +57,8 @@ def three_ranks_throughout(tmp_path_factory) -> dict[int, float]:
 def test_a_checkpoint_resumes_on_3_ranks_then_on_2_with_the_same_state_samples_and_losses(
         tmp_path, engine, three_ranks_throughout):
     run, config = tmp_path / "run", {**BASE, **ENGINES[engine]}
-    for phase, (ranks, steps) in enumerate([(2, 4), (3, 8), (2, 12)]):
-        torchrun(ranks, run, config, steps, tmp_path / f"phase-{phase}")
+    for phase, (ranks, steps, probes) in enumerate([(2, 4, "end"), (3, 8, "start,end"), (2, 12, "start")]):
+        torchrun(ranks, run, config, steps, tmp_path / f"phase-{phase}", probes)
 
     for phase, written_by, read_by, step in [(1, 2, 3, 4), (2, 3, 2, 8)]:
         before = torch.load(tmp_path / f"phase-{phase - 1}" / f"end-w{written_by}.pt")
