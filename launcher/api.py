@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ def _quiet(message: str) -> None:
 
 # -- specs ---------------------------------------------------------------------------------
 Overrides = Iterable[str] | Mapping[str, Any] | None   # ["k.path=v", ...] as --set, or {"k.path": v}
+RESOURCE_OVERRIDE = re.compile(r"^stages\.[^.=]+\.resources\.[^=]+=")   # what `resume --set` may change
 
 
 def override_list(overrides: Overrides) -> list[str]:
@@ -158,6 +160,7 @@ class StageStatus:
     checkpoint_step: int | None
     progress: str
     reason: str                 # the last attempt's error and reason, after any stragglers
+    world_sizes: str = "-"      # the ranks of each attempt, oldest first ("2,3": resumed on 3)
     stragglers: tuple[str, ...] = ()    # ranks of the newest attempt the others keep waiting for
 
 
@@ -213,8 +216,8 @@ class Run:
     def stages(self) -> list[StageStatus]:
         """Every stage's status, in dependency order (the rows of `launcher status RUN`)."""
         return [StageStatus(name, job, state, int(attempts), None if step == "-" else int(step), progress, reason,
-                            tuple(status.stragglers(self.dir, name)))
-                for name, job, state, attempts, step, progress, reason in status.stage_rows(self.dir)]
+                            ranks, tuple(status.stragglers(self.dir, name)))
+                for name, job, state, attempts, ranks, step, progress, reason in status.stage_rows(self.dir)]
 
     def states(self) -> dict[str, str]:
         return {s.name: s.state for s in self.stages}
@@ -299,10 +302,13 @@ class Run:
         self.dir.request_cancel()
         return Cancelled(backend.cancel(self.dir, plan), live=True)
 
-    def resume(self, fresh_start: Iterable[str] = (), detach: bool = True, echo: Echo = _quiet) -> "Run":
+    def resume(self, fresh_start: Iterable[str] = (), detach: bool = True, echo: Echo = _quiet,
+               overrides: Overrides = None) -> "Run":
         """`launcher resume`: restart every unfinished stage from its checkpoint. `fresh_start`
-        names stages allowed to start over when none of their checkpoints is usable. Raises
-        UnknownStage, or NotResumable while something of the run is alive."""
+        names stages allowed to start over when none of their checkpoints is usable;
+        `overrides` (`--set stages.S.resources.K=V` only) change stage resources first, e.g. the
+        nodes or processes per node: training resumes on the new world size (resharded on load).
+        Raises UnknownStage, SpecInvalid, or NotResumable while something of the run is alive."""
         fresh = list(fresh_start)
         unknown = sorted(set(fresh) - set(self.stage_names))
         if unknown:
@@ -311,6 +317,8 @@ class Run:
         live = self.live()
         if live:
             raise NotResumable(f"not resumed: {live}")
+        if overrides:
+            self._replan(override_list(overrides))
         self.dir.clear_cancel()
         for stage in fresh:
             self.dir.allow_fresh_start(stage)
@@ -319,6 +327,17 @@ class Run:
         return self
 
     # -- internals -----------------------------------------------------------------------
+    def _replan(self, settings: list[str]) -> None:
+        """The frozen spec with `settings` applied, validated as at submit, written back with the
+        plan built from it (each file atomically); only stage resources may change."""
+        foreign = [s for s in settings if not RESOURCE_OVERRIDE.match(s)]
+        if foreign:
+            raise NotResumable(f"not resumed: resume --set changes stage resources only "
+                               f"(stages.STAGE.resources.KEY=VALUE), not {', '.join(foreign)}")
+        job = load_spec(self.dir.layout.spec, settings, backend=self.plan.backend)
+        self.dir.write_spec(yaml.safe_dump(job.raw, sort_keys=False))
+        self.dir.write_plan(planner.build(job, str(self.dir.path), sys.executable))
+
     def _stage(self, name: str) -> str:
         if name not in self.stage_names:
             raise UnknownStage(f"run {self.id} has no stage {name!r} (stages: {', '.join(self.stage_names)})")

@@ -22,6 +22,7 @@ class AttemptRecord:
     nodes: str | None
     start: float
     checkpoint_step: int | None
+    world_size: int | None = None   # ranks of the attempt (a resume may change it: the reshard)
     state: str = "running"
     end: float | None = None
     exit_code: int | None = None

@@ -54,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh-start", metavar="STAGE", action="append", default=[],
                    help="let STAGE start over from step 0 when none of its checkpoints is usable")
     p.add_argument("--detach", action="store_true", help="local backend: run in the background")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a stage's resources first, e.g. --set stages.train.resources.nodes=2: "
+                        "training resumes on the new world size")
     p = sub.add_parser("report", help="write RUN/report.html: stages, attempt timeline, metrics plots, ETA")
     p.add_argument("run")
     sub.add_parser("list", help="runs under the run root")
@@ -168,7 +171,8 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    return _open(args).resume(args.fresh_start, detach=args.detach, echo=progress.Console()).exit_code
+    return _open(args).resume(args.fresh_start, detach=args.detach, echo=progress.Console(),
+                              overrides=args.overrides).exit_code
 
 
 def cmd_report(args) -> int:

@@ -4,6 +4,11 @@ cluster's checkpoints, stops and resumes end to end (the chaos tests and benchma
 An MLP with dropout learns a seeded regression under DDP or DeepSpeed ZeRO; every step draws
 from Python's, NumPy's and torch's generators and the data position is checkpointed, so a
 resumed run ends bitwise equal to an uninterrupted one (`final.json`'s digest).
+
+The samples of a step are a function of the step, not of the world size: the run's total batch
+(`batch_size` x the first attempt's ranks) is kept in the checkpoint, and a resume on another
+world size splits it anew (refused when the new world size does not divide it), continuing
+from the same global sample index.
 """
 from __future__ import annotations
 
@@ -30,10 +35,11 @@ class ToyConfig:
     seed: int = 0
     width: int = 32
     depth: int = 2                      # hidden Linear layers of width x width
-    batch_size: int = 8                 # per rank
+    batch_size: int = 8                 # per rank (of the first attempt: the total batch is kept)
     samples: int = 512
     lr: float = 1e-3
     dropout: float = 0.1
+    jitter: float = 0.01                # input noise from the per-rank generators (0: none)
     sleep_per_step: float = 0.0         # seconds, so a test can interrupt mid-run
     checkpoint_pause: float = 0.0       # seconds each checkpoint write lingers (kill-during-write tests)
     threads: int = 1
@@ -64,16 +70,18 @@ def main(ctx: TaskContext) -> None:
     try:
         engine = (DeepSpeedEngine if cfg.engine == "deepspeed" else DDPEngine)(cfg, build_model(cfg), env)
         inputs, targets = make_dataset(cfg)
-        progress = {"epoch": 0, "batch": 0}
+        progress = {"sample": 0, "total_batch": cfg.batch_size * env.world_size}
         state = {**engine.state, "rng": checkpoint.RNGState(), "progress": progress}
         if cfg.checkpoint_pause > 0:
             state["pause"] = SlowWrite(cfg.checkpoint_pause)
         with StepLoop(ctx, env, state, seed=cfg.seed, total_steps=cfg.steps) as loop:
             loop.restore()
+            per_rank = rank_batch(progress["total_batch"], env.world_size)
             for step in loop.steps():
                 index = batch_indices(cfg, env, progress)
-                loss = engine.train_step(jitter(inputs[index]).to(env.device), targets[index].to(env.device))
-                loop.metrics.log(step, items=cfg.batch_size * env.world_size, loss=loss)
+                loss = engine.train_step(jitter(inputs[index], cfg.jitter).to(env.device),
+                                         targets[index].to(env.device))
+                loop.metrics.log(step, items=per_rank * env.world_size, loss=global_mean(loss, env))
                 time.sleep(cfg.sleep_per_step + (cfg.slow_seconds if env.rank == cfg.slow_rank else 0.0))
                 if env.rank == cfg.hang_rank and step == cfg.hang_at_step and ctx.attempt == 0:
                     freeze()
@@ -105,23 +113,46 @@ def make_dataset(cfg: ToyConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, torch.sin(inputs @ weights) + 0.1 * torch.randn(cfg.samples, 1, generator=generator)
 
 
+class TotalBatchNotKept(ValueError):
+    """The run's total batch cannot be split evenly over the ranks of this attempt."""
+
+
+def rank_batch(total_batch: int, world_size: int) -> int:
+    """Each rank's share of the run's total batch; refused when `world_size` does not divide it."""
+    if total_batch % world_size:
+        raise TotalBatchNotKept(
+            f"the run's total batch of {total_batch} samples cannot be split evenly over {world_size} ranks, "
+            f"so resuming on {world_size} ranks would change the training; resume on a world size that divides "
+            f"{total_batch}")
+    return total_batch // world_size
+
+
 def batch_indices(cfg: ToyConfig, env: distributed.DistEnv, progress: dict) -> list[int]:
-    """This rank's sample indices at the position in `progress`, then advance the position."""
-    sampler = torch.utils.data.DistributedSampler(
-        range(cfg.samples), num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed,
-        drop_last=True)
-    sampler.set_epoch(progress["epoch"])
-    start = progress["batch"] * cfg.batch_size
-    progress["batch"] += 1
-    if progress["batch"] == len(sampler) // cfg.batch_size:
-        progress.update(epoch=progress["epoch"] + 1, batch=0)
-    return list(sampler)[start:start + cfg.batch_size]
+    """This rank's slice of the total batch at the global sample index in `progress`, then
+    advance the index by the total batch. Each epoch is a seeded permutation cut to whole
+    total batches, so which samples a step trains on does not depend on the world size."""
+    total = progress["total_batch"]
+    per_rank = rank_batch(total, env.world_size)
+    epoch, offset = divmod(progress["sample"], cfg.samples - cfg.samples % total)
+    order = torch.randperm(cfg.samples, generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+    progress["sample"] += total
+    start = offset + env.rank * per_rank
+    return order[start:start + per_rank]
 
 
-def jitter(inputs: torch.Tensor) -> torch.Tensor:
+def jitter(inputs: torch.Tensor, scale: float) -> torch.Tensor:
     """Noise from NumPy scaled by a factor from Python's `random`: exercises both generators."""
-    noise = torch.from_numpy(np.random.normal(0.0, 0.01, size=tuple(inputs.shape)).astype(np.float32))
+    noise = torch.from_numpy(np.random.normal(0.0, scale, size=tuple(inputs.shape)).astype(np.float32))
     return inputs + noise * random.uniform(0.5, 1.5)
+
+
+def global_mean(value: torch.Tensor, env: distributed.DistEnv) -> torch.Tensor:
+    """The mean of a per-rank scalar over the ranks (the loss of the total batch)."""
+    if not env.is_distributed:
+        return value
+    total = value.detach().clone()
+    torch.distributed.all_reduce(total)
+    return total / env.world_size
 
 
 class DDPEngine:

@@ -40,7 +40,7 @@ class StageView:
 
 def collect(run: RunDir) -> list[StageView]:
     plan = planner.load(run.path)
-    header = ["stage", "job", "state", "attempts", "ckpt step", "progress", "last reason"]
+    header = ["stage", "job", "state", "attempts", "ranks", "ckpt step", "progress", "last reason"]
     rows = {row[0]: dict(zip(header, row)) for row in status.stage_rows(run)}
     views = []
     for stage in plan.stages:

@@ -46,6 +46,13 @@ def stragglers(run: RunDir, stage: str) -> list[str]:
     return found
 
 
+def world_sizes(attempts: list[dict]) -> str:
+    """The ranks of each attempt of shard 0, oldest first ("2,3,2": resumed on 3 ranks, then on
+    2); "-" before the first attempt, "?" for an attempt recorded without it."""
+    sizes = [str(r.get("world_size") or "?") for r in attempts if r.get("shard", 0) == 0]
+    return ",".join(sizes[-8:]) if sizes else "-"
+
+
 def _last_reason(attempts: list[dict]) -> str:
     """The last attempt's reason, after its exception (type, message, where) when it failed."""
     if not attempts:
@@ -73,7 +80,7 @@ def stage_rows(run: RunDir) -> list[list[str]]:
         if slow:
             reason = "; ".join(slow) + ("; " + reason if reason else "")
         step = run.checkpoint_step(name)
-        rows.append([name, job, state, attempt_count(attempts), "-" if step is None else str(step),
+        rows.append([name, job, state, attempt_count(attempts), world_sizes(attempts), "-" if step is None else str(step),
                      stage_progress(run, stage, state), reason[:160]])
     return rows
 
@@ -82,7 +89,7 @@ def run_table(run: RunDir) -> str:
     head = f"run {run.run_id}  backend {planner.load(run.path).backend}  dir {run.path}"
     if run.cancel_requested:
         head += "  (cancel requested)"
-    table = _fmt_table(["stage", "job", "state", "attempts", "ckpt step", "progress", "last reason"],
+    table = _fmt_table(["stage", "job", "state", "attempts", "ranks", "ckpt step", "progress", "last reason"],
                        stage_rows(run))
     return head + "\n" + table + "\n" + report_line(run)
 

@@ -129,7 +129,7 @@ def _run_attempt(run: RunDir, stage: planner.StagePlan, shard: int, job_id: str,
     record = attempts.AttemptRecord(
         stage=stage.name, shard=shard, attempt=number, backend="slurm", job_id=job_id,
         nodes=os.environ.get("SLURM_JOB_NODELIST"), start=time.time(),
-        checkpoint_step=run.checkpoint_step(stage.name),
+        checkpoint_step=run.checkpoint_step(stage.name), world_size=stage.world_size,
         extra={"restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")), "step_command": step})
     record.write(run)
     print(f"[launcher.supervise] {stage.name} shard {shard} attempt {number} job {job_id}: "

@@ -61,13 +61,17 @@ def test_a_training_run_from_a_dict_is_waited_on_cancelled_resumed_and_its_metri
 
     with pytest.raises(api.UnknownStage, match="nosuch"):
         run.resume(fresh_start=["nosuch"])
+    with pytest.raises(api.NotResumable, match="stage resources only"):
+        run.resume(overrides={"stages.train.config.steps": 40})
     lines, handler = [], signal.getsignal(signal.SIGINT)
-    run.resume(detach=False, echo=lines.append)             # the supervisor in this process
+    run.resume(detach=False, echo=lines.append,             # the supervisor in this process,
+               overrides={"stages.train.resources.tasks_per_node": 1})     # on 1 rank instead of 2
     assert signal.getsignal(signal.SIGINT) is handler       # the caller's Ctrl-C is its own again
     assert "[train] attempt 1: completed -> completed (the task finished)" in lines, lines
     assert run.wait(timeout=5) == {"train": "completed"} and run.done() and not run.cancel_requested
     [stage] = run.stages
     assert (stage.name, stage.state, stage.attempts, stage.checkpoint_step) == ("train", "completed", 2, 30)
+    assert stage.world_sizes == "2,1" and "tasks_per_node: 1" in (run.path / "spec.yaml").read_text()
     assert stage.job.startswith("local:") and run.jobs() == {} and run.live() is None
     rows = run.metrics("train")
     assert steps(rows) == list(range(1, 31)) and all("loss" in row for row in rows)   # each step once

@@ -25,7 +25,7 @@ PIPELINE = """
 
 
 def status_row(status: str, stage: str) -> list[str]:
-    """The cells of `stage`'s row in `status RUN`'s table (stage, job, state, attempts, ...)."""
+    """The cells of `stage`'s row in `status RUN`'s table (stage, job, state, attempts, ranks, ...)."""
     return next(line.split() for line in status.splitlines() if line.split()[:1] == [stage])
 
 
@@ -103,6 +103,7 @@ def test_status_and_logs_show_a_finished_local_run(tmp_path):
     status = launcher("status", run.name, cwd=tmp_path, check=True).stdout
     assert status.count("completed") == 2
     assert status_row(status, "shards")[3] == "1"     # 4 shards that ran once each: not "attempts 4"
+    assert status_row(status, "shards")[4] == "1" and status_row(status, "reduce")[4] == "2"   # ranks
     logs = launcher("logs", run.name, "--stage", "reduce", "--rank", "1", cwd=tmp_path, check=True).stdout
     assert "reduce rank 1" in logs and "exit 0 (completed)" in logs
     nosuch = launcher("logs", run.name, "--stage", "nosuch", cwd=tmp_path)

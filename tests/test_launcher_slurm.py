@@ -120,9 +120,13 @@ def test_status_logs_cancel_and_resume_on_slurm(tmp_path):
     wait_until(lambda: not squeue_ids("t-ops.shards"), 60, "the job to leave the queue")
     assert len(processed_items(run, "shards")) < 40
     assert "cancel requested" in launcher("status", run.name, cwd=tmp_path, check=True).stdout
-    launcher("resume", run.name, cwd=tmp_path, check=True)
+    launcher("resume", run.name, "--set", "stages.shards.resources.cpus_per_task=1", cwd=tmp_path, check=True)
     wait_until(lambda: finished(run, "shards", shards=2), 180, "the resumed run")
     assert processed_items(run, "shards") == list(range(40))
+    assert "cpus_per_task: 1" in (run / "spec.yaml").read_text()         # resume --set re-planned the run
+    row = next(line.split() for line in launcher("status", run.name, cwd=tmp_path, check=True).stdout.splitlines()
+               if line.startswith("shards "))
+    assert row[4] == "1,1"                                               # the ranks of each attempt
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 how damage is detected and skipped, retention, async saves and the periodic trigger; and, on
 2 processes, that ZeRO-3 checkpoints are reproducible byte for byte.
 (Full disks and corrupt stages: tests/test_runtime_checkpoint_faults.py.)"""
+import dataclasses
 import errno
 import hashlib
 import json
@@ -110,6 +111,23 @@ def test_optimizer_scheduler_and_rng_files_hold_their_state_loadable_with_weight
     assert same(torch.load(folder / "optim.pt", weights_only=True), optimizer.state_dict())
     assert same(torch.load(folder / "sched.pt", weights_only=True), scheduler.state_dict())
     assert same(torch.load(folder / "rng.rank-00000.pt", weights_only=True), generators)
+
+
+def test_on_another_world_size_each_rank_gets_a_generator_stream_derived_from_the_checkpoint_and_its_rank(tmp_path):
+    """The saved streams belong to ranks of the old world size: every rank of the new one is
+    seeded from the checkpoint and its rank instead, the same way in every such resume."""
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    CheckpointManager(tmp_path, ENV).save(1, {"rng": RNGState()})
+    saved_stream = draws()
+    folder = tmp_path / "step-000001"
+
+    def draws_on(world_size: int, rank: int):
+        RNGState().load(folder, "rng", dataclasses.replace(ENV, world_size=world_size, rank=rank))
+        return draws()
+
+    assert draws_on(1, 0) == saved_stream                       # same world size: the saved stream
+    assert draws_on(2, 1) == draws_on(2, 1)                     # reproducible
+    assert len({repr(d) for d in (draws_on(2, 0), draws_on(2, 1), draws_on(3, 1), saved_stream)}) == 4
 
 
 @pytest.fixture

@@ -179,7 +179,7 @@ class LocalSupervisor:
         record = attempts.AttemptRecord(
             stage=stage.name, shard=shard, attempt=number, backend="local",
             job_id=f"local:{process.pid}", nodes=socket.gethostname(), start=time.time(),
-            checkpoint_step=self.run.checkpoint_step(stage.name))
+            checkpoint_step=self.run.checkpoint_step(stage.name), world_size=stage.world_size)
         record.write(self.run)
         watch = heartbeat.HangWatch(self.run.stage(stage.name).heartbeats(shard, number), stage.hang)
         return Attempt(record, process, watch)

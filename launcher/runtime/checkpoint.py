@@ -43,7 +43,7 @@ import torch.distributed as dist
 from launcher import checkpoint_health
 from launcher.atomic import fsync_dir, write_json, write_text
 from launcher.checkpoint_health import FRESH_START, QUARANTINE
-from launcher.runtime import checkpoint_files, rng
+from launcher.runtime import checkpoint_files, reshard, rng
 from launcher.runtime.checkpoint_files import Written
 from launcher.runtime.context import CheckpointPolicy
 from launcher.runtime.distributed import DistEnv
@@ -239,12 +239,17 @@ class RNGState:
         return _torch_save_writer(rng.capture(), f"{name}.rank-{env.rank:05d}.pt")
 
     def load(self, folder: Path, name: str, env: DistEnv) -> None:
-        path = folder / f"{name}.rank-{env.rank:05d}.pt"
-        if not path.exists():
-            log.warning("no RNG state for rank %d in %s (world size changed?); generators not restored",
-                        env.rank, folder)
+        manifest = read_manifest(folder)
+        written_by = manifest.get("world_size", env.world_size)
+        if written_by != env.world_size:
+            # The streams belonged to ranks that no longer exist: derive new ones from the
+            # checkpoint (rank 0's saved state) and this rank, the same in every such resume.
+            origin = manifest["files"][f"{name}.rank-00000.pt"]["sha256"]
+            rng.seed_derived(f"{origin}:{env.world_size}:{env.rank}")
+            log.info("world size %d -> %d: rank %d's generators derived from %s", written_by, env.world_size,
+                     env.rank, folder.name)
             return
-        rng.restore(torch.load(path, map_location="cpu", weights_only=True))
+        rng.restore(torch.load(folder / f"{name}.rank-{env.rank:05d}.pt", map_location="cpu", weights_only=True))
 
 
 class DeepSpeedState:
@@ -277,6 +282,20 @@ class DeepSpeedState:
         return write
 
     def load(self, folder: Path, name: str, env: DistEnv) -> None:
+        written_by = read_manifest(folder).get("world_size", env.world_size)
+        if written_by == env.world_size or not self.engine.zero_optimization():
+            self._load(folder, name)          # ZeRO-0 state is replicated: any world size loads it
+            return
+        with reshard.universal_copy(folder, name, env) as universal:
+            self.engine._config.load_universal_checkpoint = True
+            try:
+                self._load(universal, name)
+            finally:
+                self.engine._config.load_universal_checkpoint = False
+        log.info("ZeRO-%d state of %s resharded from %d to %d ranks", self.engine.zero_optimization_stage(),
+                 folder.name, written_by, env.world_size)
+
+    def _load(self, folder: Path, name: str) -> None:
         path, _ = self.engine.load_checkpoint(
             str(folder), tag=name, load_optimizer_states=True, load_lr_scheduler_states=True
         )
@@ -305,7 +324,8 @@ def zero_partition_padding(optimizer: Any) -> None:
         for master, flat, params, pads in zip(masters, low_precision, partitions, paddings):
             sizes = [getattr(p, "ds_numel", p.numel()) for p in params]
             ends = list(itertools.accumulate(sizes))
-            gaps = [(end - pad, pad) for end, pad in zip(ends, pads) if pad]
+            # a parameter smaller than the world size reports more padding than its partition holds
+            gaps = [(end - min(pad, size), min(pad, size)) for end, size, pad in zip(ends, sizes, pads) if pad]
             if not gaps:
                 continue
             for tensor in [master, flat, *inner_state.get(master, {}).values()]:
@@ -672,12 +692,13 @@ class CheckpointManager:
             fsync_dir(self.root)
 
     def _quarantine_unfinished(self) -> None:
-        """Move folders of interrupted saves to quarantine; finish interrupted retention deletes."""
+        """Move folders of interrupted saves to quarantine; finish interrupted retention deletes
+        and remove the conversion folders of interrupted reshards."""
         for path in sorted(self.root.iterdir()):
             if path.is_dir() and _UNFINISHED_DIR.match(path.name):
                 log.warning("moving unfinished checkpoint folder %s to %s/", path.name, QUARANTINE)
                 self._quarantine(path, "unfinished: the save was interrupted before its commit")
-            elif path.is_dir() and _BEING_DELETED_DIR.match(path.name):
+            elif (path.is_dir() and _BEING_DELETED_DIR.match(path.name)) or reshard.leftover(path):
                 shutil.rmtree(path)
 
     def _quarantine(self, folder: Path, reason: str) -> None:

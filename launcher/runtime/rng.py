@@ -6,6 +6,7 @@ generator. The capture holds only tensors, ints, floats, strings and lists, so i
 """
 from __future__ import annotations
 
+import hashlib
 import random
 
 import numpy as np
@@ -55,3 +56,12 @@ def seed_rank(seed: int, rank: int) -> None:
     random.seed(seed * 1000 + rank)
     np.random.seed(seed * 1000 + rank)
     torch.manual_seed(seed * 1000 + rank + 1)
+
+
+def seed_derived(text: str) -> None:
+    """Seed the global generators from `text` (sha256): a stream that is the same whenever the
+    same text is given, for ranks whose saved stream cannot be used (the world size changed)."""
+    seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed + 1)
