@@ -121,6 +121,11 @@ def row(name: str, r: dict) -> tuple[str, str]:
             f"(max {r['landmark_error_px_max']:.3f}){photo}")
 
 
+def show(name: str, value: str) -> None:
+    """One row of the table, printed as it comes (a slow later part cannot hide earlier ones)."""
+    print(f"{name:<56}  {value}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/preprocess-<accelerator>.json")
@@ -138,20 +143,20 @@ def main() -> None:
     torch.set_num_threads(1)
     model = bfm.from_arrays(template.build("random", grid=40, seed=0), args.device)
     results = {"device": args.device, "threads": 1}
-    rows = []
     if "alignment" in parts:
         results["alignment"] = r = bench_alignment()
-        rows.append(("alignment (load+detect+68 pts+crop)", f"{r['items_per_s_per_core']:.1f} items/s/core"))
+        show("alignment (load+detect+68 pts+crop)", f"{r['items_per_s_per_core']:.1f} items/s/core")
     if "audio" in parts:
         results["audio"] = r = bench_audio()
-        rows.append(("audio (load+mel+windows, ~3 s clips)", f"{r['items_per_s_per_core']:.1f} items/s/core"))
+        show("audio (load+mel+windows, ~3 s clips)", f"{r['items_per_s_per_core']:.1f} items/s/core")
     if "fit3dmm" in parts:
         results["fit3dmm"] = r = bench_fitting(model, args.device, FitConfig(), args.clips, args.frames)
-        rows.append(row("fit3dmm", r))
+        show(*row("fit3dmm", r))
     if "reference" in parts:
         results["reference"] = r = bench_fitting(model, args.device, REFERENCE, 1, args.reference_frames)
         results["reference_clip_default"] = d = bench_fitting(model, args.device, FitConfig(), 1, args.reference_frames)
-        rows += [row("reference (lbfgs 1000+500)", r), row("same clip, default", d)]
+        show(*row("reference (lbfgs 1000+500)", r))
+        show(*row("same clip, default", d))
     if "photometric" in parts:
         model = bfm.from_arrays(template.build("random", grid=args.photometric_grid, seed=0), args.device)
         try:
@@ -159,17 +164,15 @@ def main() -> None:
             fast = FitConfig(solver="lbfgs", photometric=True, renderer="nvdiffrast")
             results["photometric_nvdiffrast"] = r = bench_fitting(model, args.device, fast, args.photometric_clips,
                                                                   args.frames, render=True)
+            show(*row("photometric, nvdiffrast", r))
             results["photometric_clips_landmarks_only"] = d = bench_fitting(
                 model, args.device, FitConfig(), args.photometric_clips, args.frames, render=True)
-            rows += [row("photometric, nvdiffrast", r), row("same clips, landmarks only", d)]
+            show(*row("same clips, landmarks only", d))
         except renderers.RendererUnavailable as why:
-            rows.append(("3DMM photometric, nvdiffrast", f"skipped: {why}"))
+            show("3DMM photometric, nvdiffrast", f"skipped: {why}")
         cfg = FitConfig(solver="lbfgs", photometric=True, renderer="torch")
         results["photometric"] = r = bench_fitting(model, args.device, cfg, 1, args.photometric_frames, render=True)
-        rows.append(row("photometric, torch rasterizer", r))
-    width = max(len(r[0]) for r in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}", flush=True)
+        show(*row("photometric, torch rasterizer", r))
     bench_report.write("preprocess", {**bench_report.metadata({k: str(v) for k, v in vars(args).items()}), **results},
                        args.out)
 
