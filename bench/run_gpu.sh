@@ -5,6 +5,7 @@
 #   bash bench/run_gpu.sh                          # all of them
 #   bash bench/run_gpu.sh audio2nerf generate      # a subset, in this order
 #   bash bench/run_gpu.sh tests                    # the GPU-only tests (pytest -m gpu)
+#   bash bench/run_gpu.sh nvdiffrast tests photometric   # build nvdiffrast first (carry .gpu/nvdiffrast-src)
 #   PRESETS=paper256 bash bench/run_gpu.sh stylenerf-fast   # compiled + CUDA graphs: its own call
 #
 # The machine has torch but not every package we use: wheels for the missing ones travel in
@@ -49,13 +50,14 @@ run_one() {
         generate)   bench generate 30 python3 bench/generate_bench.py --device cuda --out "$OUT/generate-gpu.json" ;;
         preprocess) bench preprocess 40 python3 bench/preprocess_bench.py --device cuda --parts fit3dmm,reference \
                         --clips 8 --frames 250 --out "$OUT/preprocess-gpu.json" ;;
+        nvdiffrast) bench nvdiffrast 300 bash bench/build_nvdiffrast.sh ;;   # the wheel, when .whl/runtime/ has none
         photometric)   # needs nvdiffrast (.whl/runtime/); BFM09-sized synthetic mesh
                     bench photometric 180 python3 bench/preprocess_bench.py --device cuda --parts photometric \
                         --frames 250 --photometric-clips 2 --photometric-frames 8 --photometric-grid 236 \
                         --out "$OUT/preprocess-photometric-gpu.json" ;;
         checkpoint) bench checkpoint 90 python3 bench/checkpoint_bench.py --repeats 1 --output "$OUT/checkpoint-gpu.json" ;;
         launcher)   bench launcher 70 python3 bench/launcher_bench.py --device cuda --repeats 1 --output "$OUT/launcher-gpu.json" ;;
-        *) echo "unknown benchmark $1 (tests stylenerf stylenerf-fast audio2nerf generate preprocess photometric checkpoint launcher)"; return 2 ;;
+        *) echo "unknown benchmark $1 (nvdiffrast tests stylenerf stylenerf-fast audio2nerf generate preprocess photometric checkpoint launcher)"; return 2 ;;
     esac
 }
 

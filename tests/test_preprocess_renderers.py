@@ -70,3 +70,15 @@ def test_torch_rasterizer_is_rasterize_then_interpolate():
     expected_id, bary = render.rasterize(screen, triangles, 16)
     torch.testing.assert_close(tri_id, expected_id)
     torch.testing.assert_close(image, render.interpolate(torch.eye(3)[None], triangles, expected_id, bary))
+
+
+def test_nvdiffrast_gets_pixel_centres_unflipped_w_one_and_depth_order_kept():
+    """nvdiffrast's pixel j (row i) is centred at clip (2j + 1) / S - 1: screen (x = j, y = i),
+    the torch rasterizer's centre, must land there, nearer depths lower, all w = 1."""
+    from nerffacespeech.preprocess.render_nvdiffrast import clip_space
+
+    screen = torch.tensor([[[0.0, 0.0, 9.0], [15.0, 3.0, 11.0], [7.5, 15.0, 10.0]]])
+    clip = clip_space(screen, 16)
+    torch.testing.assert_close(clip[0, :, :2], torch.tensor([[-15 / 16, -15 / 16], [15 / 16, -9 / 16], [0.0, 15 / 16]]))
+    assert clip[0, 0, 2] < clip[0, 2, 2] < clip[0, 1, 2] and clip[..., 2].abs().max() < 1
+    assert (clip[..., 3] == 1).all()

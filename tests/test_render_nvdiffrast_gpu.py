@@ -2,7 +2,9 @@
 the same errors with either (issue 22).
 
 GPU only (CI has neither a GPU nor nvdiffrast): `bash bench/run_gpu.sh tests` runs this file on
-the GPU machine, where nvdiffrast comes from the wheel in .whl/runtime/ (docs/PREPROCESSING.md).
+the GPU machine, where nvdiffrast comes from the wheel in .whl/runtime/ or is built first
+(`bash bench/run_gpu.sh nvdiffrast tests`; docs/PREPROCESSING.md). Skipped, saying so, where
+it is not installed.
 Antialiasing is off in both (the fit uses none), so the two agree up to float rounding wherever
 they pick the same triangle. They may pick differently only for pixel centres on or next to an
 edge (nvdiffrast rasterizes fixed-point vertex positions with a top-left fill rule; the torch one
@@ -10,13 +12,17 @@ tests float barycentrics, edges included) or where two depths tie.
 """
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
 from nerffacespeech.configs.preprocess import FitConfig
 from nerffacespeech.preprocess import bfm, fit3dmm, renderers, template
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+              pytest.mark.skipif(importlib.util.find_spec("nvdiffrast") is None,
+                                 reason="nvdiffrast is not installed: bash bench/run_gpu.sh nvdiffrast tests")]
 
 SIZE = 224
 
