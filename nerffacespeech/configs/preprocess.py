@@ -81,7 +81,7 @@ class PreprocessConfig:
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """The settings that change what is written for an item (paths, budgets and the renderer,
-        whose backends agree to float precision: tests/test_render_nvdiffrast_gpu.py, excluded)."""
+        whose backends render the same: tests/test_render_nvdiffrast_gpu.py, excluded)."""
         return {"resolution": self.resolution, "fps": self.fps, "landmarker": self.landmarker,
                 "smooth_sigma_frames": self.smooth_sigma_frames, "image_format": self.image_format,
                 "min_side": self.min_side, "audio_sample_rates": list(self.audio_sample_rates),

@@ -1,7 +1,7 @@
 """Which rasterizer the photometric fit uses: `renderer: auto | nvdiffrast | torch`.
 
 `auto` takes nvdiffrast on a CUDA device where it imports and works, else the pure-PyTorch one;
-on a CUDA device that fallback is a warning (the fit is then ~100x slower), never an error.
+on a CUDA device that fallback is a warning (the fit is then much slower), never an error.
 Asking for `nvdiffrast` where it cannot run is an error that says why.
 """
 from __future__ import annotations
