@@ -24,7 +24,7 @@ import torch
 from nerffacespeech.configs.preprocess import FitConfig
 from nerffacespeech.data.processed import COEFF_SLICES
 
-from . import bfm, landmark_fit, renderers
+from . import bfm, landmark_fit, render, renderers
 from .bfm import MorphableModel
 
 # Deep3DFaceRecon's loss weights (landmarks, photometric, priors) and landmark emphasis.
@@ -43,7 +43,7 @@ class FaceModel:
         self.m = model
         self.size = size
         self.focal = bfm.FOCAL_AT_224 * size / 224
-        self.rasterizer = rasterizer if rasterizer is not None else renderers.choose("torch", "cpu")
+        self.rasterizer = rasterizer if rasterizer is not None else render.TorchRasterizer()
 
     def shape(self, id_: torch.Tensor, exp: torch.Tensor) -> torch.Tensor:
         offset = id_ @ self.m.id_base.T + exp @ self.m.exp_base.T
