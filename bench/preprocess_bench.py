@@ -8,8 +8,10 @@ Fitting (`fit3dmm`: the default `lm` solver) fits clips of a synthetic face turn
 after one warm-up clip, and reports frames/s and landmark error (px at 224, exact landmarks);
 `reference` fits one clip with L-BFGS for 1000 rigid + 500 non-rigid iterations on the anchors
 and 500 per batch of frames, and the same clip with the default solver: the error the fast path
-must match; `photometric`
-adds the rendered skin-masked photometric loss (L-BFGS, default steps).
+must match; `photometric` adds the rendered skin-masked photometric loss (L-BFGS, default
+steps), with nvdiffrast (`--photometric-clips` clips of `--frames` frames; skipped where it does
+not run) and with the pure-PyTorch rasterizer (one clip of `--photometric-frames`), then fits
+the nvdiffrast clips with the landmark-only default: landmark and photometric error of both.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import torch
 
 import report as bench_report
 from nerffacespeech.configs.preprocess import FitConfig
-from nerffacespeech.preprocess import bfm, fit3dmm, template
+from nerffacespeech.preprocess import bfm, fit3dmm, renderers, template
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
@@ -84,29 +86,44 @@ def synthetic_clip(model, face, frames: int, seed: int, device: str, render: boo
 
 
 def bench_fitting(model, device: str, cfg: FitConfig, clips: int, frames: int, render: bool = False) -> dict:
-    """Fit `clips` clips of `frames` frames each after a short warm-up clip; frames/s and landmark error."""
-    face = fit3dmm.FaceModel(model, cfg.fit_size)
+    """Fit `clips` clips of `frames` frames each after a short warm-up clip; frames/s and landmark
+    error, and with `render` the photometric error of the fitted faces against the crops."""
+    face = fit3dmm.FaceModel(model, cfg.fit_size, renderers.choose("auto", device) if render else None)
     data = [synthetic_clip(model, face, frames, seed, device, render) for seed in range(clips)]
     warm_up = FitConfig(solver=cfg.solver, photometric=cfg.photometric, rigid_steps=5, nonrigid_steps=5,
-                        warm_steps=5)                       # the same kernels, allocator and caches
+                        warm_steps=5, renderer=cfg.renderer)   # the same kernels, allocator and caches
     fit3dmm.ClipFitter(model, warm_up, device).fit(*synthetic_clip(model, face, 16, clips, device, render))
     fitter = fit3dmm.ClipFitter(model, cfg, device)
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    errors = [fitter.fit(*clip).landmark_error for clip in data]
+    results = [fitter.fit(*clip) for clip in data]
     seconds = time.perf_counter() - start                   # fit() returns host arrays: synced
-    errors = np.concatenate(errors)
-    return {"clips": clips, "frames_per_clip": frames, "seconds": seconds,
-            "frames_per_s": clips * frames / seconds, "device": device, "solver": cfg.solver,
-            "photometric": cfg.photometric, "vertices": model.n_vertices,
-            "landmark_error_px_mean": float(errors.mean()), "landmark_error_px_max": float(errors.max())}
+    errors = np.concatenate([r.landmark_error for r in results])
+    out = {"clips": clips, "frames_per_clip": frames, "seconds": seconds,
+           "frames_per_s": clips * frames / seconds, "device": device, "solver": cfg.solver,
+           "photometric": cfg.photometric, "renderer": fitter.face.rasterizer.name if cfg.photometric else None,
+           "vertices": model.n_vertices, "triangles": int(model.triangles.shape[0]),
+           "landmark_error_px_mean": float(errors.mean()), "landmark_error_px_max": float(errors.max())}
+    if render:
+        with torch.no_grad():
+            photo = [face.photometric_error(bfm.split(torch.as_tensor(r.coeffs, device=device)),
+                                            torch.as_tensor(crops, device=device).float() / 255)
+                     for r, (crops, _) in zip(results, data)]
+        out["photometric_error_mean"] = float(torch.cat(photo).mean())
+    return out
 
 
 def row(name: str, r: dict) -> tuple[str, str]:
+    photo = f", photometric {r['photometric_error_mean']:.4f}" if "photometric_error_mean" in r else ""
     return (f"3DMM {name} ({r['device']}, {r['clips']}x{r['frames_per_clip']} frames)",
             f"{r['frames_per_s']:.2f} frames/s, err {r['landmark_error_px_mean']:.3f} px "
-            f"(max {r['landmark_error_px_max']:.3f})")
+            f"(max {r['landmark_error_px_max']:.3f}){photo}")
+
+
+def show(name: str, value: str) -> None:
+    """One row of the table, printed as it comes (a slow later part cannot hide earlier ones)."""
+    print(f"{name:<56}  {value}", flush=True)
 
 
 def main() -> None:
@@ -117,33 +134,45 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--frames", type=int, default=64, help="frames per clip (250: a 10 s video)")
     parser.add_argument("--reference-frames", type=int, default=64)
-    parser.add_argument("--photometric-frames", type=int, default=4)
+    parser.add_argument("--photometric-frames", type=int, default=4, help="the torch rasterizer's clip")
+    parser.add_argument("--photometric-clips", type=int, default=1, help="nvdiffrast's clips (of --frames)")
+    parser.add_argument("--photometric-grid", type=int, default=40,
+                        help="the synthetic mesh's grid for the photometric rows (236: BFM09's ~35k vertices)")
     args = parser.parse_args()
     parts = args.parts.split(",")
     torch.set_num_threads(1)
     model = bfm.from_arrays(template.build("random", grid=40, seed=0), args.device)
     results = {"device": args.device, "threads": 1}
-    rows = []
     if "alignment" in parts:
         results["alignment"] = r = bench_alignment()
-        rows.append(("alignment (load+detect+68 pts+crop)", f"{r['items_per_s_per_core']:.1f} items/s/core"))
+        show("alignment (load+detect+68 pts+crop)", f"{r['items_per_s_per_core']:.1f} items/s/core")
     if "audio" in parts:
         results["audio"] = r = bench_audio()
-        rows.append(("audio (load+mel+windows, ~3 s clips)", f"{r['items_per_s_per_core']:.1f} items/s/core"))
+        show("audio (load+mel+windows, ~3 s clips)", f"{r['items_per_s_per_core']:.1f} items/s/core")
     if "fit3dmm" in parts:
         results["fit3dmm"] = r = bench_fitting(model, args.device, FitConfig(), args.clips, args.frames)
-        rows.append(row("fit3dmm", r))
+        show(*row("fit3dmm", r))
     if "reference" in parts:
         results["reference"] = r = bench_fitting(model, args.device, REFERENCE, 1, args.reference_frames)
         results["reference_clip_default"] = d = bench_fitting(model, args.device, FitConfig(), 1, args.reference_frames)
-        rows += [row("reference (lbfgs 1000+500)", r), row("same clip, default", d)]
+        show(*row("reference (lbfgs 1000+500)", r))
+        show(*row("same clip, default", d))
     if "photometric" in parts:
-        cfg = FitConfig(solver="lbfgs", photometric=True)
+        model = bfm.from_arrays(template.build("random", grid=args.photometric_grid, seed=0), args.device)
+        try:
+            renderers.nvdiffrast(args.device)
+            fast = FitConfig(solver="lbfgs", photometric=True, renderer="nvdiffrast")
+            results["photometric_nvdiffrast"] = r = bench_fitting(model, args.device, fast, args.photometric_clips,
+                                                                  args.frames, render=True)
+            show(*row("photometric, nvdiffrast", r))
+            results["photometric_clips_landmarks_only"] = d = bench_fitting(
+                model, args.device, FitConfig(), args.photometric_clips, args.frames, render=True)
+            show(*row("same clips, landmarks only", d))
+        except renderers.RendererUnavailable as why:
+            show("3DMM photometric, nvdiffrast", f"skipped: {why}")
+        cfg = FitConfig(solver="lbfgs", photometric=True, renderer="torch")
         results["photometric"] = r = bench_fitting(model, args.device, cfg, 1, args.photometric_frames, render=True)
-        rows.append(row("photometric (lbfgs)", r))
-    width = max(len(r[0]) for r in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}", flush=True)
+        show(*row("photometric, torch rasterizer", r))
     bench_report.write("preprocess", {**bench_report.metadata({k: str(v) for k, v in vars(args).items()}), **results},
                        args.out)
 

@@ -7,6 +7,7 @@
 #   bash bench/run_gpu.sh audio2nerf generate      # a subset, in this order
 #   bash bench/run_gpu.sh tests                    # the GPU-only tests (pytest -m gpu)
 #   bash bench/run_gpu.sh ada                      # ADA against no augmentation (420 s; docs/STYLENERF.md)
+#   bash bench/run_gpu.sh nvdiffrast tests photometric   # build nvdiffrast first (carry .gpu/nvdiffrast-src)
 #   PRESETS=paper256 bash bench/run_gpu.sh stylenerf-fast   # compiled + CUDA graphs: its own call
 #
 # The machine has torch but not every package we use: wheels for the missing ones travel in
@@ -38,7 +39,7 @@ bench() {   # name, seconds, command...
 run_one() {
     case $1 in
         tests)      bench tests 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_stylenerf_cuda_graphs.py \
-                        tests/test_runtime_checkpoint.py ;;
+                        tests/test_runtime_checkpoint.py tests/test_render_nvdiffrast_gpu.py ;;
         stylenerf)  bench stylenerf 225 python3 bench/stylenerf_bench.py --device cuda --budget 210 --batch auto \
                         --out "$OUT/stylenerf-gpu.json" ;;
         stylenerf-fast)   # training's GPU defaults: compiled blocks, CUDA-graphed regularisers (~2 min compiling per row)
@@ -58,9 +59,14 @@ run_one() {
         generate)   bench generate 30 python3 bench/generate_bench.py --device cuda --out "$OUT/generate-gpu.json" ;;
         preprocess) bench preprocess 40 python3 bench/preprocess_bench.py --device cuda --parts fit3dmm,reference \
                         --clips 8 --frames 250 --out "$OUT/preprocess-gpu.json" ;;
+        nvdiffrast) bench nvdiffrast 300 bash bench/build_nvdiffrast.sh ;;   # the wheel, when .whl/runtime/ has none
+        photometric)   # needs nvdiffrast (.whl/runtime/); BFM09-sized synthetic mesh
+                    bench photometric 180 python3 bench/preprocess_bench.py --device cuda --parts photometric \
+                        --frames 250 --photometric-clips 2 --photometric-frames 8 --photometric-grid 236 \
+                        --out "$OUT/preprocess-photometric-gpu.json" ;;
         checkpoint) bench checkpoint 120 python3 bench/checkpoint_bench.py --repeats 1 --output "$OUT/checkpoint-gpu.json" ;;
         launcher)   bench launcher 70 python3 bench/launcher_bench.py --device cuda --repeats 1 --output "$OUT/launcher-gpu.json" ;;
-        *) echo "unknown benchmark $1 (tests stylenerf stylenerf-fast stylenerf-resume ada audio2nerf generate preprocess checkpoint launcher)"; return 2 ;;
+        *) echo "unknown benchmark $1 (nvdiffrast tests stylenerf stylenerf-fast stylenerf-resume ada audio2nerf generate preprocess photometric checkpoint launcher)"; return 2 ;;
     esac
 }
 

@@ -15,6 +15,7 @@ LANDMARKERS = ("auto", "fan", "dlib")
 IMAGE_FORMATS = ("png", "jpg")
 SYNTHETIC_BFM = "synthetic"
 SOLVERS = ("lm", "lbfgs")
+RENDERERS = ("auto", "nvdiffrast", "torch")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class FitConfig:
     batch_frames: int = 32
     photometric: bool = False            # add the skin-masked photometric loss (slow on CPU)
     fit_size: int = 224                  # the fitting image size (Deep3DFaceRecon uses 224)
+    renderer: str = "auto"               # photometric rasterizer: auto (nvdiffrast on CUDA where it
+                                         # imports, else torch), nvdiffrast, torch
 
 
 NESTED = {"fit3dmm": FitConfig}          # the config's fields that are dataclasses of their own
@@ -77,14 +80,15 @@ class PreprocessConfig:
             self.pretrained_root() / "BFM09_model_info.mat"
 
     def fingerprint_fields(self) -> dict[str, Any]:
-        """The settings that change what is written for an item (paths and budgets excluded)."""
+        """The settings that change what is written for an item (paths, budgets and the renderer,
+        whose backends render the same: tests/test_render_nvdiffrast_gpu.py, excluded)."""
         return {"resolution": self.resolution, "fps": self.fps, "landmarker": self.landmarker,
                 "smooth_sigma_frames": self.smooth_sigma_frames, "image_format": self.image_format,
                 "min_side": self.min_side, "audio_sample_rates": list(self.audio_sample_rates),
                 "silence_dbfs": self.silence_dbfs, "max_av_mismatch_frames": self.max_av_mismatch_frames,
                 "max_bad_frame_fraction": self.max_bad_frame_fraction, "max_frame_gap": self.max_frame_gap,
                 "fit3dmm": {f.name: getattr(self.fit3dmm, f.name) for f in fields(FitConfig)
-                            if f.name != "bfm_path"},
+                            if f.name not in ("bfm_path", "renderer")},
                 **({"face_model": SYNTHETIC_BFM} if self.synthetic_face_model else {})}
 
     @classmethod
@@ -191,6 +195,8 @@ def _semantic_problems(cfg: PreprocessConfig) -> list[tuple[str, str]]:
         out.append(("fit3dmm.solver", f"must be one of {', '.join(SOLVERS)}, got {fit.solver!r}"))
     elif fit.photometric and fit.solver != "lbfgs":
         out.append(("fit3dmm.solver", "the photometric loss needs solver: lbfgs"))
+    if fit.renderer not in RENDERERS:
+        out.append(("fit3dmm.renderer", f"must be one of {', '.join(RENDERERS)}, got {fit.renderer!r}"))
     if fit.lm_steps < 1:
         out.append(("fit3dmm.lm_steps", "must be at least 1"))
     for name in ("rigid_steps", "nonrigid_steps", "warm_steps"):

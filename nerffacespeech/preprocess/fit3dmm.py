@@ -24,7 +24,7 @@ import torch
 from nerffacespeech.configs.preprocess import FitConfig
 from nerffacespeech.data.processed import COEFF_SLICES
 
-from . import bfm, landmark_fit, render
+from . import bfm, landmark_fit, render, renderers
 from .bfm import MorphableModel
 
 # Deep3DFaceRecon's loss weights (landmarks, photometric, priors) and landmark emphasis.
@@ -36,12 +36,14 @@ SH_INIT = torch.tensor([0.8, 0, 0, 0, 0, 0, 0, 0, 0])
 
 
 class FaceModel:
-    """The morphable model as differentiable functions of coefficients."""
+    """The morphable model as differentiable functions of coefficients; `rasterizer` renders it
+    (`renderers.choose`; default: the pure-PyTorch one)."""
 
-    def __init__(self, model: MorphableModel, size: int):
+    def __init__(self, model: MorphableModel, size: int, rasterizer=None):
         self.m = model
         self.size = size
         self.focal = bfm.FOCAL_AT_224 * size / 224
+        self.rasterizer = rasterizer if rasterizer is not None else render.TorchRasterizer()
 
     def shape(self, id_: torch.Tensor, exp: torch.Tensor) -> torch.Tensor:
         offset = id_ @ self.m.id_base.T + exp @ self.m.exp_base.T
@@ -95,10 +97,16 @@ class FaceModel:
         verts = self.shape(coeffs["id"], coeffs["exp"])
         screen = self.to_screen(verts, coeffs["angles"], coeffs["trans"])
         colour = self.shade(self.texture(coeffs["tex"]), self.normals(verts), coeffs["gamma"], coeffs["angles"])
-        tri_id, bary = render.rasterize(screen, self.m.triangles, self.size)
         skin = self.m.skin_mask[None, :, None].expand(len(verts), -1, 1)
-        attrs = render.interpolate(torch.cat([colour, skin], -1), self.m.triangles, tri_id, bary)
+        attrs, tri_id = self.rasterizer(screen, self.m.triangles, self.size, torch.cat([colour, skin], -1))
         return attrs[..., :3], attrs[..., 3] * (tri_id >= 0)
+
+    def photometric_error(self, coeffs: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        """(B,) mean colour distance (RGB in [0, 1]) over the rendered skin, Deep3DFaceRecon's
+        photometric term, for (B, S, S, 3) images."""
+        rendered, skin = self.render(coeffs)
+        diff = (rendered - images).norm(dim=-1) * skin
+        return diff.sum((1, 2)) / skin.sum((1, 2)).clamp(min=1)
 
 
 @dataclass
@@ -115,7 +123,8 @@ class ClipFitter:
             raise ValueError("the photometric loss needs solver lbfgs")
         self.device = torch.device(device)
         self.cfg = cfg
-        self.face = FaceModel(model.to(self.device), cfg.fit_size)
+        rasterizer = renderers.choose(cfg.renderer, self.device) if cfg.photometric else None
+        self.face = FaceModel(model.to(self.device), cfg.fit_size, rasterizer)
         self.photometric = cfg.photometric
 
     def fit(self, crops: np.ndarray, landmarks: np.ndarray) -> FitResult:
@@ -195,9 +204,7 @@ class ClipFitter:
         loss = loss + W_ID * coeffs["id"].pow(2).sum(-1).mean() + W_EXP * coeffs["exp"].pow(2).sum(-1).mean() \
             + W_TEX * coeffs["tex"].pow(2).sum(-1).mean()
         if photometric:
-            rendered, skin = self.face.render(coeffs)
-            diff = (rendered - images).norm(dim=-1) * skin
-            loss = loss + W_PHOTO * 1e3 * diff.sum((1, 2)).div(skin.sum((1, 2)).clamp(min=1)).mean()
+            loss = loss + W_PHOTO * 1e3 * self.face.photometric_error(coeffs, images).mean()
             gamma = coeffs["gamma"].reshape(-1, 3, 9)
             loss = loss + W_GAMMA * (gamma - gamma.mean(1, keepdim=True)).pow(2).mean()
         return loss

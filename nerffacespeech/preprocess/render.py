@@ -1,5 +1,8 @@
 """Triangle rasterization for the 3DMM photometric loss, in pure PyTorch (CPU or GPU).
 
+`TorchRasterizer` is the backend every device has; `render_nvdiffrast` is the fast one on CUDA
+(`renderers.choose` picks).
+
 Which triangle covers each pixel is found without gradients (a z-buffer built with
 scatter_reduce); the barycentric weights of that pixel are then recomputed from the vertex
 positions with gradients, so colours and positions both receive them, as with nvdiffrast's
@@ -11,6 +14,19 @@ from __future__ import annotations
 import torch
 
 CHUNK_ELEMENTS = 4_000_000       # bounds the memory of one z-buffer pass
+
+
+class TorchRasterizer:
+    """Rasterize + interpolate in one call, the interface both backends share."""
+
+    name = "torch"
+
+    def __call__(self, screen: torch.Tensor, triangles: torch.Tensor, size: int,
+                 attributes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S, S, C) interpolated `attributes` (B, N, C) and the (B, S, S) triangle id per
+        pixel (-1 where empty) of `screen` (B, N, 3) as in `rasterize`."""
+        tri_id, bary = rasterize(screen, triangles, size)
+        return interpolate(attributes, triangles, tri_id, bary), tri_id
 
 
 def rasterize(screen: torch.Tensor, triangles: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
