@@ -13,7 +13,8 @@ FACES = "data/sample/faces/lfw"     # the StyleNeRF specs' data/processed exists
 SPEECH = "data/sample/audio/astronaut/00001.wav"   # pipeline.yaml's data/raw/test_audio.wav too
 # audio2nerf_8gpu.yaml reads other runs' outputs: a folder and a random generator stand in
 A2N = ["--set", "stages.train.config.data=data/sample", "--set", "stages.train.config.generator=random"]
-READY = {"demo.yaml": [], "debug_1gpu.yaml": [], "stylenerf_8gpu.yaml": ["--set", f"stages.train.config.data={FACES}"],
+READY = {"demo.yaml": [], "demo_weights_data.yaml": [], "demo_weights_stylenerf.yaml": [],
+         "demo_weights_audio2nerf.yaml": ["--set", "stages.audio2nerf.config.data=data/sample"], "debug_1gpu.yaml": [], "stylenerf_8gpu.yaml": ["--set", f"stages.train.config.data={FACES}"],
          "stylenerf_4x8gpu.yaml": ["--set", f"stages.train.config.data={FACES}"], "preprocess_cpu.yaml": SAMPLE,
          "audio2nerf_8gpu.yaml": A2N, "pipeline.yaml": SAMPLE + ["--set", f"stages.stylenerf.config.data={FACES}",
                                                                 "--set", f"stages.generate.config.audio={SPEECH}"]}

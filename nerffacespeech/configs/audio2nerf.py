@@ -44,6 +44,8 @@ class TrainConfig:
     deform_sigma: float = 0.01
     deform_vertices: int = 4096
     sadtalker: str | None = None            # SadTalker_V0.0.2_256.safetensors: init the audio encoder from audio2exp
+    init_from: str | None = None            # safetensors of a trained objective (net.*, latents, w_init) to start
+                                            # from (fine-tuning; nerffacespeech.pretrained.demo_weights exports one)
     engine: str = "deepspeed"
     zero_stage: int = 2
     precision: str = "auto"
@@ -137,7 +139,7 @@ def _value_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
 
 def check(config: dict, resources: dict) -> list[tuple[str, str]]:
     """What the launcher runs before submitting, every problem at once: types, ranges, the files
-    the config names (data, generator, sadtalker), and engine/precision support and the batch
+    the config names (data, generator, sadtalker, init_from), and engine/precision support and the batch
     split as far as the fields they read are right."""
     cfg, problems = _read(config)
     if cfg is None:
@@ -152,7 +154,8 @@ def _file_problems(cfg: TrainConfig) -> list[tuple[str, str]]:
     return (paths.need_folder("data", cfg.data, "a processed dataset, written by preprocess.merge")
             + paths.need_existing("generator", generator, "a StyleNeRF checkpoint folder, `latest` or "
                                   f"G safetensors, or {RANDOM_GENERATOR!r}")
-            + paths.need_file("sadtalker", cfg.sadtalker, "SadTalker's safetensors, see docs/PRETRAINED.md"))
+            + paths.need_file("sadtalker", cfg.sadtalker, "SadTalker's safetensors, see docs/PRETRAINED.md")
+            + paths.need_file("init_from", cfg.init_from, "an audio2nerf objective's safetensors to start from"))
 
 
 __all__ = ["ModelConfig", "TrainConfig", "check", "RANDOM_GENERATOR", "DEFAULT_GENERATOR_STAGE"]

@@ -75,6 +75,8 @@ class Audio2NeRFTraining:
         torch.manual_seed(cfg.seed)                          # identical initial weights on every rank
         objective = factory()
         objective.w_init.copy_(generator.w_avg)
+        if cfg.init_from:
+            _load_initial_weights(cfg.init_from, objective)
         if cfg.sadtalker:
             from nerffacespeech.pretrained.sadtalker import init_audio_encoder
 
@@ -118,6 +120,22 @@ class Audio2NeRFTraining:
         """sha256 of the trained state (gathered under ZeRO-3), for bitwise comparison of runs."""
         with self.objective.gathered() as tensors:
             return tensor_digest(tensors)
+
+
+def _load_initial_weights(path: str, objective: torch.nn.Module) -> None:
+    """Start from a trained objective's safetensors (`net.*`, `latents`, `w_init`): its networks and,
+    where the data has as many clips, the clips' latents (else they start at the generator's mean)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(path)
+    latents = {k: tensors.pop(k) for k in ("latents", "w_init") if k in tensors}
+    if latents.get("latents") is not None and latents["latents"].shape == objective.latents.shape:
+        tensors.update(latents)
+    missing, unexpected = objective.load_state_dict(tensors, strict=False)
+    wrong = [k for k in missing if k.startswith("net.")] + unexpected
+    if wrong:
+        raise ValueError(f"init_from {path}: not an audio2nerf objective of this model size "
+                         f"(missing or unexpected: {', '.join(wrong[:5])})")
 
 
 def main(ctx: TaskContext) -> None:

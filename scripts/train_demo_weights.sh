@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Reproduce pretrained_networks/demo/ (the demo's starting weights, docs/DEMO_WEIGHTS.md):
+#
+#   scripts/train_demo_weights.sh data        # CPU, where face-alignment is installed: preprocess the
+#                                             # bundled clips into build/demo-weights/processed (~1 min)
+#   scripts/train_demo_weights.sh train OUT   # one GPU: StyleNeRF for $STYLENERF_SECONDS from scratch on
+#                                             # the 100 LFW faces, then audio2nerf for $A2N_SECONDS through
+#                                             # it; writes OUT/{stylenerf,audio2nerf}.safetensors, the last
+#                                             # sample grids and both metrics.jsonl
+#
+# Each training stage runs until its time budget, when the launcher's operator stop (SIGINT, as
+# a Ctrl-C) makes the ranks commit a stop checkpoint; that checkpoint is what gets exported.
+# DEVICE=cpu runs it all on the CPU (a smoke test of the script; the weights need the GPU's minutes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+WORK=build/demo-weights
+
+run_for() {   # seconds, run root, spec, overrides...: a local run stopped at its time budget
+    local seconds=$1 root=$2; shift 2
+    rm -rf "$root"
+    timeout --signal=INT --kill-after=90 "$seconds" "$PY" -m launcher submit "$@" --set "run_root=$root" \
+        --set "local.device=${DEVICE:-cuda}" || true
+}
+
+checkpoints() {   # run root, stage: that stage's checkpoints folder
+    echo "$(ls -d "$1"/*/ | head -1)stages/$2/checkpoints"
+}
+
+case ${1:-} in
+    data)
+        rm -rf "$WORK/data-run" "$WORK/processed"
+        "$PY" -m launcher submit jobs/demo_weights_data.yaml --set "run_root=$WORK/data-run"
+        cp -r "$WORK"/data-run/*/data/processed "$WORK/processed"
+        ;;
+    train)
+        out=${2:?usage: $0 train OUT_DIR}
+        mkdir -p "$out"
+        run_for "${STYLENERF_SECONDS:-200}" "$WORK/stylenerf" jobs/demo_weights_stylenerf.yaml
+        g=$(checkpoints "$WORK/stylenerf" stylenerf)
+        "$PY" -m nerffacespeech.pretrained.demo_weights stylenerf "$g" "$out/stylenerf.safetensors"
+        run_for "${A2N_SECONDS:-120}" "$WORK/audio2nerf" jobs/demo_weights_audio2nerf.yaml \
+            --set "stages.audio2nerf.config.generator=$PWD/$g" --set "stages.audio2nerf.config.data=$PWD/$WORK/processed"
+        "$PY" -m nerffacespeech.pretrained.demo_weights audio2nerf "$(checkpoints "$WORK/audio2nerf" audio2nerf)" \
+            "$out/audio2nerf.safetensors"
+        for stage in stylenerf audio2nerf; do
+            dir=$(ls -d "$WORK/$stage"/*/)stages/$stage
+            if [ -f "$dir/metrics.jsonl" ]; then cp "$dir/metrics.jsonl" "$out/$stage-metrics.jsonl"; fi
+            for last in $(ls "$dir"/samples/*.png 2>/dev/null | tail -1); do cp "$last" "$out/$stage-$(basename "$last")"; done
+        done
+        ;;
+    *) sed -n 2,12p "$0"; exit 2 ;;
+esac

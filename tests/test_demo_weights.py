@@ -1,0 +1,74 @@
+"""The demo's starting weights: exported from a run's newest checkpoint into one safetensors file
+(nerffacespeech.pretrained.demo_weights), and loaded back through each stage's `init_from`."""
+from dataclasses import replace
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from nerffacespeech.configs.audio2nerf import ModelConfig as A2NModel, check as a2n_check
+from nerffacespeech.configs.stylenerf import PRESETS
+from nerffacespeech.models.stylenerf import Discriminator, Generator
+from nerffacespeech.pretrained.demo_weights import export
+from nerffacespeech.train import audio2nerf, stylenerf
+from nerffacespeech.train.a2n_objective import Objective
+
+SMALL_A2N = A2NModel(audio_dim=16, nerf_dim=32, encoder_width=0.25, lipaint_layers=2)
+
+
+def _checkpoint(folder, parts: dict) -> "Path":
+    """A checkpoints/ folder whose `latest` names a step folder holding `parts` as <name>.safetensors."""
+    step = folder / "checkpoints" / "step-000007"
+    step.mkdir(parents=True)
+    for name, module in parts.items():
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(step / f"{name}.safetensors"))
+    (folder / "checkpoints" / "latest").write_text("step-000007\n")
+    return folder / "checkpoints"
+
+
+def _randomised(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_()
+    return module
+
+
+def test_stylenerf_weights_round_trip_into_a_fresh_training_network_set(tmp_path):
+    model = replace(PRESETS["tiny"].model, resolution=32)
+    trained = {"G": _randomised(Generator(model), 1), "D": _randomised(Discriminator(model), 2),
+               "G_ema": _randomised(Generator(model), 3)}
+    out = tmp_path / "demo" / "stylenerf.safetensors"
+    assert export("stylenerf", _checkpoint(tmp_path, trained), out) == {"kind": "stylenerf",
+                                                                        "checkpoint": "step-000007"}
+    fresh = {"G": Generator(model), "D": Discriminator(model), "G_ema": Generator(model)}
+    stylenerf._load_initial_weights(str(out), fresh)
+    for name, module in fresh.items():
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, trained[name].state_dict()[key]), (name, key)
+
+
+def test_audio2nerf_weights_restore_the_networks_and_the_clips_latents(tmp_path):
+    trained = _randomised(Objective(SMALL_A2N, 3, 32, 100.0), 4)
+    out = tmp_path / "audio2nerf.safetensors"
+    export("audio2nerf", _checkpoint(tmp_path, {"A2N": trained}), out)
+    assert set(load_file(str(out))) == set(trained.state_dict())
+
+    fresh = Objective(SMALL_A2N, 3, 32, 100.0)
+    audio2nerf._load_initial_weights(str(out), fresh)
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, trained.state_dict()[key]), key
+
+    other_data = Objective(SMALL_A2N, 5, 32, 100.0)          # five clips: the latents start afresh
+    audio2nerf._load_initial_weights(str(out), other_data)
+    for key, value in other_data.net.state_dict().items():
+        assert torch.equal(value, trained.net.state_dict()[key]), key
+    assert not other_data.latents.detach().any()
+
+    with pytest.raises(ValueError, match="not an audio2nerf objective of this model size"):
+        audio2nerf._load_initial_weights(str(out), Objective(replace(SMALL_A2N, lipaint_layers=3), 3, 32, 100.0))
+
+
+def test_a_missing_audio2nerf_init_from_is_refused_before_submitting(tmp_path):
+    problems = dict(a2n_check({"init_from": str(tmp_path / "none.safetensors")}, {"world_size": 1}))
+    assert set(problems) == {"init_from"} and "does not exist" in problems["init_from"]
