@@ -15,6 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 WORK=build/demo-weights
+# The launcher finds its tasks through the package's entry points: where the project is on
+# PYTHONPATH but not installed (the GPU machine), write them next to the source first.
+"$PY" -c 'import importlib.metadata as m, sys; sys.exit(not m.entry_points(group="launcher.tasks"))' 2>/dev/null \
+    || "$PY" setup.py -q egg_info
 
 run_for() {   # seconds, run root, spec, overrides...: a local run stopped at its time budget
     local seconds=$1 root=$2; shift 2
