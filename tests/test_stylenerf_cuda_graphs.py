@@ -93,14 +93,17 @@ def test_training_with_graphs_captures_both_and_draws_the_eager_random_numbers(p
 
 
 FAST_STEPS = 50
-LOSS_TOLERANCE = 0.05           # of |loss| + 0.1, any step, any loss term
-WEIGHT_TOLERANCE = 0.01         # relative L2 distance of any G tensor after the 50 steps
+SAME_FUNCTION_STEPS = 4         # before GAN training's chaos amplifies rounding differences
+SAME_FUNCTION_TOLERANCE = 1e-3  # relative loss gap in those steps (measured on CPU: 1e-6)
+CHAOS_FACTOR = 5                # fast-vs-eager weight gap after 50 steps vs a 1e-6 perturbation's
 
 
-def _loss_curve_and_weights(fast: bool):
+def _loss_curve_and_weights(fast: bool, pl_mean: float = 0.0):
     """50 steps of the tiny preset, eager or on the fast path (compiled blocks + CUDA graphs), from
-    the same initial weights, images and random stream: per-step losses and G's final weights."""
+    the same initial weights, images and random stream (`pl_mean` perturbs the state slightly):
+    per-step losses and G's final weights."""
     training, run, batches = _training(cuda_graphs=fast, compile=fast)
+    training.pl_mean = torch.full((), pl_mean, device=training.env.device)
     torch.manual_seed(2)
     curve = []
     for _ in range(FAST_STEPS):
@@ -111,17 +114,26 @@ def _loss_curve_and_weights(fast: bool):
     return curve, weights
 
 
+def _weight_gap(a: dict, b: dict) -> float:
+    return max(float((a[k] - w).norm() / (w.norm() + 1e-12)) for k, w in b.items())
+
+
 def test_fifty_steps_of_the_fast_path_train_the_same_model_as_the_eager_path(monkeypatch):
-    """Tolerance: float reordering in fused kernels, amplified by 50 adversarial steps. Measured on
-    an H100 (fp32): see the printed numbers; the bounds below leave a margin over them."""
+    """GAN training is chaotic: a rounding difference doubles every couple of steps (measured on
+    CPU: loss gaps 1e-6 at step 0, 1e-3 at step 8, 10 % by step 20). So the fast path must (1)
+    compute the same losses in the first steps, and (2) after 50 steps be no further from the
+    eager run than the eager run is from itself with pl_mean perturbed by 1e-6."""
     import torch._inductor.config as inductor_config
 
     monkeypatch.setattr(inductor_config, "fallback_random", True)   # compiled blocks draw eager's numbers
     eager_curve, eager_weights = _loss_curve_and_weights(fast=False)
+    _, nudged_weights = _loss_curve_and_weights(fast=False, pl_mean=1e-6)
     fast_curve, fast_weights = _loss_curve_and_weights(fast=True)
-    loss_gap = max(abs(f[k] - e[k]) / (abs(e[k]) + 0.1) for e, f in zip(eager_curve, fast_curve) for k in e)
-    weight_gap = max(float((fast_weights[k] - w).norm() / (w.norm() + 1e-12)) for k, w in eager_weights.items())
-    print(f"fast vs eager over {FAST_STEPS} steps: largest relative loss gap {loss_gap:.2e}, "
-          f"largest relative weight gap {weight_gap:.2e}")
+    early_gap = max(abs(f[k] - e[k]) / abs(e[k]) for e, f in zip(eager_curve[:SAME_FUNCTION_STEPS],
+                                                                  fast_curve[:SAME_FUNCTION_STEPS]) for k in e)
+    fast_gap, chaos_gap = _weight_gap(fast_weights, eager_weights), _weight_gap(nudged_weights, eager_weights)
+    print(f"fast vs eager: loss gap {early_gap:.2e} in the first {SAME_FUNCTION_STEPS} steps; weight gap after "
+          f"{FAST_STEPS} steps {fast_gap:.2e}, eager vs eager nudged by 1e-6: {chaos_gap:.2e}")
     assert eager_curve[0].keys() == fast_curve[0].keys() and eager_curve[0]
-    assert loss_gap < LOSS_TOLERANCE and weight_gap < WEIGHT_TOLERANCE
+    assert early_gap < SAME_FUNCTION_TOLERANCE
+    assert fast_gap < CHAOS_FACTOR * chaos_gap
