@@ -18,7 +18,6 @@ colour-shifted face may appear there; augmentation must not leak into G).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import tempfile
@@ -102,24 +101,10 @@ def evaluate(training, suites: dict, z_dim: int) -> dict:
 
 
 def save_grid(images, path: Path) -> None:
-    import io
-
-    import torch
-    from PIL import Image
-
     from launcher.atomic import write_bytes
+    from nerffacespeech.train.stylenerf import grid_png
 
-    images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-    n, _, h, w = images.shape
-    cols = int(math.ceil(math.sqrt(n)))
-    rows = int(math.ceil(n / cols))
-    canvas = torch.zeros(3, rows * h, cols * w, dtype=torch.uint8)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        canvas[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = images[i]
-    buffer = io.BytesIO()
-    Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
-    write_bytes(path, buffer.getvalue())
+    write_bytes(path, grid_png(images)[1])
 
 
 def jittered_clips(clips: Path, copies: int, resolution: int, holdout: int, into: Path, seed: int) -> tuple[Path, Path]:

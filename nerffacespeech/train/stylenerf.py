@@ -428,21 +428,8 @@ class Monitor:
         return results
 
     def _save_grid(self, grid: torch.Tensor, step: int) -> None:
-        import io
-
-        from PIL import Image
-
-        images = ((grid.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-        n, _, h, w = images.shape
-        cols = int(math.ceil(math.sqrt(n)))
-        rows = int(math.ceil(n / cols))
-        canvas = torch.zeros(3, rows * h, cols * w, dtype=torch.uint8)
-        for i in range(n):
-            r, c = divmod(i, cols)
-            canvas[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = images[i]
-        buffer = io.BytesIO()
-        Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
-        write_bytes(self.ctx.samples_dir / f"fakes-{step:06d}.png", buffer.getvalue())
+        canvas, png = grid_png(grid)
+        write_bytes(self.ctx.samples_dir / f"fakes-{step:06d}.png", png)
         if self.board is None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -455,6 +442,25 @@ class Monitor:
             self.board.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def grid_png(images: torch.Tensor) -> tuple[torch.Tensor, bytes]:
+    """Images in [-1, 1] tiled into a near-square grid: the uint8 canvas (3, H, W) and its PNG."""
+    import io
+
+    from PIL import Image
+
+    images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    n, _, h, w = images.shape
+    cols = int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    canvas = torch.zeros(3, rows * h, cols * w, dtype=torch.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        canvas[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = images[i]
+    buffer = io.BytesIO()
+    Image.fromarray(canvas.permute(1, 2, 0).numpy()).save(buffer, format="PNG")
+    return canvas, buffer.getvalue()
 
 
 def _wandb_run(ctx: TaskContext, cfg: TrainConfig):
