@@ -315,7 +315,7 @@ def test_a_save_requested_while_one_is_writing_commits_both_in_order_and_latest_
 
 
 EXIT_WITH_SAVE_IN_FLIGHT = """
-import sys, torch
+import os, sys, torch
 from launcher.runtime.checkpoint import CheckpointManager, ModuleState
 from launcher.runtime.context import CheckpointPolicy
 from launcher.runtime.distributed import single_process_env
@@ -325,10 +325,16 @@ model = torch.nn.Linear(64, 64)
 manager.save(1, {"model": ModuleState(model)}, blocking=True)
 manager.save(2, {"model": ModuleState(model), "slow": SlowWrite(120)})
 print("returning with the save of step 2 in flight", flush=True)
+os._exit(0)     # as launcher.entry ends every task (see the test's docstring)
 """
 
 
-def test_a_process_that_returns_with_an_async_save_in_flight_exits_and_the_save_is_cancelled(tmp_path):
+def test_a_task_that_returns_with_an_async_save_in_flight_exits_and_the_save_is_cancelled(tmp_path):
+    """A rank leaves as `launcher.entry` makes every task leave, with `os._exit`: the writer thread
+    does not hold the exit. (Without it, an ordinary interpreter exit while the daemon writer is
+    inside torch's C++ serializer aborts the process on Python 3.11: 'terminate called without an
+    active exception', seen in 4 of 6 runs here.) The half-written save stays hidden and is
+    quarantined by the next restore."""
     script = tmp_path / "saver.py"
     script.write_text(EXIT_WITH_SAVE_IN_FLIGHT)
     started = time.monotonic()
