@@ -284,9 +284,12 @@ def test_a_save_requested_while_one_is_writing_commits_both_in_order_and_latest_
     manager = CheckpointManager(tmp_path, ENV, CheckpointPolicy(async_save=True, keep_last=5))
     seen, watching = [], threading.Event()
 
-    def watch_latest():                         # every value `latest` takes while the saves run
-        while not watching.is_set():
+    def watch_latest():                         # every value `latest` takes while the saves run, and the last
+        while True:
+            stopping = watching.is_set()
             seen.append((tmp_path / "latest").read_text() if (tmp_path / "latest").exists() else "")
+            if stopping:
+                return
             time.sleep(0.001)
 
     watcher = threading.Thread(target=watch_latest, daemon=True)

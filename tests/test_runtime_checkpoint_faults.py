@@ -204,10 +204,11 @@ def test_a_save_that_fails_otherwise_names_the_error_and_leaves_nothing_behind(t
 
 
 FULL_DISK_WORKER = """
-import json, sys, torch
+import faulthandler, json, os, sys, torch
 from pathlib import Path
 from launcher.runtime import checkpoint, distributed
 
+faulthandler.dump_traceback_later(240, exit=True)    # a hang shows its stacks before the test's 300 s
 root, mode, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 torch.set_num_threads(1)
 env = distributed.init("cpu")
@@ -242,7 +243,8 @@ except Exception as error:
                "hidden": sorted(p.name for p in root.iterdir() if p.name.startswith("."))}
 (out / f"rank-{env.rank}.json").write_text(json.dumps(outcome))
 distributed.barrier(env)
-distributed.shutdown()
+sys.stdout.flush()
+os._exit(0)     # as launcher.entry ends every rank: tearing down a gloo group can deadlock
 """
 
 
