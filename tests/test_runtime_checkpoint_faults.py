@@ -204,7 +204,7 @@ def test_a_save_that_fails_otherwise_names_the_error_and_leaves_nothing_behind(t
 
 
 FULL_DISK_WORKER = """
-import faulthandler, json, os, sys, torch
+import faulthandler, json, os, sys, time, torch
 from pathlib import Path
 from launcher.runtime import checkpoint, distributed
 
@@ -225,16 +225,19 @@ class Holder:
 if mode == "one-rank":                  # only rank 1 writes a big file (12 MiB)
     holder = Holder(3 << 20 if env.rank == 1 else 16)
     state = {"big": checkpoint.OptimizerState(holder, per_rank=True), "progress": {"step": 1}}
-else:   # zero0: rank 0 alone writes model and optimizer (12 MiB); zero3: each rank writes 6 MiB
+else:   # zero0: rank 0 alone writes model and optimizer (12 MiB); zero3*: each rank writes 6 MiB
     import deepspeed
     model = torch.nn.Linear(1024, 1024)
-    config = {"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": int(mode[-1])},
+    config = {"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": int(mode[4])},
               "zero_allow_untested_optimizer": True, "steps_per_print": 10 ** 9}
     engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.AdamW(model.parameters()), config=config,
                                       dist_init_required=False)
     engine.backward(engine(torch.randn(4, 1024)).square().mean())
     engine.step()
     state = {"engine": checkpoint.DeepSpeedState(engine), "progress": {"step": 1}}
+    if mode == "zero3-rank0-late" and env.rank == 0:     # rank 1's 6 MiB land first; rank 0's find 2 MiB
+        write = engine.checkpoint_engine.save
+        engine.checkpoint_engine.save = lambda *args, **kwargs: (time.sleep(2), write(*args, **kwargs))
 try:
     checkpoint.CheckpointManager(root, env).save(1, state)
     outcome = {"error": None}
@@ -273,10 +276,12 @@ def test_when_one_rank_fills_the_disk_every_rank_raises_the_same_clear_error(sma
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["zero0", "zero3"])
+@pytest.mark.parametrize("mode", ["zero0", "zero3", "zero3-rank0-late"])
 def test_a_deepspeed_save_that_fills_the_disk_fails_on_every_rank_without_hanging(small_disk, tmp_path, mode):
     """zero0: only rank 0 writes, so only its write fails while rank 1 waits in the barrier that
-    ends DeepSpeed's save; zero3: every rank's write fails."""
+    ends DeepSpeed's save; zero3: both ranks write at once and one or both fail; zero3-rank0-late:
+    rank 1's write succeeds and waits in ZeRO-3's all-gather of persistent parameters while
+    rank 0's fails (the hang CI met once)."""
     root = small_disk(8)
     outcomes = run_two_ranks(tmp_path, root, mode)
     assert [o["error"] for o in outcomes] == ["NoSpaceForCheckpoint"] * 2

@@ -269,14 +269,9 @@ class DeepSpeedState:
     def snapshot(self, name: str, env: DistEnv, copy: bool) -> Writer:
         def write(folder: Path) -> list:
             zero_partition_padding(self.engine.optimizer)
-            try:
+            with _WriteFailureHeld(self.engine) as writes:
                 self.engine.save_checkpoint(str(folder), tag=name, client_state={}, save_latest=False)
-            except Exception:
-                # The ranks whose writes succeeded wait in the barrier DeepSpeed's save ends
-                # with; joining it keeps the collectives in step for the failure to be agreed on.
-                if env.is_distributed:
-                    dist.barrier()
-                raise
+            writes.release()
             return []       # which rank wrote which shard is DeepSpeed's business; all are hashed
 
         return write
@@ -301,6 +296,56 @@ class DeepSpeedState:
         )
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load tag {name!r} from {folder}")
+
+
+class _WriteFailureHeld:
+    """A DeepSpeed engine's file writes, with the first failure (a full disk) held back.
+
+    DeepSpeed's save interleaves each rank's writes with collectives (ZeRO-3's all-gather of
+    persistent parameters, the closing barrier). A rank whose write raised would leave them
+    and hang the ranks whose writes succeeded; so while installed, a failed write is held,
+    that rank's later writes are skipped, every rank runs the save's collectives to the end,
+    and `release` raises the failure afterwards. The writes are the checkpoint engine's and
+    rank 0's copy of the recovery scripts (DeepSpeed 0.19: `_copy_recovery_script`).
+    """
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+        self.inner = engine.checkpoint_engine
+        self.failure: BaseException | None = None
+
+    def __enter__(self) -> "_WriteFailureHeld":
+        self.engine.checkpoint_engine = self
+        if hasattr(self.engine, "_copy_recovery_script"):
+            self.engine._copy_recovery_script = self._held(self.engine._copy_recovery_script)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.engine.checkpoint_engine = self.inner
+        self.engine.__dict__.pop("_copy_recovery_script", None)
+
+    def release(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self._held(self.inner.save)(*args, **kwargs)
+
+    def makedirs(self, *args: Any, **kwargs: Any) -> None:
+        self._held(self.inner.makedirs)(*args, **kwargs)
+
+    def _held(self, write: Callable) -> Callable:
+        def held(*args: Any, **kwargs: Any) -> None:
+            if self.failure is not None:
+                return
+            try:
+                write(*args, **kwargs)
+            except Exception as failure:
+                self.failure = failure
+        return held
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 def zero_partition_padding(optimizer: Any) -> None:
