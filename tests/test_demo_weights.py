@@ -16,13 +16,13 @@ from nerffacespeech.train.a2n_objective import Objective
 SMALL_A2N = A2NModel(audio_dim=16, nerf_dim=32, encoder_width=0.25, lipaint_layers=2)
 
 
-def _checkpoint(folder, parts: dict) -> "Path":
+def _checkpoint(folder, parts: dict, step: str = "step-000007") -> "Path":
     """A checkpoints/ folder whose `latest` names a step folder holding `parts` as <name>.safetensors."""
-    step = folder / "checkpoints" / "step-000007"
-    step.mkdir(parents=True)
+    (folder / "checkpoints" / step).mkdir(parents=True)
     for name, module in parts.items():
-        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(step / f"{name}.safetensors"))
-    (folder / "checkpoints" / "latest").write_text("step-000007\n")
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()},
+                  str(folder / "checkpoints" / step / f"{name}.safetensors"))
+    (folder / "checkpoints" / "latest").write_text(f"{step}\n")
     return folder / "checkpoints"
 
 
@@ -40,7 +40,7 @@ def test_stylenerf_weights_round_trip_into_a_fresh_training_network_set(tmp_path
                "G_ema": _randomised(Generator(model), 3)}
     out = tmp_path / "demo" / "stylenerf.safetensors"
     assert export("stylenerf", _checkpoint(tmp_path, trained), out) == {"kind": "stylenerf",
-                                                                        "checkpoint": "step-000007"}
+                                                                        "checkpoint": "step-000007", "skipped": ""}
     fresh = {"G": Generator(model), "D": Discriminator(model), "G_ema": Generator(model)}
     stylenerf._load_initial_weights(str(out), fresh)
     for name, module in fresh.items():
@@ -67,6 +67,29 @@ def test_audio2nerf_weights_restore_the_networks_and_the_clips_latents(tmp_path)
 
     with pytest.raises(ValueError, match="not an audio2nerf objective of this model size"):
         audio2nerf._load_initial_weights(str(out), Objective(replace(SMALL_A2N, lipaint_layers=3), 3, 32, 100.0))
+
+
+def test_a_run_that_diverged_exports_its_newest_finite_checkpoint(tmp_path):
+    good = _randomised(Objective(SMALL_A2N, 3, 32, 100.0), 4)
+    diverged = _randomised(Objective(SMALL_A2N, 3, 32, 100.0), 5)
+    with torch.no_grad():
+        next(diverged.net.parameters()).view(-1)[0] = float("nan")
+    _checkpoint(tmp_path, {"A2N": good}, "step-000007")
+    checkpoints = _checkpoint(tmp_path, {"A2N": diverged}, "step-000009")
+    out = tmp_path / "audio2nerf.safetensors"
+    metadata = export("audio2nerf", checkpoints, out)
+    assert metadata["checkpoint"] == "step-000007" and metadata["skipped"].startswith("step-000009 (1 non-finite")
+    assert all(torch.equal(value, good.state_dict()[key]) for key, value in load_file(str(out)).items())
+
+
+def test_a_run_with_no_finite_checkpoint_exports_nothing_and_says_so(tmp_path):
+    diverged = _randomised(Objective(SMALL_A2N, 3, 32, 100.0), 5)
+    with torch.no_grad():
+        next(diverged.net.parameters()).view(-1)[0] = float("inf")
+    out = tmp_path / "audio2nerf.safetensors"
+    with pytest.raises(ValueError, match="no checkpoint with finite weights"):
+        export("audio2nerf", _checkpoint(tmp_path, {"A2N": diverged}), out)
+    assert not out.exists()
 
 
 def test_a_missing_audio2nerf_init_from_is_refused_before_submitting(tmp_path):

@@ -15,32 +15,48 @@ PARTS = {"stylenerf": ("G", "D", "G_ema"), "audio2nerf": ("A2N",)}   # checkpoin
 PREFIXED = {"stylenerf"}                                              # A2N's keys go in bare
 
 
-def step_folder(checkpoints: Path) -> Path:
-    """The step folder `checkpoints/latest` names."""
-    return checkpoints / (checkpoints / "latest").read_text().strip()
+def step_folders(checkpoints: Path) -> list[Path]:
+    """The committed step folders, newest first (`latest`'s first when it names one)."""
+    steps = sorted((p for p in checkpoints.glob("step-*") if p.is_dir() and not p.name.startswith(".")),
+                   key=lambda p: p.name, reverse=True)
+    latest = checkpoints / "latest"
+    if latest.exists():
+        named = checkpoints / latest.read_text().strip()
+        steps = [named] + [p for p in steps if p != named]
+    return steps
 
 
 def export(kind: str, checkpoints: Path, out: Path) -> dict:
-    """Write the newest checkpoint's weights of `kind` to `out` (atomically); returns its metadata."""
+    """Write the weights of `kind` from the newest checkpoint whose tensors are all finite (a
+    run that diverged late still gives its last good weights) to `out`, atomically; returns
+    its metadata. Raises ValueError when no checkpoint is finite."""
+    import torch
     from safetensors.torch import load_file, save_file
 
-    folder = step_folder(checkpoints)
-    tensors = {}
-    for part in PARTS[kind]:
-        for key, value in load_file(str(folder / f"{part}.safetensors")).items():
-            tensors[f"{part}.{key}" if kind in PREFIXED else key] = value.contiguous()
-    metadata = {"kind": kind, "checkpoint": folder.name}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(out)
-    return metadata
+    skipped = []
+    for folder in step_folders(checkpoints):
+        tensors = {}
+        for part in PARTS[kind]:
+            for key, value in load_file(str(folder / f"{part}.safetensors")).items():
+                tensors[f"{part}.{key}" if kind in PREFIXED else key] = value.contiguous()
+        bad = [key for key, value in tensors.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+        if bad:
+            skipped.append(f"{folder.name} ({len(bad)} non-finite tensors, e.g. {bad[0]})")
+            continue
+        metadata = {"kind": kind, "checkpoint": folder.name, "skipped": "; ".join(skipped)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.replace(out)
+        return metadata
+    raise ValueError(f"{checkpoints}: no checkpoint with finite weights to export"
+                     + (f" (skipped: {'; '.join(skipped)})" if skipped else " (none committed)"))
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("kind", choices=sorted(PARTS))
-    p.add_argument("checkpoints", type=Path, help="a stage's checkpoints/ folder (its `latest` is exported)")
+    p.add_argument("checkpoints", type=Path, help="a stage's checkpoints/ folder (its newest finite checkpoint is exported)")
     p.add_argument("out", type=Path)
     args = p.parse_args(argv)
     print(export(args.kind, args.checkpoints, args.out))
