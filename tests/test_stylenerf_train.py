@@ -136,3 +136,29 @@ def test_a_run_stopped_by_the_preemption_signal_resumes_bitwise(tmp_path, engine
     assert [(a["exit_code"], a["signal"]) for a in attempts] == [(75, "SIGUSR2"), (0, None)]
     resumed_from = min(m["step"] for m in metric_lines(run) if m["time"] > attempts[1]["start"]) - 1
     assert 6 <= resumed_from < steps - 10 and attempts[0]["checkpoint_step"] == resumed_from
+
+
+@pytest.mark.slow
+def test_a_run_of_two_ranks_resumes_on_one_with_the_same_total_batch_and_three_are_refused(tmp_path):
+    """The operator's path: cancel, then `resume --set` fewer processes. 2 x 4 images per step;
+    3 ranks cannot share 8 (refused, the reason in `status`); 1 rank accumulates 2 x 4."""
+    config = {"engine": "ddp", "zero_stage": 0, "precision": "fp32", "batch_per_gpu": 4, "max_steps": 10,
+              "tick_kimg": 0.008, "snapshot_ticks": 1000}
+    run = submit(tmp_path, "reshaped", config, "--detach")
+    wait_until(lambda: any(m["step"] >= 3 for m in metric_lines(run)), 300, "step 3 on 2 ranks", interval=0.1)
+    launcher("cancel", run.name, cwd=tmp_path, check=True)
+    wait_until(lambda: not supervisor_running(run), 300, "the cancelled run to stop")
+    stopped_at = max(committed_steps(stage(run) / "checkpoints"))
+    assert 3 <= stopped_at < 10
+
+    refused = launcher("resume", run.name, "--set", "stages.train.resources.tasks_per_node=3", cwd=tmp_path)
+    status = launcher("status", run.name, cwd=tmp_path, check=True).stdout
+    assert refused.returncode != 0 and "3 ranks cannot share 8 evenly" in status, refused.stdout + status
+
+    launcher("resume", run.name, "--set", "stages.train.resources.tasks_per_node=1", cwd=tmp_path, check=True,
+             timeout=900)
+    assert final(run)["images"] == 10 * 8
+    log = (stage(run) / "logs" / "attempt-2" / "rank-0.log").read_text()
+    assert "kept on 1 rank(s) as 4 per rank x 2 accumulated" in log
+    trained = sorted(m["step"] for m in metric_lines(run) if "loss_g" in m)
+    assert trained == list(range(1, 11))                                      # no step lost or logged twice

@@ -150,6 +150,7 @@ def main(ctx: TaskContext) -> None:
     with StepLoop(ctx, env, training.checkpoint_state(progress), seed=cfg.seed, total_steps=cfg.max_steps,
                   before_save=training.sync_export) as loop:
         start = loop.restore()
+        progress["batch_total"] = cfg.batch_total           # what a resume on another world size keeps
         if env.is_main:
             print(f"audio2nerf.train: {training.sizes['total'] / 1e6:.2f}M parameters {training.sizes}, generator "
                   f"{training.source['kind']} ({training.source['preset']}), {len(training.data.clips)} clips, "

@@ -500,6 +500,7 @@ def main(ctx: TaskContext) -> None:
                   before_save=lambda: training.save_progress(run)) as loop:
         loop.restore()
         training.load_progress(run)
+        run.progress["batch_total"] = cfg.batch_total      # what a resume on another world size keeps
         if env.is_main:
             print(f"stylenerf.train: preset {cfg.preset}, {training.sizes['G'] / 1e6:.2f}M G + "
                   f"{training.sizes['D'] / 1e6:.2f}M D parameters, engine {training.g.spec.label}, {training.precision}, "
