@@ -43,7 +43,7 @@ import torch.distributed as dist
 from launcher import checkpoint_health
 from launcher.atomic import fsync_dir, write_json, write_text
 from launcher.checkpoint_health import FRESH_START, QUARANTINE
-from launcher.runtime import checkpoint_files, reshard, rng
+from launcher.runtime import checkpoint_files, finite, reshard, rng
 from launcher.runtime.checkpoint_files import Written
 from launcher.runtime.context import CheckpointPolicy
 from launcher.runtime.distributed import DistEnv
@@ -79,6 +79,11 @@ class NoSpaceForCheckpoint(CheckpointSaveFailed):
     """The checkpoint does not fit: refused before writing (less free space than the newest
     checkpoint takes), or the disk filled while writing. The message names the folder, the
     bytes needed and the bytes free."""
+
+
+class TrainingDiverged(CheckpointSaveFailed):
+    """The weights hold NaN or infinite values: the save is refused, so the newest checkpoint
+    stays the last good one. The message names the first such tensor and that checkpoint."""
 
 
 class NoUsableCheckpoint(RuntimeError):
@@ -190,6 +195,7 @@ class ModuleState:
         if not env.is_main:
             return lambda folder: []
         state = _unwrap(self.module).state_dict()
+        finite.refuse_non_finite(name, state.items())
         tensors = _copied_to_host(state, self._staging) if copy else _contiguous(_on_host(state))
 
         return lambda folder: [checkpoint_files.save_safetensors(tensors, folder / f"{name}.safetensors")]
@@ -268,6 +274,14 @@ class DeepSpeedState:
 
     def snapshot(self, name: str, env: DistEnv, copy: bool) -> Writer:
         def write(folder: Path) -> list:
+            # Checked before DeepSpeed's collectives, and agreed on, so every rank skips them
+            # together; the ranks whose partitions are finite leave the failure to the others.
+            bad = finite.first_non_finite((key, getattr(p, "ds_tensor", p))        # ZeRO-3: this rank's part
+                                          for key, p in self.engine.module.named_parameters())
+            if _all_reduce_max(env, [bad is not None])[0]:
+                if bad is not None:
+                    raise finite.NonFiniteWeights(f"{name}.{bad} holds NaN or infinite values")
+                return []
             zero_partition_padding(self.engine.optimizer)
             with _WriteFailureHeld(self.engine) as writes:
                 self.engine.save_checkpoint(str(folder), tag=name, client_state={}, save_latest=False)
@@ -974,6 +988,7 @@ class CheckpointManager:
             return None
         _close_failed_writes(error)
         return {"rank": self.env.rank, "space": _out_of_space(error, self.root),
+                "diverged": isinstance(error, finite.NonFiniteWeights),
                 "text": f"{type(error).__name__}: {error}"[:300]}
 
     def _settle(self, name: str, tmp: Path, error: BaseException | None) -> None:
@@ -993,7 +1008,9 @@ class CheckpointManager:
             message = self._failure_message(name, failures, written)
         message = _broadcast(self.env, message)            # nobody raises before the folder is gone
         space = any(failure["space"] for failure in failures)
-        raise (NoSpaceForCheckpoint if space else CheckpointSaveFailed)(message) from error
+        diverged = any(failure["diverged"] for failure in failures)
+        raise (NoSpaceForCheckpoint if space else TrainingDiverged if diverged else CheckpointSaveFailed)(
+            message) from error
 
     def _failure_message(self, name: str, failures: list[dict], written: int,
                          done: str = "its unfinished folder was removed") -> str:
@@ -1001,6 +1018,11 @@ class CheckpointManager:
         detail = f"rank {first['rank']}: {first['text']}"
         if first["space"]:
             return self._space_message(name, free_bytes(self.root), written, done, detail)
+        diverged = next((f for f in failures if f["diverged"]), None)
+        if diverged is not None:
+            return (f"training diverged: checkpoint {name} refused (rank {diverged['rank']}: {diverged['text']}); "
+                    f"{done}, and {self._left_intact()}. A resume repeats the same steps: lower the learning "
+                    f"rate (or change what diverged) first")
         return f"checkpoint {name} could not be written in {self.root} ({detail}); {done}, and {self._left_intact()}"
 
     def _space_message(self, name: str, free: int, written: int | None, done: str, detail: str = "") -> str:
