@@ -6,11 +6,9 @@ size that cannot share the total evenly is refused with the reason and the sizes
 import json
 
 import pytest
-import torch
 
 from launcher.runtime.checkpoint import LATEST
 from nerffacespeech.configs import audio2nerf, stylenerf
-from nerffacespeech.train.a2n_data import micro_batch_generators
 from nerffacespeech.train.startup import kept_batch_total, recorded_batch, split_batch
 
 
@@ -69,16 +67,3 @@ def test_the_record_is_read_from_the_newest_committed_checkpoint(tmp_path):
     assert recorded_batch(tmp_path) == (2, 8, "step-000004")
     (folder / "progress.json").write_text(json.dumps({"step": 4}))     # written before the record existed
     assert recorded_batch(tmp_path) is None
-
-
-def audio2nerf_sequences(step: int, world_size: int, accumulation: int, per_rank: int) -> list[float]:
-    """A fingerprint (first draw) of every sequence of one step, over all ranks and micro-batches."""
-    return sorted(float(torch.rand(1, generator=g)) for rank in range(world_size) for micro in range(accumulation)
-                  for g in micro_batch_generators(0, step, micro, rank, world_size, per_rank))
-
-
-def test_audio2nerf_draws_the_same_sequences_per_step_on_any_world_size():
-    one_rank = audio2nerf_sequences(7, 1, 2, 4)                  # 8 sequences: 1 rank x 2 micro-batches of 4
-    assert len(set(one_rank)) == 8
-    assert audio2nerf_sequences(7, 2, 1, 4) == one_rank == audio2nerf_sequences(7, 4, 1, 2)
-    assert audio2nerf_sequences(8, 2, 1, 4) != one_rank
