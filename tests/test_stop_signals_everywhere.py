@@ -2,7 +2,7 @@
 and torchrun's agent included; the ranks still commit one complete checkpoint, exit 75, and the
 continued run ends bitwise equal to an uninterrupted one.
 
-Real parts throughout: `stylenerf.train` (tiny preset, 2 ranks, DeepSpeed ZeRO-2, 2 DataLoader
+Real parts throughout: `stylenerf.train` (tiny preset, 2 ranks, DeepSpeed ZeRO-2 fp32, 2 DataLoader
 worker processes per rank) under torchrun, started by the launcher; locally and on the local
 Slurm cluster, whose `debug` partition is configured the common way (no user signal at
 preemption; SIGTERM to every process, SIGKILL after GraceTime=20 s).
@@ -20,9 +20,9 @@ import pytest
 from tests.launcher_helpers import launcher, run_dir_from, supervisor_running, wait_until, write_spec
 
 FACES = Path(__file__).resolve().parents[1] / "data" / "sample" / "faces" / "lfw"
-STEPS = 60
+STEPS = 30
 CONFIG = {"data": str(FACES), "preset": "tiny", "workers": 2, "threads": 1, "metric_images": 32,
-          "engine": "deepspeed", "zero_stage": 2, "precision": "bf16", "max_steps": STEPS,
+          "engine": "deepspeed", "zero_stage": 2, "precision": "fp32", "max_steps": STEPS,
           "tick_kimg": 0.016, "snapshot_ticks": 1000}
 
 

@@ -81,7 +81,7 @@ def test_tiny_trains_with_torch_compile(tmp_path):
 @pytest.mark.slow
 def test_swd_against_the_training_faces_drops_within_minutes(tmp_path):
     started = time.time()
-    run = submit(tmp_path, "swd", {"engine": "deepspeed", "zero_stage": 2, "precision": "bf16", "max_steps": 500,
+    run = submit(tmp_path, "swd", {"engine": "deepspeed", "zero_stage": 2, "precision": "fp32", "max_steps": 500,
                                    "metric_images": 100, "tick_kimg": 0.8, "snapshot_ticks": 1})
     swd = [m["swd"] for m in metric_lines(run) if "swd" in m]
     print(f"SWD x1000 at every 0.8 kimg: {[round(s, 1) for s in swd]} in {time.time() - started:.0f} s")
@@ -113,7 +113,7 @@ ADA = {"augment": "ada", "augment_p": 0.3, "ada_kimg": 0.5, "ada_interval": 2}
                                                          ("ddp", 0, "fp32", {})],
                          ids=["zero2-bf16-ada", "zero3-fp32", "ddp-fp32"])
 def test_a_run_stopped_by_the_preemption_signal_resumes_bitwise(tmp_path, engine, zero, precision, extra):
-    steps = 80
+    steps = 30
     config = {"engine": engine, "zero_stage": zero, "precision": precision, "max_steps": steps,
               "tick_kimg": 0.016, "snapshot_ticks": 1000, **extra}
     reference = submit(tmp_path, "reference", config)
