@@ -274,6 +274,7 @@ class DeepSpeedState:
 
     def snapshot(self, name: str, env: DistEnv, copy: bool) -> Writer:
         def write(folder: Path) -> list:
+            zero_partition_padding(self.engine.optimizer)    # first: ZeRO-3's padding may hold NaN garbage
             # Checked before DeepSpeed's collectives, and agreed on, so every rank skips them
             # together; the ranks whose partitions are finite leave the failure to the others.
             bad = finite.first_non_finite((key, getattr(p, "ds_tensor", p))        # ZeRO-3: this rank's part
@@ -282,7 +283,6 @@ class DeepSpeedState:
                 if bad is not None:
                     raise finite.NonFiniteWeights(f"{name}.{bad} holds NaN or infinite values")
                 return []
-            zero_partition_padding(self.engine.optimizer)
             with _WriteFailureHeld(self.engine) as writes:
                 self.engine.save_checkpoint(str(folder), tag=name, client_state={}, save_latest=False)
             writes.release()
