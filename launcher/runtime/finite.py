@@ -11,8 +11,8 @@ class NonFiniteWeights(ValueError):
     """This rank's weights hold NaN or infinite values; the message names the first tensor."""
 
 
-def first_non_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
-    """The name of the first floating-point tensor holding a NaN or an infinity, else None.
+def non_finite(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """The names of the floating-point tensors holding a NaN or an infinity, in their order.
 
     Each tensor's minimum and maximum (NaN and inf survive them; no temporary the size of the
     tensor, no overflow as a sum could), read back once per device.
@@ -27,7 +27,13 @@ def first_non_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
     for pairs in extremes.values():
         finite = torch.isfinite(torch.stack([pair for _, pair in pairs])).all(dim=1).cpu()
         bad += [index for (index, _), ok in zip(pairs, finite.tolist()) if not ok]
-    return names[min(bad)] if bad else None
+    return [names[index] for index in sorted(bad)]
+
+
+def first_non_finite(named: Iterable[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first floating-point tensor holding a NaN or an infinity, else None."""
+    bad = non_finite(named)
+    return bad[0] if bad else None
 
 
 def refuse_non_finite(label: str, named: Iterable[tuple[str, torch.Tensor]]) -> None:

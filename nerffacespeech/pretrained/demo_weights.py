@@ -16,22 +16,19 @@ PREFIXED = {"stylenerf"}                                              # A2N's ke
 
 
 def step_folders(checkpoints: Path) -> list[Path]:
-    """The committed step folders, newest first (`latest`'s first when it names one)."""
-    steps = sorted((p for p in checkpoints.glob("step-*") if p.is_dir() and not p.name.startswith(".")),
-                   key=lambda p: p.name, reverse=True)
-    latest = checkpoints / "latest"
-    if latest.exists():
-        named = checkpoints / latest.read_text().strip()
-        steps = [named] + [p for p in steps if p != named]
-    return steps
+    """The committed step folders, newest first."""
+    from launcher.runtime.checkpoint import committed_steps, step_dirname
+
+    return [checkpoints / step_dirname(step) for step in reversed(committed_steps(checkpoints))]
 
 
 def export(kind: str, checkpoints: Path, out: Path) -> dict:
     """Write the weights of `kind` from the newest checkpoint whose tensors are all finite (a
     run that diverged late still gives its last good weights) to `out`, atomically; returns
     its metadata. Raises ValueError when no checkpoint is finite."""
-    import torch
     from safetensors.torch import load_file, save_file
+
+    from launcher.runtime.finite import non_finite
 
     skipped = []
     for folder in step_folders(checkpoints):
@@ -39,7 +36,7 @@ def export(kind: str, checkpoints: Path, out: Path) -> dict:
         for part in PARTS[kind]:
             for key, value in load_file(str(folder / f"{part}.safetensors")).items():
                 tensors[f"{part}.{key}" if kind in PREFIXED else key] = value.contiguous()
-        bad = [key for key, value in tensors.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+        bad = non_finite(tensors.items())
         if bad:
             skipped.append(f"{folder.name} ({len(bad)} non-finite tensors, e.g. {bad[0]})")
             continue

@@ -3,7 +3,6 @@ batch of a checkpoint written by another world size kept."""
 from __future__ import annotations
 
 import json
-import logging
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -13,8 +12,6 @@ import torch
 
 from launcher.runtime import checkpoint, distributed
 from launcher.runtime.context import TaskContext
-
-log = logging.getLogger(__name__)
 
 
 def start(ctx: TaskContext, config_cls: Any, task: str) -> tuple[Any, distributed.DistEnv]:
@@ -32,9 +29,9 @@ def start(ctx: TaskContext, config_cls: Any, task: str) -> tuple[Any, distribute
     env = distributed.init(ctx.device)
     if parsed.threads:
         torch.set_num_threads(parsed.threads)
-    cfg = kept_batch_total(parsed, parsed.resolved(env.world_size), recorded_batch(ctx.checkpoint_dir),
-                           env.world_size)
-    if env.is_main and cfg.batch_total != parsed.resolved(env.world_size).batch_total:
+    resolved = parsed.resolved(env.world_size)
+    cfg = kept_batch_total(parsed, resolved, recorded_batch(ctx.checkpoint_dir), env.world_size)
+    if env.is_main and cfg.batch_total != resolved.batch_total:
         print(f"{task}: the checkpoint was written by another world size; its total batch of {cfg.batch_total} "
               f"is kept on {env.world_size} rank(s) as {cfg.batch_per_gpu} per rank x "
               f"{cfg.batch_total // (cfg.batch_per_gpu * env.world_size)} accumulated", flush=True)
