@@ -11,10 +11,13 @@
 # Each training stage runs until its time budget, when the launcher's operator stop (SIGINT, as
 # a Ctrl-C) makes the ranks commit a stop checkpoint; that checkpoint is what gets exported.
 # DEVICE=cpu runs it all on the CPU (a smoke test of the script; the weights need the GPU's minutes).
+# WORK (default build/demo-weights) holds the runs, so two tries can share one GPU; STYLENERF_SET
+# adds `key=value` overrides to step 2 (e.g. "stages.stylenerf.config.lr_g=0.0005").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-WORK=build/demo-weights
+WORK=${WORK:-build/demo-weights}
+PROCESSED=build/demo-weights/processed
 # The launcher finds its tasks through the package's entry points: where the project is on
 # PYTHONPATH but not installed (the GPU machine), write them next to the source first.
 "$PY" -c 'import importlib.metadata as m, sys; sys.exit(not m.entry_points(group="launcher.tasks"))' 2>/dev/null \
@@ -33,18 +36,20 @@ checkpoints() {   # run root, stage: that stage's checkpoints folder
 
 case ${1:-} in
     data)
-        rm -rf "$WORK/data-run" "$WORK/processed"
+        rm -rf "$WORK/data-run" "$PROCESSED"
         "$PY" -m launcher submit jobs/demo_weights_data.yaml --set "run_root=$WORK/data-run"
-        cp -r "$WORK"/data-run/*/data/processed "$WORK/processed"
+        cp -r "$WORK"/data-run/*/data/processed "$PROCESSED"
         ;;
     train)
         out=${2:?usage: $0 train OUT_DIR}
         mkdir -p "$out"
-        run_for "${STYLENERF_SECONDS:-200}" "$WORK/stylenerf" jobs/demo_weights_stylenerf.yaml
+        extra=()
+        for kv in ${STYLENERF_SET:-}; do extra+=(--set "$kv"); done
+        run_for "${STYLENERF_SECONDS:-200}" "$WORK/stylenerf" jobs/demo_weights_stylenerf.yaml "${extra[@]}"
         g=$(checkpoints "$WORK/stylenerf" stylenerf)
         "$PY" -m nerffacespeech.pretrained.demo_weights stylenerf "$g" "$out/stylenerf.safetensors"
         run_for "${A2N_SECONDS:-120}" "$WORK/audio2nerf" jobs/demo_weights_audio2nerf.yaml \
-            --set "stages.audio2nerf.config.generator=$PWD/$g" --set "stages.audio2nerf.config.data=$PWD/$WORK/processed"
+            --set "stages.audio2nerf.config.generator=$PWD/$g" --set "stages.audio2nerf.config.data=$PWD/$PROCESSED"
         "$PY" -m nerffacespeech.pretrained.demo_weights audio2nerf "$(checkpoints "$WORK/audio2nerf" audio2nerf)" \
             "$out/audio2nerf.safetensors"
         for stage in stylenerf audio2nerf; do

@@ -263,15 +263,17 @@ class Trainable(abc.ABC):
     def _backward(self, loss: torch.Tensor, injected: list[torch.Tensor] | None, last: bool) -> None:
         """The engine's backward of one micro-batch (`last`: the step's last), `injected` on the first."""
 
-    def step(self) -> None:
-        """The optimizer step, after the last micro-batch's `backward`."""
+    def step(self) -> torch.Tensor | None:
+        """The optimizer step, after the last micro-batch's `backward`; returns 1.0 (a device
+        scalar) when this step's gradient was non-finite and zeroed, None where the engine
+        guards itself (fp16 loss scaling skips such steps; DeepSpeed's bf16 ZeRO does too)."""
         if self._micro != 0:
             raise RuntimeError(f"{self.name}: step() after {self._micro} of {self.spec.accumulation} micro-batches")
-        self._step()
+        return self._step()
 
     @abc.abstractmethod
-    def _step(self) -> None:
-        """The engine's optimizer step."""
+    def _step(self) -> torch.Tensor | None:
+        """The engine's optimizer step (see `step`)."""
 
     @property
     @abc.abstractmethod
@@ -320,7 +322,7 @@ class DDPTrainable(Trainable):
         with sync:
             loss.backward()
 
-    def _step(self) -> None:
+    def _step(self) -> torch.Tensor | None:
         if self._pending is not None:
             # DDP marks every weight ready exactly once per backward, so the injected (already
             # averaged) gradients are added to the reduced ones here instead of through the loss
@@ -328,12 +330,15 @@ class DDPTrainable(Trainable):
             for p, g in zip(self.module.parameters(), self._pending):
                 p.grad = g.to(p.dtype) * scale if p.grad is None else p.grad.add_(g.to(p.dtype), alpha=scale)
             self._pending = None
+        found = None
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
+            found = zero_non_finite([p.grad for p in self.module.parameters() if p.grad is not None])
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        return found
 
     @property
     def loss_scale(self) -> float:
@@ -345,6 +350,18 @@ class DDPTrainable(Trainable):
         if self.scaler is not None:
             state[f"{self.name}_scaler"] = checkpoint.OptimizerState(self.scaler)
         return state
+
+
+def zero_non_finite(grads: list[torch.Tensor]) -> torch.Tensor:
+    """Zero NaN and clamp infinities in `grads` in place (as StyleGAN2-ADA does before each
+    update: one sample's NaN must not reach every weight through Adam); 1.0 when any gradient's
+    norm was non-finite, as a device scalar (no host sync)."""
+    if not grads:
+        return torch.zeros(())
+    found = torch.stack(torch._foreach_norm(grads)).isfinite().all().logical_not().float()
+    for grad in grads:
+        torch.nan_to_num(grad, nan=0.0, posinf=1e5, neginf=-1e5, out=grad)
+    return found
 
 
 def _mean_over_ranks(tensors: list[torch.Tensor], env: DistEnv) -> list[torch.Tensor]:
@@ -394,7 +411,7 @@ class DeepSpeedTrainable(Trainable):
             self.engine.step()      # DeepSpeed counts micro-batches in step(); it updates only at the boundary
 
     def _step(self) -> None:
-        self.engine.step()
+        self.engine.step()          # bf16 ZeRO and fp16 skip a step whose gradient norm is not finite
 
     @property
     def loss_scale(self) -> float:

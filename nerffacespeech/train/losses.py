@@ -47,8 +47,10 @@ def path_lengths(generate: Callable[[], "GeneratorOutput"]) -> torch.Tensor:
 
 
 def path_length_penalty(lengths: torch.Tensor, pl_mean: torch.Tensor, decay: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penalty mean((|J^T y| - a)^2) and the updated running mean a (moved by `decay`)."""
-    new_mean = pl_mean.lerp(lengths.detach().mean(), decay)
+    """Penalty mean((|J^T y| - a)^2) and the updated running mean a (moved by `decay`; kept where
+    the batch's lengths are not finite, so one bad step cannot poison every later penalty)."""
+    moved = pl_mean.lerp(lengths.detach().mean(), decay)
+    new_mean = torch.where(moved.isfinite(), moved, pl_mean)
     return (lengths - new_mean).square().mean(), new_mean
 
 

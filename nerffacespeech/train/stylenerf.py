@@ -163,7 +163,7 @@ class StyleNeRFTraining:
                 logs["loss_g"] = logs.get("loss_g", 0) + gan.detach() / self.accumulation
                 if out.nerf_path_loss is not None:
                     logs["nerf_path"] = logs.get("nerf_path", 0) + out.nerf_path_loss.detach() / self.accumulation
-        self.g.step()
+        _log_non_finite(logs, "g", self.g.step())
         self._update_ema(_mean_over_ranks(w_sum, self.env))
         return logs
 
@@ -191,7 +191,7 @@ class StyleNeRFTraining:
                 logs["score_fake"] = logs.get("score_fake", 0) + fake_logits.detach().mean() / self.accumulation
                 # ADA's overfitting heuristic r_t = E[sign(D(real))], logged whatever the augmentation
                 logs["rt"] = logs.get("rt", 0) + real_logits.detach().sign().mean() / self.accumulation
-        self.d.step()
+        _log_non_finite(logs, "d", self.d.step())
         return logs
 
     @torch.no_grad()
@@ -308,6 +308,13 @@ def _mean_over_ranks(value: torch.Tensor, env: distributed.DistEnv) -> torch.Ten
     return value
 
 
+def _log_non_finite(logs: dict, network: str, zeroed: torch.Tensor | None) -> None:
+    """`nonfinite_grads_<network>`: 1 for a step whose gradient was non-finite and zeroed (a
+    tick's metric is the fraction of its steps); engines that skip such steps report none."""
+    if zeroed is not None:
+        logs[f"nonfinite_grads_{network}"] = zeroed
+
+
 def cudnn_benchmark(precision: str) -> bool:
     """cuDNN's autotuner picks the fastest convolution per shape (fixed per resolution), but in
     fp32/fp16 it tries algorithms with huge workspaces: on the H100 the whole-run peak was 19.6
@@ -397,12 +404,14 @@ class Monitor:
         if self.env.is_main:
             memory = f" mem {scalars['peak_memory_gib']:.2f} GiB" if "peak_memory_gib" in scalars else ""
             augment = f" aug p {scalars['augment_p']:.3f}" if "augment_p" in scalars else ""
+            zeroed = "".join(f" non-finite grads {net.upper()} {scalars[key]:.0%}" for net in "gd"
+                             if scalars.get(key := f"nonfinite_grads_{net}", 0) > 0)
             print(f"tick {progress['tick']:<5d} kimg {kimg:<8.2f} step {progress['step']:<7d} "
                   f"res {int(scalars.get('resolution', 0))} | {sec_per_kimg:7.1f} s/kimg "
                   f"{scalars['images_per_s']:7.1f} img/s | G {scalars.get('loss_g', 0):.3f} "
                   f"D {scalars.get('loss_d', 0):.3f} r_t {scalars.get('rt', 0):.2f}{augment} "
                   f"r1 {scalars.get('r1_penalty', 0):.4f} "
-                  f"pl {scalars.get('pl_penalty', 0):.4f} nerf {scalars.get('nerf_path', 0):.4f}{memory} "
+                  f"pl {scalars.get('pl_penalty', 0):.4f} nerf {scalars.get('nerf_path', 0):.4f}{zeroed}{memory} "
                   f"| ETA {_duration(remaining)}", flush=True)
         self.tick_images, self.tick_start = 0, now
 

@@ -1,0 +1,57 @@
+"""A step whose gradient is NaN or infinite never reaches the weights (DDP in fp32 or bf16, as
+StyleGAN2-ADA guards its updates): the gradient is zeroed, the step says so, and the weights stay
+finite; finite gradients go through untouched. Seen on a GPU: one NaN step made the demo-weights
+StyleNeRF train on NaN for the rest of the run (docs/DEMO_WEIGHTS.md)."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from launcher.runtime.distributed import single_process_env
+from nerffacespeech.train import losses
+from nerffacespeech.train.engine import EngineSpec, make_trainable
+
+
+def _trainable(precision: str = "fp32"):
+    def factory():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(4, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1))
+    return make_trainable("net", factory(), factory, EngineSpec("ddp", 0, precision, 1e-2, (0.0, 0.99), 1e-8, 4),
+                          single_process_env())
+
+
+def _step(net, inputs: torch.Tensor):
+    net.backward(net(inputs).float().square().mean())
+    return net.step()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_a_non_finite_gradient_is_zeroed_and_reported(bad):
+    net = _trainable()
+    assert float(_step(net, torch.ones(4, 4))) == 0.0
+    before = [p.detach().clone() for p in net.module.parameters()]
+    assert float(_step(net, torch.full((4, 4), bad))) == 1.0
+    after = list(net.module.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    # beta1 = 0: a zero gradient moves nothing, so the weights are exactly those before the step
+    assert all(torch.equal(a, b) for a, b in zip(after, before))
+
+
+def test_finite_gradients_pass_unchanged():
+    guarded, plain = _trainable(), _trainable()
+    optimizer = plain.optimizer
+    inputs = torch.randn(4, 4, generator=torch.Generator().manual_seed(1))
+    for _ in range(3):
+        _step(guarded, inputs)
+        plain.module(inputs).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    assert all(torch.equal(a, b) for a, b in zip(guarded.module.parameters(), plain.module.parameters()))
+
+
+def test_the_path_length_mean_keeps_its_value_through_a_non_finite_batch():
+    mean = torch.tensor(0.5)
+    _, moved = losses.path_length_penalty(torch.tensor([1.0, 2.0]), mean, 0.5)
+    _, kept = losses.path_length_penalty(torch.tensor([1.0, math.nan]), mean, 0.5)
+    assert float(moved) == 1.0 and float(kept) == 0.5
