@@ -334,7 +334,8 @@ class Run:
         if foreign:
             raise NotResumable(f"not resumed: resume --set changes stage resources only "
                                f"(stages.STAGE.resources.KEY=VALUE), not {', '.join(foreign)}")
-        job = load_spec(self.dir.layout.spec, settings, backend=self.plan.backend)
+        job = load_spec(self.dir.layout.spec, settings, backend=self.plan.backend,
+                        checkpoint_dirs={s: self.dir.stage(s).checkpoints for s in self.stage_names})
         self.dir.write_spec(yaml.safe_dump(job.raw, sort_keys=False))
         self.dir.write_plan(planner.build(job, str(self.dir.path), sys.executable))
 

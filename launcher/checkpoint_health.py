@@ -17,6 +17,8 @@ from pathlib import Path
 
 from .atomic import write_json
 
+MANIFEST = "manifest.json"      # in every committed step folder: world size, files, digests
+LATEST = "latest"               # names the newest committed step folder
 QUARANTINE = "quarantine"
 RECORD = "QUARANTINED.json"
 FRESH_START = "FRESH_START"

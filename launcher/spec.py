@@ -8,7 +8,7 @@ import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -261,9 +261,11 @@ INCLUDE_ONLY = ("has neither name nor stages: an include-only base (settings sha
 
 
 def load_spec(path: str | Path | dict, overrides: list[str] = (), backend: str | None = None,
-              check_tasks: bool = True, base_dir: str | Path = ".") -> JobSpec:
+              check_tasks: bool = True, base_dir: str | Path = ".",
+              checkpoint_dirs: Mapping[str, Path] | None = None) -> JobSpec:
     """Load, merge and validate a spec (a file, or a mapping whose relative paths are under
-    `base_dir`); raise SpecInvalid listing every problem."""
+    `base_dir`); raise SpecInvalid listing every problem. `checkpoint_dirs` (stage → folder, for
+    a resume on new resources) lets the task checks judge what the stages' checkpoints hold."""
     data, positions = load_merged(path, overrides, base_dir)
     if backend is not None:
         data["backend"] = backend
@@ -289,7 +291,7 @@ def load_spec(path: str | Path | dict, overrides: list[str] = (), backend: str |
         sound = {sname: s for sname, s in stages.items() if sname not in unsound}
         _check_resources(top, backend_name, slurm, local, sound)
         if check_tasks:
-            _check_tasks(top, backend_name, local, sound, spec_dir)
+            _check_tasks(top, backend_name, local, sound, spec_dir, checkpoint_dirs or {})
     if problems:
         raise SpecInvalid(problems)
     return JobSpec(name=name, backend=backend_name, run_root=run_root, slurm=slurm, local=local,
@@ -513,7 +515,7 @@ def processes_per_node(stage: StageSpec, backend: str, local: LocalSettings) -> 
 
 
 def _check_tasks(top: Reader, backend: str, local: LocalSettings, stages: dict[str, StageSpec],
-                 spec_dir: Path) -> None:
+                 spec_dir: Path, checkpoint_dirs: Mapping[str, Path]) -> None:
     for s in stages.values():
         ep = tasks.check_for(s.task)
         if ep is None:
@@ -525,6 +527,8 @@ def _check_tasks(top: Reader, backend: str, local: LocalSettings, stages: dict[s
                      "device": local.device if backend == "local" else
                      ("cuda" if s.resources.gpus_per_node else "cpu"),
                      "array": s.array, "spec_dir": str(spec_dir)}
+        if s.name in checkpoint_dirs:
+            resources["checkpoint_dir"] = str(checkpoint_dirs[s.name])
         try:
             findings = ep.load()(s.config, resources)
         except Exception as exc:  # a broken check must not hide the spec's own problems

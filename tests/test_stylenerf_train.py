@@ -141,7 +141,7 @@ def test_a_run_stopped_by_the_preemption_signal_resumes_bitwise(tmp_path, engine
 @pytest.mark.slow
 def test_a_run_of_two_ranks_resumes_on_one_with_the_same_total_batch_and_three_are_refused(tmp_path):
     """The operator's path: cancel, then `resume --set` fewer processes. 2 x 4 images per step;
-    3 ranks cannot share 8 (refused, the reason in `status`); 1 rank accumulates 2 x 4."""
+    3 ranks cannot share 8 (the resume command refuses, the run untouched); 1 rank accumulates 2 x 4."""
     config = {"engine": "ddp", "zero_stage": 0, "precision": "fp32", "batch_per_gpu": 4, "max_steps": 10,
               "tick_kimg": 0.008, "snapshot_ticks": 1000}
     run = submit(tmp_path, "reshaped", config, "--detach")
@@ -152,13 +152,16 @@ def test_a_run_of_two_ranks_resumes_on_one_with_the_same_total_batch_and_three_a
     assert 3 <= stopped_at < 10
 
     refused = launcher("resume", run.name, "--set", "stages.train.resources.tasks_per_node=3", cwd=tmp_path)
-    status = launcher("status", run.name, cwd=tmp_path, check=True).stdout
-    assert refused.returncode != 0 and "3 ranks cannot share 8 evenly" in status, refused.stdout + status
+    said = refused.stdout + refused.stderr
+    assert refused.returncode == 2, said
+    assert "stages.train.config.batch_total: cannot resume on 3 process(es)" in said, said
+    assert "3 ranks cannot share 8 evenly" in said and "resume on 1, 2, 4, 8 ranks" in said, said
+    assert not (stage(run) / "logs" / "attempt-1").exists()               # nothing was started
 
     launcher("resume", run.name, "--set", "stages.train.resources.tasks_per_node=1", cwd=tmp_path, check=True,
              timeout=900)
     assert final(run)["images"] == 10 * 8
-    log = (stage(run) / "logs" / "attempt-2" / "rank-0.log").read_text()
+    log = (stage(run) / "logs" / "attempt-1" / "rank-0.log").read_text()
     assert "kept on 1 rank(s) as 4 per rank x 2 accumulated" in log
     trained = sorted(m["step"] for m in metric_lines(run) if "loss_g" in m)
     assert trained == list(range(1, 11))                                      # no step lost or logged twice

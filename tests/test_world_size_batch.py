@@ -1,15 +1,15 @@
 """A training checkpoint written by N ranks and resumed on M keeps its total batch: the per-rank
 batch (at most the configured one) and the gradient accumulation make it up again, so the samples
-per step do not depend on how many ranks share them (`nerffacespeech.train.startup`). A world
+per step do not depend on how many ranks share them (`nerffacespeech.configs.kept_batch`). A world
 size that cannot share the total evenly is refused with the reason and the sizes that would work.
 """
 import json
 
 import pytest
 
-from launcher.runtime.checkpoint import LATEST
+from launcher.checkpoint_health import LATEST
 from nerffacespeech.configs import audio2nerf, stylenerf
-from nerffacespeech.train.startup import kept_batch_total, recorded_batch, split_batch
+from nerffacespeech.configs.kept_batch import kept_batch_total, recorded_batch, split_batch
 
 
 def test_the_split_keeps_the_largest_per_rank_batch_the_config_allows():
@@ -67,3 +67,19 @@ def test_the_record_is_read_from_the_newest_committed_checkpoint(tmp_path):
     assert recorded_batch(tmp_path) == (2, 8, "step-000004")
     (folder / "progress.json").write_text(json.dumps({"step": 4}))     # written before the record existed
     assert recorded_batch(tmp_path) is None
+
+
+def test_the_config_check_refuses_a_resume_on_a_world_size_the_checkpoint_batch_does_not_fit(tmp_path):
+    """What `launcher resume RUN --set ...` runs before changing anything: the same rule, judged
+    on the stage's newest checkpoint."""
+    folder = tmp_path / "step-000004"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"world_size": 2, "files": {}}))
+    (folder / "progress.json").write_text(json.dumps({"step": 4, "batch_total": 8}))
+    (tmp_path / LATEST).write_text("step-000004\n")
+    config = {"data": "data/sample/faces/lfw", "batch_per_gpu": 4, "preset": "tiny"}
+    resumed_on = {n: stylenerf.check(config, {"world_size": n, "checkpoint_dir": str(tmp_path)}) for n in (1, 3)}
+    assert resumed_on[1] == []
+    [(field, message)] = resumed_on[3]
+    assert field == "batch_total" and message.startswith("cannot resume on 3 process(es): checkpoint step-000004")
+    assert stylenerf.check(config, {"world_size": 3}) == []               # a fresh run on 3 is fine

@@ -50,8 +50,7 @@ from launcher.runtime.distributed import DistEnv
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-LATEST = "latest"
+MANIFEST, LATEST = checkpoint_health.MANIFEST, checkpoint_health.LATEST
 MANIFEST_FORMAT = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _UNFINISHED_DIR = re.compile(r"^\.step-\d+\.tmp-[0-9a-f]+$")

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
-from . import paths, typed
+from . import kept_batch, paths, typed
 from .typed import Problem, field_problems
 
 ENGINES = ("deepspeed", "ddp")
@@ -297,6 +298,12 @@ def training_problems(cfg: Any, resources: dict, known: list[Problem]) -> list[P
         out += support_problems(cfg.engine, cfg.zero_stage, cfg.precision, str(resources.get("device") or "auto"))
     if typed.sound(known, *BATCH_FIELDS):
         r = cfg.resolved(world)
+        checkpoints = resources.get("checkpoint_dir")       # set when `resume --set` changes resources
+        try:
+            r = kept_batch.kept_batch_total(cfg, r, checkpoints and kept_batch.recorded_batch(Path(checkpoints)),
+                                            world)
+        except ValueError as refused:
+            return out + [("batch_total", f"cannot resume on {world} process(es): {refused}")]
         if r.batch_total % (r.batch_per_gpu * world):
             out.append(("batch_total", f"{r.batch_total} is not a multiple of batch_per_gpu {r.batch_per_gpu} "
                                        f"x {world} processes"))
