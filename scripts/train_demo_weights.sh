@@ -49,7 +49,8 @@ case ${1:-} in
         g=$(checkpoints "$WORK/stylenerf" stylenerf)
         "$PY" -m nerffacespeech.pretrained.demo_weights stylenerf "$g" "$out/stylenerf.safetensors"
         run_for "${A2N_SECONDS:-120}" "$WORK/audio2nerf" jobs/demo_weights_audio2nerf.yaml \
-            --set "stages.audio2nerf.config.generator=$PWD/$g" --set "stages.audio2nerf.config.data=$PWD/$PROCESSED"
+            --set "stages.audio2nerf.config.generator=$(realpath "$g")" \
+            --set "stages.audio2nerf.config.data=$(realpath "$PROCESSED")"
         "$PY" -m nerffacespeech.pretrained.demo_weights audio2nerf "$(checkpoints "$WORK/audio2nerf" audio2nerf)" \
             "$out/audio2nerf.safetensors"
         for stage in stylenerf audio2nerf; do
