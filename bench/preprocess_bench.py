@@ -1,9 +1,12 @@
 """Preprocessing throughput: alignment and audio features (items/s per core), 3DMM fitting (frames/s).
 
     python bench/preprocess_bench.py [--out FILE.json] [--device cpu|cuda]
-                                     [--parts alignment,audio,fit3dmm,reference,photometric]
+                                     [--parts alignment,warp,audio,fit3dmm,reference,photometric]
 
 Runs on the bundled sample data and a synthetic BFM09-layout model, so it needs no downloads.
+`warp` times the FFHQ crop's warp alone with OpenCV (what `preprocess/align.py` uses) and with
+kornia's `warp_affine` on the same frames and transforms (issue 21: keep the faster), and how
+far apart their crops are.
 Fitting (`fit3dmm`: the default `lm` solver) fits clips of a synthetic face turning and talking,
 after one warm-up clip, and reports frames/s and landmark error (px at 224, exact landmarks);
 `reference` fits one clip with L-BFGS for 1000 rigid + 500 non-rigid iterations on the anchors
@@ -29,7 +32,7 @@ from nerffacespeech.preprocess import bfm, fit3dmm, renderers, template
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
 REFERENCE = FitConfig(solver="lbfgs", rigid_steps=1000, nonrigid_steps=500, warm_steps=500)
-PARTS = ("alignment", "audio", "fit3dmm", "reference", "photometric")
+PARTS = ("alignment", "warp", "audio", "fit3dmm", "reference", "photometric")
 
 
 def bench_alignment(resolution: int = 256) -> dict:
@@ -46,6 +49,45 @@ def bench_alignment(resolution: int = 256) -> dict:
     seconds = time.perf_counter() - start
     return {"items": len(paths), "seconds": seconds, "items_per_s_per_core": len(paths) / seconds,
             "landmarker": marker.name, "resolution": resolution}
+
+
+def bench_warp(resolution: int = 256, repeats: int = 5) -> dict:
+    """The FFHQ crop's warp of 40 sample frames: OpenCV per frame against kornia on the batch
+    (its uint8 <-> float conversions included), one thread; seconds per crop and the largest and
+    mean pixel difference of the two crops (0-255)."""
+    import cv2
+    from kornia.geometry.transform import warp_affine
+
+    from nerffacespeech.preprocess import align, images, landmarks
+
+    paths = sorted((SAMPLE / "images" / "astronaut" / "00001").glob("*.jpg"))[:40]
+    marker = landmarks.DlibLandmarker()
+    frames = [images.load_frame(path, 64) for path in paths]
+    faces = np.stack([landmarks.single_face(marker.detect([f])[0], marker.min_score).landmarks for f in frames])
+    transforms = align.quad_transforms(align.ffhq_quads(faces), resolution)
+    size = (resolution, resolution)
+
+    def opencv() -> np.ndarray:
+        return np.stack([cv2.warpAffine(f, t, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+                         for f, t in zip(frames, transforms)])
+
+    def kornia() -> np.ndarray:
+        batch = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float()
+        out = warp_affine(batch, torch.from_numpy(transforms).float(), size, mode="bilinear",
+                          padding_mode="reflection", align_corners=False)
+        return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+    timings = {}
+    for name, warp in (("opencv", opencv), ("kornia", kornia)):
+        warp()                                               # first call: imports, allocations
+        start = time.perf_counter()
+        for _ in range(repeats):
+            crops = warp()
+        timings[name] = ((time.perf_counter() - start) / (repeats * len(frames)), crops)
+    diff = np.abs(timings["opencv"][1].astype(np.int16) - timings["kornia"][1].astype(np.int16))
+    return {"crops": len(frames), "resolution": resolution, "opencv_ms_per_crop": 1e3 * timings["opencv"][0],
+            "kornia_ms_per_crop": 1e3 * timings["kornia"][0], "max_pixel_difference": int(diff.max()),
+            "mean_pixel_difference": float(diff.mean())}
 
 
 def bench_audio() -> dict:
@@ -146,6 +188,10 @@ def main() -> None:
     if "alignment" in parts:
         results["alignment"] = r = bench_alignment()
         show("alignment (load+detect+68 pts+crop)", f"{r['items_per_s_per_core']:.1f} items/s/core")
+    if "warp" in parts:
+        results["warp"] = r = bench_warp()
+        show("FFHQ crop warp, OpenCV (used) / kornia", f"{r['opencv_ms_per_crop']:.3f} / {r['kornia_ms_per_crop']:.3f} "
+             f"ms per crop; crops differ by <= {r['max_pixel_difference']} (mean {r['mean_pixel_difference']:.2f})")
     if "audio" in parts:
         results["audio"] = r = bench_audio()
         show("audio (load+mel+windows, ~3 s clips)", f"{r['items_per_s_per_core']:.1f} items/s/core")

@@ -102,7 +102,9 @@ class Audio2NeRFTraining:
             self.objective.backward(loss)
             for k, v in {"loss": loss, **logs}.items():
                 sums[k] = sums.get(k, 0) + v.detach().float() / self.accumulation
-        self.objective.step()
+        zeroed = self.objective.step()
+        if zeroed is not None:          # 1 when this step's gradient was non-finite and zeroed (engine.step)
+            sums["nonfinite_grads"] = zeroed
         return sums
 
     def sync_export(self) -> None:
