@@ -265,8 +265,9 @@ class Trainable(abc.ABC):
 
     def step(self) -> torch.Tensor | None:
         """The optimizer step, after the last micro-batch's `backward`; returns 1.0 (a device
-        scalar) when this step's gradient was non-finite and zeroed, None where the engine
-        guards itself (fp16 loss scaling skips such steps; DeepSpeed's bf16 ZeRO does too)."""
+        scalar) when this step's gradient was non-finite and zeroed, None for DeepSpeed (fp16
+        and ZeRO-1/2 in bf16 skip such steps; fp32, and bf16 at ZeRO 0 and 3, have no guard) and
+        for DDP in fp16 (its GradScaler skips them)."""
         if self._micro != 0:
             raise RuntimeError(f"{self.name}: step() after {self._micro} of {self.spec.accumulation} micro-batches")
         return self._step()
@@ -411,7 +412,7 @@ class DeepSpeedTrainable(Trainable):
             self.engine.step()      # DeepSpeed counts micro-batches in step(); it updates only at the boundary
 
     def _step(self) -> None:
-        self.engine.step()          # bf16 ZeRO and fp16 skip a step whose gradient norm is not finite
+        self.engine.step()          # fp16 and bf16 ZeRO-1/2 skip a step whose gradient norm is not finite
 
     @property
     def loss_scale(self) -> float:
