@@ -334,8 +334,10 @@ class Run:
         if foreign:
             raise NotResumable(f"not resumed: resume --set changes stage resources only "
                                f"(stages.STAGE.resources.KEY=VALUE), not {', '.join(foreign)}")
+        # the stages that will run again have their checkpoints judged (a completed one never resumes)
+        rerun = [name for name, state in self.states().items() if state != policy.COMPLETED]
         job = load_spec(self.dir.layout.spec, settings, backend=self.plan.backend,
-                        checkpoint_dirs={s: self.dir.stage(s).checkpoints for s in self.stage_names})
+                        checkpoint_dirs={s: self.dir.stage(s).checkpoints for s in rerun})
         self.dir.write_spec(yaml.safe_dump(job.raw, sort_keys=False))
         self.dir.write_plan(planner.build(job, str(self.dir.path), sys.executable))
 

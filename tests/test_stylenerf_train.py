@@ -141,7 +141,8 @@ def test_a_run_stopped_by_the_preemption_signal_resumes_bitwise(tmp_path, engine
 @pytest.mark.slow
 def test_a_run_of_two_ranks_resumes_on_one_with_the_same_total_batch_and_three_are_refused(tmp_path):
     """The operator's path: cancel, then `resume --set` fewer processes. 2 x 4 images per step;
-    3 ranks cannot share 8 (the resume command refuses, the run untouched); 1 rank accumulates 2 x 4."""
+    3 ranks cannot share 8 (the resume command refuses, the run untouched); 1 rank accumulates 2 x 4;
+    once the stage is complete its checkpoint is no longer judged."""
     config = {"engine": "ddp", "zero_stage": 0, "precision": "fp32", "batch_per_gpu": 4, "max_steps": 10,
               "tick_kimg": 0.008, "snapshot_ticks": 1000}
     run = submit(tmp_path, "reshaped", config, "--detach")
@@ -165,3 +166,7 @@ def test_a_run_of_two_ranks_resumes_on_one_with_the_same_total_batch_and_three_a
     assert "kept on 1 rank(s) as 4 per rank x 2 accumulated" in log
     trained = sorted(m["step"] for m in metric_lines(run) if "loss_g" in m)
     assert trained == list(range(1, 11))                                      # no step lost or logged twice
+    # the stage is complete: its checkpoint is not judged any more, as it will not run again
+    again = launcher("resume", run.name, "--set", "stages.train.resources.tasks_per_node=3", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert not (stage(run) / "logs" / "attempt-2").exists()
