@@ -10,7 +10,7 @@ from torch import nn
 
 from launcher.runtime.distributed import single_process_env
 from nerffacespeech.train import losses
-from nerffacespeech.train.engine import EngineSpec, make_trainable
+from nerffacespeech.train.engine import EngineSpec, make_trainable, zero_non_finite
 
 
 def _trainable(precision: str = "fp32"):
@@ -55,3 +55,9 @@ def test_the_path_length_mean_keeps_its_value_through_a_non_finite_batch():
     _, moved = losses.path_length_penalty(torch.tensor([1.0, 2.0]), mean, 0.5)
     _, kept = losses.path_length_penalty(torch.tensor([1.0, math.nan]), mean, 0.5)
     assert float(moved) == 1.0 and float(kept) == 0.5
+
+
+def test_huge_finite_gradients_are_neither_counted_nor_changed():
+    grads = [torch.full((4,), 3e38)]                  # their sum of squares would overflow to inf
+    assert float(zero_non_finite(grads)) == 0.0
+    assert torch.equal(grads[0], torch.full((4,), 3e38))

@@ -355,11 +355,12 @@ class DDPTrainable(Trainable):
 
 def zero_non_finite(grads: list[torch.Tensor]) -> torch.Tensor:
     """Zero NaN and clamp infinities in `grads` in place (as StyleGAN2-ADA does before each
-    update: one sample's NaN must not reach every weight through Adam); 1.0 when any gradient's
-    norm was non-finite, as a device scalar (no host sync)."""
+    update: one sample's NaN must not reach every weight through Adam); 1.0 when any element was
+    non-finite, as a device scalar (no host sync). The max-abs norm cannot overflow as a sum of
+    squares could, so finite gradients are never counted."""
     if not grads:
         return torch.zeros(())
-    found = torch.stack(torch._foreach_norm(grads)).isfinite().all().logical_not().float()
+    found = torch.stack(torch._foreach_norm(grads, float("inf"))).isfinite().all().logical_not().float()
     for grad in grads:
         torch.nan_to_num(grad, nan=0.0, posinf=1e5, neginf=-1e5, out=grad)
     return found
