@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from launcher.heartbeat import on_step_loop
 from launcher.runtime import checkpoint, distributed
 from launcher.runtime.context import TaskContext
 from launcher.runtime.loop import StepLoop, tensor_digest
@@ -44,7 +45,8 @@ class ToyConfig:
     checkpoint_pause: float = 0.0       # seconds each checkpoint write lingers (kill-during-write tests)
     threads: int = 1
     hang_rank: int = -1                 # this rank stops moving at `hang_at_step` of the first attempt
-    hang_at_step: int = 0               # (hang-detection tests: the others wait in the next collective)
+    hang_at_step: int = 0               # (hang-detection tests: the others wait in the next collective;
+                                        # 0: before the process group, the others wait in the rendezvous)
     slow_rank: int = -1                 # this rank sleeps `slow_seconds` more per step (slow but alive)
     slow_seconds: float = 0.0
 
@@ -60,12 +62,15 @@ class ToyConfig:
         return cfg
 
 
+@on_step_loop
 def main(ctx: TaskContext) -> None:
     """Train `steps` steps of the toy model on the runtime's step loop."""
     cfg = ToyConfig.from_dict(ctx.config)
     torch.set_num_threads(cfg.threads)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # deterministic cuBLAS needs it
     torch.use_deterministic_algorithms(True)
+    if cfg.hang_at_step == 0 and int(os.environ.get("RANK", 0)) == cfg.hang_rank and ctx.attempt == 0:
+        freeze()
     env = distributed.init(ctx.device)
     try:
         engine = (DeepSpeedEngine if cfg.engine == "deepspeed" else DDPEngine)(cfg, build_model(cfg), env)

@@ -66,8 +66,13 @@ def main(argv: list[str] | None = None) -> int:
           f"attempt {ctx.attempt} task {stage['target']}", flush=True)
     outcome = {"rank": rank, "start": time.time()}
     ended = None        # the task's exception, kept alive: freeing its frames tears down process groups
+    beat = heartbeat.Heartbeat(ctx.layout.heartbeat(ctx.shard_index, ctx.attempt, rank), rank)
+    beat.beat(0, heartbeat.LAUNCHING)       # watched from here: imports and rendezvous can hang too
     try:
-        tasks.load_callable(stage["target"])(ctx)
+        task = tasks.load_callable(stage["target"])
+        if not heartbeat.runs_step_loop(task):
+            beat.remove()                   # no steps to beat: from here on not watched
+        task(ctx)
         code = exitcodes.OK
     except StopForRequeue as stopped:
         ended, code = stopped, exitcodes.STOPPED_FOR_REQUEUE

@@ -3,8 +3,9 @@
 A rank on the step loop keeps one small JSON file (`StageLayout.heartbeat`: rank, host, pid,
 step, phase, time), replaced by rename at most every `Heartbeat.interval_s` seconds and at once
 when its phase changes; the step loop's only cost is a clock read per step. The supervisor reads
-them (`HangWatch.check`): when no rank has made progress for its phase's budget (`starting`
-until the first step ends, `saving` during a checkpoint save, `evaluating` during a task's
+them (`HangWatch.check`): when no rank has made progress for its phase's budget (`launching`
+from the rank's start until a step-loop task (`on_step_loop`) builds its loop: imports,
+rendezvous, model set-up; `starting` until the first step ends, `saving` during a checkpoint save, `evaluating` during a task's
 evaluation, `step` otherwise, `finished` after the final record: a rank that does not exit), the
 attempt hangs. Each rank also keeps the mean of its last steps' own work (the step's time
 outside the stop vote), from which `stragglers` names a rank the others keep waiting for. No torch
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-STARTING, STEP, SAVING, EVALUATING, FINISHED = "starting", "step", "saving", "evaluating", "finished"
+LAUNCHING, STARTING, STEP, SAVING, EVALUATING, FINISHED = (
+    "launching", "starting", "step", "saving", "evaluating", "finished")
 DUMP_SIGNAL = "QUIT"        # faulthandler dumps every thread's stack on it; no stop signal collides
 # A straggler: over its last BUSY_WINDOW steps (at least STRAGGLER_MIN_STEPS), its own work per step
 # is at least STRAGGLER_RATIO times the other ranks' median and STRAGGLER_MIN_EXCESS_S longer.
@@ -43,7 +45,8 @@ STEP_FLOOR_S = 300.0
 class HangTimeouts:
     """Seconds without progress that mean a hang, per phase (the spec's hang_timeout fields)."""
     step: float = 0.0           # 0: derived from the measured step time (step_budget)
-    start: float = 1800.0       # restore and the first step (compilation, CUDA graph capture)
+    start: float = 1800.0       # launch to the loop, and again restore and the first step (compilation,
+                                # CUDA graph capture)
     save: float = 1800.0        # a blocking checkpoint save
     evaluate: float = 3600.0    # a task's evaluation inside `StepLoop.evaluating()` (FID, samples)
     collective: float = 0.0     # the spec's collective_timeout; 0: derived (collective_s)
@@ -56,12 +59,12 @@ class HangTimeouts:
         return max(STEP_FLOOR_S, STEP_FACTOR * (step_s or 0.0))
 
     def budget(self, phase: str, step_s: float | None = None) -> float:
-        return {STARTING: self.start, SAVING: self.save, EVALUATING: self.evaluate}.get(
-            phase, self.step_budget(step_s))
+        return {LAUNCHING: self.start, STARTING: self.start, SAVING: self.save,
+                EVALUATING: self.evaluate}.get(phase, self.step_budget(step_s))
 
     def describe_budget(self, phase: str) -> str:
         """The budget in words without a measured time (the loop guard compares hang texts)."""
-        if phase in (STARTING, SAVING, EVALUATING) or self.step:
+        if phase in (LAUNCHING, STARTING, SAVING, EVALUATING) or self.step:
             return f"budget {self.budget(phase):.0f} s"
         return f"budget {STEP_FACTOR:g}x its step time, at least {STEP_FLOOR_S:.0f} s"
 
@@ -72,6 +75,18 @@ class HangTimeouts:
         the timeout is the backstop where nothing watches (tasks off the step loop, a lost supervisor)."""
         return self.collective or max(self.step_budget(None), self.start, self.save, self.evaluate) \
             + COLLECTIVE_MARGIN_S
+
+
+def on_step_loop(task: Callable) -> Callable:
+    """Marks a task that runs the step loop (launcher.runtime.loop): its ranks are watched from
+    their launch, so a rank stuck in an import, the rendezvous or the model's set-up is a hang.
+    Other tasks are watched only until their module is imported (they have no steps to beat)."""
+    task.on_step_loop = True
+    return task
+
+
+def runs_step_loop(task: Callable) -> bool:
+    return getattr(task, "on_step_loop", False)
 
 
 class Heartbeat:
@@ -107,6 +122,10 @@ class Heartbeat:
         except OSError:
             return      # a full disk fails the checkpoint with its reason; a missed beat only ages
         self._written = now
+
+    def remove(self) -> None:
+        """No heartbeat for this rank: the hang watch leaves a rank without one alone."""
+        self.path.unlink(missing_ok=True)
 
 
 def read_all(folder: Path) -> list[dict]:

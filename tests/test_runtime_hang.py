@@ -12,7 +12,7 @@ from launcher import api, heartbeat, plan as planner
 from launcher.fields import SpecInvalid
 from launcher.heartbeat import HangTimeouts, HangWatch, Heartbeat
 from launcher.spec import load_spec
-from tests.launcher_helpers import launcher, run_dir_from, training_spec, write_spec
+from tests.launcher_helpers import launcher, processed_items, run_dir_from, training_spec, write_spec
 
 TIMEOUTS = HangTimeouts(step=10, start=100, save=50, evaluate=200)
 
@@ -88,6 +88,18 @@ def test_hang_rule_each_phase_has_its_budget(tmp_path):
     assert hang.describe() == HangWatch(tmp_path, TIMEOUTS).check(now + 5).describe()   # no times in it
 
 
+def test_a_rank_still_launching_has_the_start_budget(tmp_path):
+    now = 1000.0
+    write_beats(tmp_path, (0, "launching", now - 99), (0, "launching", now - 99))
+    assert HangWatch(tmp_path, TIMEOUTS).check(now) is None
+    write_beats(tmp_path, (0, "launching", now - 101), (0, "launching", now - 99))
+    assert HangWatch(tmp_path, TIMEOUTS).check(now) is None           # rank 1 is within it
+    write_beats(tmp_path, (0, "launching", now - 101), (0, "starting", now - 101))
+    assert HangWatch(tmp_path, TIMEOUTS).check(now).describe() == (
+        "hang: no rank made progress: rank 0 on h at step 0 (launching, budget 100 s); "
+        "rank 1 on h at step 0 (starting, budget 100 s)")
+
+
 def test_without_a_spec_value_the_step_budget_is_derived_from_measured_step_times(tmp_path):
     derived, now = HangTimeouts(), 1000.0
     current, earlier = tmp_path / "attempt-2", tmp_path / "attempt-1"
@@ -144,12 +156,15 @@ def test_hang_timeouts_are_validated_and_reach_the_plan(tmp_path):
 
 STEPS = 6
 HANG_TIMEOUT = 5
+START_TIMEOUT = 20          # from launch to the loop: imports torch and DeepSpeed, then the rendezvous
 
 
-def run_training(tmp_path: Path, name: str, config: dict) -> Path:
-    spec = json.loads(training_spec(name, "launcher.diagnose_train:main", {"steps": STEPS, **config},
+def run_training(tmp_path: Path, name: str, config: dict, task: str = "launcher.diagnose_train:main",
+                 start_timeout: float = 120) -> Path:
+    spec = json.loads(training_spec(name, task, config if "items" in config else {"steps": STEPS, **config},
                                     every_steps=2, restarts=2))
-    spec["stages"]["train"].update(hang_timeout=HANG_TIMEOUT, hang_timeout_start=120, hang_timeout_save=60)
+    spec["stages"]["train"].update(hang_timeout=HANG_TIMEOUT, hang_timeout_start=start_timeout,
+                                   hang_timeout_save=60)
     done = launcher("submit", str(write_spec(tmp_path, json.dumps(spec), f"{name}.yaml")), cwd=tmp_path,
                     timeout=240)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -191,3 +206,29 @@ def test_a_frozen_rank_is_detected_dumped_and_restarted_a_slow_one_is_not(tmp_pa
     assert "in freeze" in (logs / "rank-1.log").read_text()          # the frozen rank's stack
     assert "in agree" in (logs / "rank-0.log").read_text()           # its peer, waiting in the stop vote
     assert final_digest(hung) == final_digest(slow)
+
+
+@pytest.mark.slow
+def test_a_rank_frozen_before_its_process_group_is_a_hang_of_the_launch(tmp_path):
+    # Rank 1 of the first attempt never reaches the rendezvous; rank 0 waits in it. Neither has a
+    # step loop yet: the entry's launch heartbeat is what ages.
+    hung = run_training(tmp_path, "launch", {"hang_rank": 1, "hang_at_step": 0}, start_timeout=START_TIMEOUT)
+    first, second = ledger(hung)
+    assert (first["state"], second["state"]) == ("continue", "completed")
+    assert {b["rank"]: (b["step"], b["phase"]) for b in first["hang"]} == {0: (0, "launching"), 1: (0, "launching")}
+    assert first["error"].endswith(f"(launching, budget {START_TIMEOUT} s)")
+    detected_after = first["end"] - max(b["time"] for b in first["hang"])
+    assert START_TIMEOUT < detected_after < START_TIMEOUT + 4, detected_after
+    logs = hung / "stages" / "train" / "logs" / "attempt-0"
+    assert "in freeze" in (logs / "rank-1.log").read_text()
+    assert "in init" in (logs / "rank-0.log").read_text()             # waiting for rank 1 to join
+    assert json.loads((hung / "stages" / "train" / "final.json").read_text())["step"] == STEPS
+
+
+@pytest.mark.slow
+def test_a_task_off_the_step_loop_outlives_the_start_budget(tmp_path):
+    # diagnose.items has no steps to beat: after its import it is not watched, however long it runs.
+    done = run_training(tmp_path, "items", {"items": 3, "seconds_per_item": 3}, task="diagnose.items",
+                        start_timeout=5)
+    assert [a["state"] for a in ledger(done)] == ["completed"]
+    assert set(processed_items(done, "train")) == {0, 1, 2}

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from launcher.atomic import write_bytes
+from launcher.heartbeat import on_step_loop
 from launcher.runtime import checkpoint, distributed
 from launcher.runtime.context import TaskContext
 from launcher.runtime.loop import StepLoop, tensor_digest
@@ -140,6 +141,7 @@ def _load_initial_weights(path: str, objective: torch.nn.Module) -> None:
                          f"(missing or unexpected: {', '.join(wrong[:5])})")
 
 
+@on_step_loop
 def main(ctx: TaskContext) -> None:
     """Train `max_steps` steps on the runtime's step loop, evaluating on held-out clip tails."""
     cfg, env = startup.start(ctx, TrainConfig, "audio2nerf.train")

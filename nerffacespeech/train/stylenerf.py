@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from launcher.atomic import write_bytes
+from launcher.heartbeat import on_step_loop
 from launcher.runtime import checkpoint, compile_cache, distributed
 from launcher.runtime.context import TaskContext
 from launcher.runtime.loop import StepLoop, tensor_digest
@@ -491,6 +492,7 @@ def _duration(seconds: float) -> str:
 # ---------------------------------------------------------------------- the task
 
 
+@on_step_loop
 def main(ctx: TaskContext) -> None:
     """Train until `kimg` (or `max_steps`) on the runtime's step loop: checkpoints, stops, resume."""
     cfg, env = startup.start(ctx, TrainConfig, "stylenerf.train")
