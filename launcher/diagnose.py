@@ -48,6 +48,8 @@ def items(ctx) -> None:
         raise RuntimeError(f"shard {ctx.shard_index} fails on purpose (config fail_shard)")
     if "fail_rank" in ctx.config and ctx.config["fail_rank"] == int(os.environ.get("RANK", "0")):
         raise RuntimeError(f"rank {ctx.config['fail_rank']} fails on purpose (config fail_rank)")
+    if ctx.config.get("fail_on_first_node"):
+        _fail_on_first_node(ctx)
     out = ctx.stage_dir / "items"
     for i in range(ctx.shard_index, total, ctx.shard_count):
         if ctx.stop is not None and ctx.stop.requested:
@@ -59,6 +61,17 @@ def items(ctx) -> None:
         atomic.write_json(target, {"item": i, "shard": ctx.shard_index, "attempt": ctx.attempt})
         with open(out / f"processed-by-shard-{ctx.shard_index}.log", "a") as log:
             log.write(json.dumps({"item": i, "attempt": ctx.attempt}) + "\n")
+
+
+def _fail_on_first_node(ctx) -> None:
+    """Fail on the node the first attempt ran on, every time and each time differently (a broken
+    node, not a bug the loop guard would stop at: for the node-exclusion tests)."""
+    from .heartbeat import this_node
+    first = ctx.stage_dir / f"first-node-shard-{ctx.shard_index}"
+    if ctx.attempt == 0:
+        atomic.write_text(first, this_node())
+    if first.read_text() == this_node():
+        raise RuntimeError(f"node {this_node()} fails attempt {ctx.attempt} on purpose (config fail_on_first_node)")
 
 
 def _stop(ctx):

@@ -143,13 +143,13 @@ def _run_attempt(run: RunDir, stage: planner.StagePlan, shard: int, job_id: str,
 
     def restart_here_or_requeue(decision: policy.Decision, stopped: bool) -> tuple[str, str]:
         fields = job_fields(job_id)
-        if stage.restart_in_allocation and not stopped and not step_runner.signalled \
-                and _seconds_left(fields) > IN_ALLOCATION_MIN_SECONDS:
-            return RESTARTED, f"restarted inside the allocation ({decision.reason})"
         history = [r for r in run.attempts(stage.name, shard) if r.get("attempt") != number]
         if not stopped:
             history.append({"nodes": record.nodes, "exit_code": exitcodes.FAILED})
         exclude = failed_twice(history)
+        if stage.restart_in_allocation and not stopped and not step_runner.signalled \
+                and _seconds_left(fields) > IN_ALLOCATION_MIN_SECONDS and record.nodes not in exclude:
+            return RESTARTED, f"restarted inside the allocation ({decision.reason})"
         if exclude:
             record.extra["excluded_nodes"] = exclude
         return _requeue(job_id, fields, decision.reason, stopped=stopped, exclude=exclude)
@@ -225,24 +225,30 @@ class StepRunner:
                                  str(os.getpid()), ",".join(self.stop_signals)], stdin=subprocess.DEVNULL)
 
 
+def one_node(nodes: str | None) -> str | None:
+    """The node of a one-node Slurm node list ("node3"), else None ("node[1-2]", "a,b", none)."""
+    return nodes if nodes and not set("[,") & set(nodes) else None
+
+
 def failed_twice(attempts: list[dict]) -> list[str]:
     """The nodes on which at least FAILURES_TO_EXCLUDE failed attempts ran. Only one-node attempts
     count: of several nodes the ledger cannot tell which one failed, and excluding them all could
     leave the job nowhere to run."""
     counts = collections.Counter(
         a["nodes"] for a in attempts
-        if a.get("nodes") and not set("[,") & set(a["nodes"])
+        if one_node(a.get("nodes"))
         and a.get("exit_code") not in (None, exitcodes.OK, exitcodes.STOPPED_FOR_REQUEUE))
     return sorted(node for node, failures in counts.items() if failures >= FAILURES_TO_EXCLUDE)
 
 
 def _exclude_nodes(job_id: str, fields: dict[str, str], nodes: list[str]) -> str:
-    """Add `nodes` to the requeued job's ExcNodeList (Slurm takes it only once the job is no
-    longer running, i.e. after `scontrol requeue`); the reason's words."""
+    """Add `nodes` to the requeued job's ExcNodeList; the reason's words. Slurm takes it only once
+    the job is no longer running, i.e. after `scontrol requeue`, which also sends SIGTERM to every
+    process of the job: the update runs deaf to it (killed by it, it failed in the real flow)."""
     before = fields.get("ExcNodeList", "(null)")
     merged = ",".join(([] if before in ("(null)", "") else [before]) + nodes)
     result = subprocess.run(["scontrol", "update", f"JobId={job_id}", f"ExcNodeList={merged}"],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, preexec_fn=lambda: signals.ignore(["TERM"]))
     if result.returncode != 0:
         return f"; could not exclude {','.join(nodes)}: {result.stderr.strip() or 'scontrol failed'}"
     return f"; excluding {','.join(nodes)} (failed {FAILURES_TO_EXCLUDE}+ times)"

@@ -301,22 +301,35 @@ def test_a_hung_rank_is_detected_dumped_on_every_node_and_restarted_inside_the_a
     assert json.loads((run / "stages/train/final.json").read_text())["step"] == 6
 
 
-def test_a_node_that_failed_twice_is_excluded_from_the_requeue(slurm_cluster):
-    """The supervisor's requeue puts the nodes `failed_twice` names in the job's ExcNodeList
-    (Slurm takes it once the job is requeued); a plain sleeping job stands in for a training job."""
+def test_a_node_that_failed_twice_is_excluded_from_the_requeue(tmp_path, slurm_cluster):
+    """A broken node: the task fails on the node of its first attempt, differently each time (so
+    the loop guard does not stop it). The retry inside the allocation fails there too; the second
+    failure requeues the job with that node in its ExcNodeList, and it finishes elsewhere."""
+    run = submit(tmp_path, """
+        name: t-exclude
+        backend: slurm
+        run_root: runs
+        slurm: {partition: debug, time: "5", max_restarts: 3}
+        stages:
+          work:
+            task: diagnose.items
+            config: {items: 2, fail_on_first_node: true}
+    """)
+    wait_until(lambda: finished(run, "work"), 240, "the job to finish on another node")
+    history = attempts(run, "work")
+    assert [a["state"] for a in history] == ["restarted", "requeued", "completed"]
+    broken = history[0]["nodes"]
+    assert history[1]["nodes"] == broken and history[2]["nodes"] != broken
+    assert history[1]["excluded_nodes"] == [broken]
+    assert history[1]["reason"].endswith(f"excluding {broken} (failed 2+ times)")
+    assert slurm_cluster.job(history[2]["job_id"])["ExcNodeList"] == broken
+    assert processed_items(run, "work") == [0, 1]
+
+
+def test_only_failures_of_one_node_attempts_count_towards_excluding_a_node():
     from launcher import supervise
 
     history = [{"nodes": "node2", "exit_code": 1}, {"nodes": "node2", "exit_code": 75},   # a stop
                {"nodes": "node[1-2]", "exit_code": 1},                                     # which node?
                {"nodes": "node2", "exit_code": 1}, {"nodes": "node3", "exit_code": 1}]
     assert supervise.failed_twice(history) == ["node2"]
-    job = subprocess.run(["sbatch", "--parsable", "-p", "debug", "-w", "node1", "--requeue", "-J", "t-exclude",
-                          "--wrap", "sleep 300"], capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        slurm_cluster.wait_for(job, "RUNNING", timeout=60)
-        action, reason = supervise._requeue(job, supervise.job_fields(job), "failed-exit-1", stopped=False,
-                                            exclude=["node2"])
-        assert (action, reason) == ("requeued", "failed-exit-1; excluding node2 (failed 2+ times)")
-        assert slurm_cluster.job(job)["ExcNodeList"] == "node2"
-    finally:
-        subprocess.run(["scancel", job], capture_output=True)
