@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -362,35 +361,46 @@ class _WriteFailureHeld:
 
 
 def zero_partition_padding(optimizer: Any) -> None:
-    """Zero the elements ZeRO-3 pads each parameter's partition with on the last rank.
+    """Zero the elements ZeRO-3 pads each parameter's partitions with.
 
-    DeepSpeed (0.19) pads a parameter whose size the world size does not divide, allocates its
-    partitions with torch.empty and never writes the padding: it holds whatever the memory held,
-    and so do the fp32 master partition copied from it and the optimizer state updated from
-    that, which the checkpoint saves. No parameter ever reads these elements back, so zeroing
-    them changes no result; it makes checkpoints reproducible byte for byte. A no-op for other
-    optimizers (ZeRO 1 and 2 pad with zeros).
+    DeepSpeed (0.19) splits a parameter into equal partitions, one per rank, padding where the
+    world size does not divide its size: the last rank's partition, and every partition past the
+    parameter's end (a 1-element bias on 4 ranks leaves 3 of them nothing but padding; its own
+    `groups_padding` names the last rank's only). It allocates partitions with torch.empty and
+    never writes the padding: it holds whatever the memory held (NaN too), and so do the fp32
+    master partition copied from it and the optimizer state updated from that, which the
+    checkpoint saves and the finite-weights check reads. No parameter ever reads these elements
+    back, so zeroing them changes no result; it makes checkpoints reproducible byte for byte. A
+    no-op for other optimizers (ZeRO 1 and 2 pad with zeros).
     """
-    paddings = getattr(optimizer, "groups_padding", None)
-    partitions = getattr(optimizer, "fp16_partitioned_groups", None)
+    groups = getattr(optimizer, "fp16_groups", None)
     masters = getattr(optimizer, "fp32_partitioned_groups_flat", None)
-    if paddings is None or partitions is None or masters is None:
+    if groups is None or masters is None or not all(hasattr(p, "ds_tensor") for g in groups for p in g):
         return
     low_precision = getattr(optimizer, "fp16_partitioned_groups_flat", [None] * len(masters))
     inner_state = getattr(getattr(optimizer, "optimizer", None), "state", {})
     with torch.no_grad():
-        for master, flat, params, pads in zip(masters, low_precision, partitions, paddings):
-            sizes = [getattr(p, "ds_numel", p.numel()) for p in params]
-            ends = list(itertools.accumulate(sizes))
-            # a parameter smaller than the world size reports more padding than its partition holds
-            gaps = [(end - min(pad, size), min(pad, size)) for end, size, pad in zip(ends, sizes, pads) if pad]
-            if not gaps:
-                continue
-            for tensor in [master, flat, *inner_state.get(master, {}).values()]:
-                if isinstance(tensor, torch.Tensor) and tensor.numel() == ends[-1]:
+        for master, flat, params in zip(masters, low_precision, groups):
+            gaps, size = _partition_padding(params)
+            for tensor in [master, flat, *inner_state.get(master, {}).values()] if gaps else []:
+                if isinstance(tensor, torch.Tensor) and tensor.numel() == size:
                     view = tensor.view(-1)
                     for start, length in gaps:
                         view.narrow(0, start, length).zero_()
+
+
+def _partition_padding(params: list) -> tuple[list[tuple[int, int]], int]:
+    """This rank's padding in the flat partition of ZeRO-3 `params` as (start, length) pairs, and
+    the partition's size: each parameter's partition past the parameter's own elements."""
+    gaps, offset = [], 0
+    for param in params:
+        part = param.ds_tensor.ds_numel
+        rank = torch.distributed.get_rank(group=param.ds_process_group)
+        own = min(part, max(0, param.ds_numel - rank * part))
+        if own < part:
+            gaps.append((offset + own, part - own))
+        offset += part
+    return gaps, offset
 
 
 class ProgressState:
