@@ -6,10 +6,12 @@ size that cannot share the total evenly is refused with the reason and the sizes
 import json
 
 import pytest
+import torch
 
 from launcher.checkpoint_health import LATEST
 from nerffacespeech.configs import audio2nerf, stylenerf
 from nerffacespeech.configs.kept_batch import kept_batch_total, recorded_batch, split_batch
+from nerffacespeech.train.a2n_data import micro_batch_generators
 
 
 def test_the_split_keeps_the_largest_per_rank_batch_the_config_allows():
@@ -83,3 +85,16 @@ def test_the_config_check_refuses_a_resume_on_a_world_size_the_checkpoint_batch_
     [(field, message)] = resumed_on[3]
     assert field == "batch_total" and message.startswith("cannot resume on 3 process(es): checkpoint step-000004")
     assert stylenerf.check(config, {"world_size": 3}) == []               # a fresh run on 3 is fine
+
+
+def audio2nerf_sequences(step: int, world_size: int, accumulation: int, per_rank: int) -> list[float]:
+    """A fingerprint (first draw) of every sequence of one step, over all ranks and micro-batches."""
+    return sorted(float(torch.rand(1, generator=g)) for rank in range(world_size) for micro in range(accumulation)
+                  for g in micro_batch_generators(0, step, micro, rank, world_size, per_rank))
+
+
+def test_audio2nerf_draws_the_same_sequences_per_step_on_any_world_size():
+    one_rank = audio2nerf_sequences(7, 1, 2, 4)                  # 8 sequences: 1 rank x 2 micro-batches of 4
+    assert len(set(one_rank)) == 8
+    assert audio2nerf_sequences(7, 2, 1, 4) == one_rank == audio2nerf_sequences(7, 4, 1, 2)
+    assert audio2nerf_sequences(8, 2, 1, 4) != one_rank

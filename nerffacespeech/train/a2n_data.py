@@ -2,8 +2,9 @@
 expressions, camera angles, aligned frames at the generator's resolution, mouth boxes and blink
 ratios, all in memory; the last `holdout` fraction of every clip is held out for evaluation.
 
-Training batches are a pure function of (seed, step, rank, micro-batch), so a resumed run draws
-exactly the sequences an uninterrupted one would.
+Each training sequence is a pure function of (seed, step, its index in the step's global batch),
+so a resumed run draws exactly the sequences an uninterrupted one would, and a run resumed on
+another world size (the total batch kept) draws the same sequences per step, split otherwise.
 """
 from __future__ import annotations
 
@@ -55,19 +56,20 @@ class TalkingData:
         self.neutral = torch.stack([c.ref for c in self.clips]).mean(0)
         self.neutral_blink = float(torch.cat([c.blink[:c.n_train] for c in self.clips]).mean())
 
-    def train_batch(self, generator: torch.Generator, n: int, seq_len: int,
+    def train_batch(self, generators: list[torch.Generator], seq_len: int,
                     augment: MelAugment | None = None) -> dict[str, torch.Tensor]:
-        """n sequences of seq_len consecutive training frames, clips drawn uniformly; their mel
-        windows augmented when `augment` is given and active."""
-        clip_ids = torch.randint(len(self.clips), (n,), generator=generator).tolist()
+        """One sequence of seq_len consecutive training frames per generator (its clip drawn
+        uniformly, then its start), its mel windows augmented when `augment` is given and
+        active; every draw of a sequence comes from its own generator."""
         items = []
-        for c in clip_ids:
-            clip = self.clips[c]
-            start = int(torch.randint(max(clip.n_train - seq_len + 1, 1), (1,), generator=generator))
+        for generator in generators:
+            c = int(torch.randint(len(self.clips), (1,), generator=generator))
+            start = int(torch.randint(max(self.clips[c].n_train - seq_len + 1, 1), (1,), generator=generator))
             items.append((c, start))
         batch = self._gather(items, seq_len)
         if augment is not None and augment.active:
-            batch["mel"] = augment(batch["mel"], generator)
+            batch["mel"] = torch.cat([augment(batch["mel"][i:i + 1], generator)
+                                      for i, generator in enumerate(generators)])
         return batch
 
     def _gather(self, items: list[tuple[int, int]], seq_len: int) -> dict[str, torch.Tensor]:
@@ -86,8 +88,13 @@ class TalkingData:
         return {k: torch.stack(v) for k, v in out.items()}
 
 
-def batch_generator(seed: int, step: int, rank: int, micro: int) -> torch.Generator:
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 4096 + rank) * 64 + micro)
+def micro_batch_generators(seed: int, step: int, micro: int, rank: int, world_size: int,
+                           per_rank: int) -> list[torch.Generator]:
+    """The generators of one rank's micro-batch: sequences (micro x world_size + rank) x per_rank
+    onwards of step's global batch, which the ranks' micro-batches cover exactly once."""
+    first = (micro * world_size + rank) * per_rank
+    base = (seed * 1_000_003 + step) * 1_048_576 + first
+    return [torch.Generator().manual_seed(base + i) for i in range(per_rank)]
 
 
 def _training_clip(clip: ProcessedClip, resolution: int, holdout: float) -> TrainingClip:

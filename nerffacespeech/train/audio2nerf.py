@@ -33,7 +33,7 @@ from nerffacespeech.pretrained.manifest import default_root
 
 from . import startup
 from .a2n_augment import MelAugment
-from .a2n_data import TalkingData, batch_generator
+from .a2n_data import TalkingData, micro_batch_generators
 from .a2n_evaluate import evaluate
 from .a2n_objective import Objective, Renderer, Weights
 from .engine import EngineSpec, make_trainable, resolve_precision
@@ -95,9 +95,10 @@ class Audio2NeRFTraining:
     def step(self, step: int) -> dict[str, torch.Tensor]:
         """One optimizer step over `accumulation` micro-batches; returns the mean losses."""
         sums: dict[str, torch.Tensor] = {}
+        cfg, env = self.cfg, self.env
         for micro in range(self.accumulation):
-            batch = self.data.train_batch(batch_generator(self.cfg.seed, step, self.env.rank, micro),
-                                          self.cfg.batch_per_gpu, self.cfg.seq_len, self.augment)
+            generators = micro_batch_generators(cfg.seed, step, micro, env.rank, env.world_size, cfg.batch_per_gpu)
+            batch = self.data.train_batch(generators, cfg.seq_len, self.augment)
             batch = {k: v.to(self.env.device) for k, v in batch.items()}
             loss, logs = self.objective(batch, self.renderer, self.weights)
             self.objective.backward(loss)
