@@ -5,9 +5,9 @@ step, phase, time), replaced by rename at most every `Heartbeat.interval_s` seco
 when its phase changes; the step loop's only cost is a clock read per step. The supervisor reads
 them (`HangWatch.check`): when no rank has made progress for its phase's budget (`launching`
 from the rank's start until a step-loop task (`on_step_loop`) builds its loop: imports,
-rendezvous, model set-up; `starting` until the first step ends, `saving` during a checkpoint save, `evaluating` during a task's
-evaluation, `step` otherwise, `finished` after the final record: a rank that does not exit), the
-attempt hangs. Each rank also keeps the mean of its last steps' own work (the step's time
+rendezvous, model set-up; `starting` until the first step ends, `saving` during a checkpoint
+save, `evaluating` during a task's evaluation, `step` otherwise, `finished` after the final
+record: a rank that does not exit), the attempt hangs. Each rank also keeps the mean of its last steps' own work (the step's time
 outside the stop vote), from which `stragglers` names a rank the others keep waiting for. No torch
 here: the supervisors and `status` import this.
 """
