@@ -7,9 +7,9 @@ them (`HangWatch.check`): when no rank has made progress for its phase's budget 
 from the rank's start until a step-loop task (`on_step_loop`) builds its loop: imports,
 rendezvous, model set-up; `starting` until the first step ends, `saving` during a checkpoint
 save, `evaluating` during a task's evaluation, `step` otherwise, `finished` after the final
-record: a rank that does not exit), the attempt hangs. Each rank also keeps the mean of its last steps' own work (the step's time
-outside the stop vote), from which `stragglers` names a rank the others keep waiting for. No torch
-here: the supervisors and `status` import this.
+record: a rank that does not exit), the attempt hangs. Each rank also keeps the mean of its last
+steps' own work (the step's time outside the stop vote), from which `stragglers` names a rank the
+others keep waiting for. No torch here: the supervisors and `status` import this.
 """
 from __future__ import annotations
 

@@ -414,9 +414,9 @@ def _read_stages(top: Reader, slurm: SlurmSettings) -> tuple[dict[str, StageSpec
 def _read_hang_timeouts(r: Reader) -> dict[str, float]:
     """hang_timeout (seconds without a step), hang_timeout_start (from launch to the loop, then
     until the first step ends), hang_timeout_save (during a checkpoint save) and
-    hang_timeout_evaluate (during a task's evaluation), and collective_timeout (how long a collective waits for its peers): those given,
-    as launcher.heartbeat.HangTimeouts fields. At least 5 s: a rank's heartbeat is rewritten only
-    every 2 s."""
+    hang_timeout_evaluate (during a task's evaluation), and collective_timeout (how long a
+    collective waits for its peers): those given, as launcher.heartbeat.HangTimeouts fields. At
+    least 5 s: a rank's heartbeat is rewritten only every 2 s."""
     given = {"step": r.number("hang_timeout", None, minimum=5),
              "start": r.number("hang_timeout_start", None, minimum=5),
              "save": r.number("hang_timeout_save", None, minimum=5),
