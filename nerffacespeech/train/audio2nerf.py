@@ -99,7 +99,7 @@ class Audio2NeRFTraining:
         for micro in range(self.accumulation):
             generators = micro_batch_generators(cfg.seed, step, micro, env.rank, env.world_size, cfg.batch_per_gpu)
             batch = self.data.train_batch(generators, cfg.seq_len, self.augment)
-            batch = {k: v.to(self.env.device) for k, v in batch.items()}
+            batch = {k: v.to(env.device) for k, v in batch.items()}
             loss, logs = self.objective(batch, self.renderer, self.weights)
             self.objective.backward(loss)
             for k, v in {"loss": loss, **logs}.items():
