@@ -52,8 +52,8 @@ def test_finite_gradients_pass_unchanged():
 
 def test_the_path_length_mean_keeps_its_value_through_a_non_finite_batch():
     mean = torch.tensor(0.5)
-    _, moved = losses.path_length_penalty(torch.tensor([1.0, 2.0]), mean, 0.5)
-    _, kept = losses.path_length_penalty(torch.tensor([1.0, math.nan]), mean, 0.5)
+    moved = losses.updated_path_length_mean(mean, torch.tensor([1.0, 2.0]).mean(), 0.5)
+    kept = losses.updated_path_length_mean(mean, torch.tensor([1.0, math.nan]).mean(), 0.5)
     assert float(moved) == 1.0 and float(kept) == 0.5
 
 

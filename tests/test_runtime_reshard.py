@@ -80,3 +80,20 @@ def test_a_world_size_that_does_not_divide_the_total_batch_is_refused_with_the_r
     assert rank_batch(12, 3) == 4 and rank_batch(12, 2) == 6
     with pytest.raises(TotalBatchNotKept, match="total batch of 12 samples cannot be split evenly over 5 ranks"):
         rank_batch(12, 5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_the_fp16_loss_scaler_keeps_its_state_across_a_reshard(tmp_path, stage):
+    """A ZeRO checkpoint of 2 ranks holding fp16's dynamic loss scaler (put in by hand:
+    DeepSpeed's CPU accelerator refuses fp16) resumes on 3 with its scale, iteration count,
+    last overflow and hysteresis."""
+    worker, out = REPO / "tests" / "loss_scaler_worker.py", tmp_path / "scaler.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    for ranks, phase in [(2, "save"), (3, "load")]:
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                               str(ranks), str(worker), str(tmp_path / "run"), str(stage), phase, str(out)],
+                              env=env, timeout=300, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    assert json.loads(out.read_text()) == {"type": "DynamicLossScaler", "cur_scale": 2048.0, "cur_iter": 123,
+                                           "last_overflow_iter": 100, "cur_hysteresis": 1}

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from nerffacespeech.configs.stylenerf import AUGMENT_MODES
+from nerffacespeech.models.stylenerf.draws import Rows
 
 
 def _luma_flip_class():
@@ -66,23 +67,31 @@ class AugmentPipe(nn.Module):
 
     def __init__(self, only: tuple[str, ...] | None = None):
         super().__init__()
-        from kornia.augmentation import AugmentationSequential
-
         chosen = [(name, t) for name, t in build_transforms() if only is None or name in only]
         self.names = [name for name, _ in chosen]
-        self.sequence = AugmentationSequential(*(t for _, t in chosen))
+        self.transforms = nn.ModuleList(t for _, t in chosen)
         self.p = 0.0
 
     def set_p(self, p: float) -> None:
         self.p = float(p)
-        for transform in self.sequence.children():
+        for transform in self.transforms:
             transform.p = self.p
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, rows: Rows | None = None) -> torch.Tensor:
+        """With `rows` (the images' place in the step's global batch, `draws`), each transform's
+        parameters are drawn for the whole global batch and cut to these images."""
         if self.p <= 0.0:
             return images
-        unit = images.float() * 0.5 + 0.5
-        return (self.sequence(unit) * 2 - 1).to(images.dtype)
+        out = images.float() * 0.5 + 0.5
+        for transform in self.transforms:
+            params = None
+            if rows is not None:
+                drawn = transform.forward_parameters(torch.Size(rows.full_shape(tuple(out.shape))))
+                params = {key: rows.cut(value, out.shape[0]) for key, value in drawn.items()
+                          if key != "forward_input_shape"}
+                params["forward_input_shape"] = torch.tensor(out.shape, dtype=torch.long)
+            out = transform(out, params=params)
+        return (out * 2 - 1).to(images.dtype)
 
 
 class AdaptiveP:

@@ -28,7 +28,7 @@ from launcher.runtime.loop import StepLoop, tensor_digest
 from launcher.runtime.metrics import MetricsWriter, Window
 from nerffacespeech.configs.stylenerf import TrainConfig, support_problems
 from nerffacespeech.metrics.evaluate import MetricSuite
-from nerffacespeech.models.stylenerf import Discriminator, Generator, count_parameters
+from nerffacespeech.models.stylenerf import Discriminator, Generator, count_parameters, draws
 from nerffacespeech.models.stylenerf.layers import resize_images
 
 from . import images as image_data
@@ -37,6 +37,7 @@ from .ada import AdaptiveP, AugmentPipe
 from .engine import EngineSpec, Regulariser, make_trainable, resolve_precision
 
 W_AVG_BETA = 0.995
+RANK_MEANS = ("loss_g", "loss_d", "score_real", "score_fake", "rt", "r1_penalty", "pl_penalty", "nerf_path")
 
 
 def growth(kimg: float, curriculum: tuple | None, stages: int) -> tuple[int, float]:
@@ -114,9 +115,9 @@ class StyleNeRFTraining:
         self.augment_pipe = AugmentPipe() if cfg.augment != "none" else None
         self._sync_p()
 
-    def augment(self, images: torch.Tensor) -> torch.Tensor:
+    def augment(self, images: torch.Tensor, rows: draws.Rows) -> torch.Tensor:
         """What D sees of any image, real or generated (differentiable; identity without augmentation)."""
-        return images if self.augment_pipe is None else self.augment_pipe(images)
+        return images if self.augment_pipe is None else self.augment_pipe(images, rows)
 
     def _sync_p(self) -> None:
         if self.augment_pipe is not None:
@@ -124,39 +125,61 @@ class StyleNeRFTraining:
 
     # ------------------------------------------------------------------ one step
 
-    def latents(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.model_cfg.z_dim, device=self.env.device)
+    def block(self, micro: int, per_rank: int) -> draws.Rows:
+        """Where this rank's micro-batch `micro` of `per_rank` samples sits in the step's global
+        batch: the data sampler's order, (micro, rank, sample)."""
+        ranks = self.env.world_size
+        return draws.Rows((micro * ranks + self.env.rank) * per_rank, self.accumulation * ranks * per_rank)
 
-    def mixing(self) -> dict:
-        """Style-mixing arguments for one generator call (second latent and cutoff, or none)."""
-        cutoff = losses.style_mixing_cutoff(self.num_ws, self.cfg.style_mixing)
-        return {"mix_z": self.latents(self.cfg.batch_per_gpu), "mix_cutoff": cutoff}
+    def keyed(self, step: int, stream: str):
+        """The random generators of one pass of a step (`draws.keyed`), re-entered per micro-batch."""
+        return draws.keyed(self.cfg.seed, step, stream, self.env.device)
 
-    def path_length_inputs(self) -> dict[str, torch.Tensor]:
-        """Tensors of one path-length pass: latents of the shrunk batch, the style-mixing cutoff (a
-        device tensor: a CUDA graph takes it as input) and the running mean path length."""
-        shrink = max(1, self.cfg.batch_per_gpu // self.cfg.pl_batch_shrink)
-        mix = self.mixing()
-        cutoff = self.num_ws if mix["mix_cutoff"] is None else mix["mix_cutoff"]
-        return {"mix_z": mix["mix_z"][:shrink], "z": self.latents(shrink), "pl_mean": self.pl_mean,
-                "mix_cutoff": torch.full((), cutoff, dtype=torch.long, device=self.env.device)}
+    def latents(self, n: int, rows: draws.Rows) -> torch.Tensor:
+        return draws.randn((n, self.model_cfg.z_dim), self.env.device, rows)
 
-    def generator_phase(self, stage: int, fade: float, regularize: bool) -> dict:
+    def mixing(self, n: int, rows: draws.Rows) -> dict:
+        """Style-mixing arguments for one generator call: second latents and per-sample cutoffs."""
+        cutoffs = losses.style_mixing_cutoffs(self.num_ws, self.cfg.style_mixing, n, self.env.device, rows)
+        return {"mix_z": self.latents(n, rows), "mix_cutoff": cutoffs}
+
+    def path_length_inputs(self, rows: draws.Rows) -> dict[str, torch.Tensor]:
+        """Tensors of one path-length pass over a shrunk micro-batch: latents, style-mixing
+        cutoffs, the running mean path length and the batch's first row (all device tensors: a
+        CUDA graph takes them as inputs)."""
+        n = self.pl_batch
+        return {"z": self.latents(n, rows), **self.mixing(n, rows), "pl_mean": self.pl_mean,
+                "first_row": torch.full((), rows.start, dtype=torch.long, device=self.env.device)}
+
+    @property
+    def pl_batch(self) -> int:
+        return max(1, self.cfg.batch_per_gpu // self.cfg.pl_batch_shrink)
+
+    def generator_phase(self, step: int, stage: int, fade: float, regularize: bool) -> dict:
         cfg, batch = self.cfg, self.cfg.batch_per_gpu
         logs: dict[str, torch.Tensor] = {}
         injected = None
-        if regularize:
-            inputs = self.path_length_inputs()
-            key = regulariser_graph_key(stage, self.g.module.stages, fade, inputs["z"].shape[0])
-            injected, out = self.g.regulariser_grads(path_length_regulariser(cfg, stage, fade), inputs, key)
-            self.pl_mean = _mean_over_ranks(out["pl_mean"].clone(), self.env)
-            logs["pl_penalty"] = out["penalty"].clone()
+        if regularize:                  # over every micro-batch, as the losses: the same samples on any split
+            passes = []
+            regulariser = path_length_regulariser(cfg, stage, fade, self.block(0, self.pl_batch).total)
+            key = regulariser_graph_key(stage, self.g.module.stages, fade, self.pl_batch)
+            for micro in range(self.accumulation):
+                with self.keyed(step, "path-length"):
+                    inputs = self.path_length_inputs(self.block(micro, self.pl_batch))
+                    passes.append(_kept(self.g.regulariser_grads(regulariser, inputs, key), self.accumulation))
+            injected, outs = _mean_of_passes(passes)
+            step_mean = _mean_over_ranks(torch.stack([o["length_mean"] for o in outs]).mean(), self.env)
+            self.pl_mean = losses.updated_path_length_mean(self.pl_mean, step_mean, cfg.pl_decay)
+            logs["pl_penalty"] = torch.stack([o["penalty"] for o in outs]).mean()
         w_sum = torch.zeros(self.model_cfg.w_dim, device=self.env.device)
         with self.d.frozen() as d_fn:
-            for _ in range(self.accumulation):
-                out = self.g(self.latents(batch), stage=stage, fade=fade, nerf_path_pixels=cfg.nerf_path_pixels,
-                             **self.mixing())
-                gan = losses.generator_loss(d_fn(self.augment(out.img), fade=fade))
+            for micro in range(self.accumulation):
+                rows = self.block(micro, batch)
+                with self.keyed(step, "generator"):
+                    out = self.g(self.latents(batch, rows), stage=stage, fade=fade,
+                                 nerf_path_pixels=cfg.nerf_path_pixels, rows=rows, **self.mixing(batch, rows))
+                    logits = d_fn(self.augment(out.img, rows), fade=fade)
+                gan = losses.generator_loss(logits)
                 loss = gan + cfg.nerf_path_weight * out.nerf_path_loss if out.nerf_path_loss is not None else gan
                 self.g.backward(loss, injected)
                 injected = None
@@ -168,20 +191,30 @@ class StyleNeRFTraining:
         self._update_ema(_mean_over_ranks(w_sum, self.env))
         return logs
 
-    def discriminator_phase(self, reals: list[torch.Tensor], stage: int, fade: float, regularize: bool) -> dict:
+    def discriminator_phase(self, step: int, reals: list[torch.Tensor], stage: int, fade: float,
+                            regularize: bool) -> dict:
         cfg = self.cfg
         logs: dict[str, torch.Tensor] = {}
         injected = None
-        if regularize:
-            key = regulariser_graph_key(stage, self.g.module.stages, fade, reals[0].shape[0])
-            injected, out = self.d.regulariser_grads(r1_regulariser(cfg, fade), {"real": self.augment(reals[0])},
-                                                     key)
-            logs["r1_penalty"] = out["penalty"].clone()
+        if regularize:                  # over every micro-batch, as the losses
+            passes = []
+            for micro, real in enumerate(reals):
+                with self.keyed(step, "r1"):
+                    inputs = {"real": self.augment(real, self.block(micro, real.shape[0]))}
+                key = regulariser_graph_key(stage, self.g.module.stages, fade, real.shape[0])
+                passes.append(_kept(self.d.regulariser_grads(r1_regulariser(cfg, fade), inputs, key),
+                                    self.accumulation))
+            injected, outs = _mean_of_passes(passes)
+            logs["r1_penalty"] = torch.stack([o["penalty"] for o in outs]).mean()
         with self.g.frozen() as g_fn:
-            for real in reals:
-                with torch.no_grad():
-                    fake = g_fn(self.latents(real.shape[0]), stage=stage, fade=fade, **self.mixing()).img
-                logits = self.d(self.augment(torch.cat([fake, real])), fade=fade)
+            for micro, real in enumerate(reals):
+                rows = self.block(micro, real.shape[0])
+                with self.keyed(step, "discriminator"):
+                    with torch.no_grad():
+                        fake = g_fn(self.latents(real.shape[0], rows), stage=stage, fade=fade, rows=rows,
+                                    **self.mixing(real.shape[0], rows)).img
+                    seen = self.augment(torch.cat([fake, real]), rows.stacked(2))
+                logits = self.d(seen, fade=fade)
                 fake_logits, real_logits = logits.split(real.shape[0])
                 self.ada.accumulate(real_logits)
                 loss = losses.discriminator_loss(fake_logits, real_logits)
@@ -221,9 +254,10 @@ class StyleNeRFTraining:
         resolution = self.model_cfg.nerf_resolution * 2 ** stage
         reals = [resize_images(image_data.to_training(next(batch_iter), self.env.device), resolution)
                  for _ in range(self.accumulation)]
-        logs = self.generator_phase(stage, fade, bool(cfg.pl_every and cfg.pl_weight and step % cfg.pl_every == 0))
-        logs.update(self.discriminator_phase(reals, stage, fade, bool(cfg.r1_every and cfg.r1_gamma
-                                                                      and step % cfg.r1_every == 0)))
+        logs = self.generator_phase(step, stage, fade,
+                                    bool(cfg.pl_every and cfg.pl_weight and step % cfg.pl_every == 0))
+        logs.update(self.discriminator_phase(step, reals, stage, fade,
+                                             bool(cfg.r1_every and cfg.r1_gamma and step % cfg.r1_every == 0)))
         run.progress["step"] = step + 1
         run.progress["images"] += cfg.batch_total
         if self.ada.adapts:
@@ -274,14 +308,16 @@ def _load_initial_weights(path: str, modules: dict[str, torch.nn.Module]) -> Non
         module.load_state_dict(state, strict=True)
 
 
-def path_length_regulariser(cfg: TrainConfig, stage: int, fade: float) -> Regulariser:
-    """The lazy path-length term (weighted for its interval) on inputs from `path_length_inputs`;
-    it also returns the unweighted penalty and the updated running mean."""
+def path_length_regulariser(cfg: TrainConfig, stage: int, fade: float, total: int) -> Regulariser:
+    """The lazy path-length term (weighted for its interval) on inputs from `path_length_inputs`,
+    their samples' draws cut from a global batch of `total`; it also returns the unweighted
+    penalty and the pass's mean length."""
     def path_length(g_fn, x: dict) -> tuple[torch.Tensor, dict]:
+        rows = draws.Rows(x["first_row"], total)
         lengths = losses.path_lengths(lambda: g_fn(x["z"], mix_z=x["mix_z"], mix_cutoff=x["mix_cutoff"],
-                                                   stage=stage, fade=fade))
-        penalty, pl_mean = losses.path_length_penalty(lengths, x["pl_mean"], cfg.pl_decay)
-        return penalty * (cfg.pl_weight * cfg.pl_every), {"penalty": penalty, "pl_mean": pl_mean}
+                                                   stage=stage, fade=fade, rows=rows), rows)
+        penalty = losses.path_length_penalty(lengths, x["pl_mean"])
+        return penalty * (cfg.pl_weight * cfg.pl_every), {"penalty": penalty, "length_mean": lengths.detach().mean()}
 
     return path_length
 
@@ -301,12 +337,42 @@ def regulariser_graph_key(stage: int, stages: int, fade: float, batch: int) -> t
     return (stage, batch) if stage == stages and fade == 1.0 else None
 
 
+def _kept(result: tuple[list[torch.Tensor], dict], passes: int) -> tuple[list[torch.Tensor], dict]:
+    """A regulariser pass's gradients and outputs, copied out of a CUDA graph's buffers when
+    another pass of the step follows (a replay would overwrite them)."""
+    if passes == 1:
+        return result
+    grads, outputs = result
+    return [g.clone() for g in grads], {k: v.clone() for k, v in outputs.items()}
+
+
+def _mean_of_passes(passes: list[tuple[list[torch.Tensor], dict]]) -> tuple[list[torch.Tensor], list[dict]]:
+    """The mean of the passes' weight gradients (one per micro-batch), and each pass's outputs."""
+    grads = passes[0][0]
+    if len(passes) > 1:
+        for more, _ in passes[1:]:
+            torch._foreach_add_(grads, more)
+        torch._foreach_div_(grads, len(passes))
+    return grads, [outputs for _, outputs in passes]
+
+
 def _mean_over_ranks(value: torch.Tensor, env: distributed.DistEnv) -> torch.Tensor:
     if env.is_distributed:
         value = value.clone()
         torch.distributed.all_reduce(value)
         value /= env.world_size
     return value
+
+
+def _means_over_ranks(scalars: dict[str, float], env: distributed.DistEnv) -> dict[str, float]:
+    """The losses and scores averaged over ranks (each rank saw its share of the step's samples),
+    so that the logged curve does not depend on the world size; collective, at ticks only."""
+    keys = [key for key in RANK_MEANS if key in scalars]
+    if not env.is_distributed or not keys:
+        return scalars
+    values = torch.tensor([scalars[key] for key in keys], dtype=torch.float64, device=env.device)
+    torch.distributed.all_reduce(values)
+    return {**scalars, **dict(zip(keys, (values / env.world_size).tolist()))}
 
 
 def _log_non_finite(logs: dict, network: str, zeroed: torch.Tensor | None) -> None:
@@ -391,7 +457,7 @@ class Monitor:
         now = time.time()
         seconds = now - self.tick_start
         remaining = (self.total_steps - progress["step"]) * seconds / self.window.steps
-        scalars = self.window.mean()
+        scalars = _means_over_ranks(self.window.mean(), self.env)
         kimg = progress["images"] / 1000
         sec_per_kimg = seconds / max(self.tick_images / 1000, 1e-9)
         scalars.update(kimg=kimg, tick=progress["tick"], sec_per_kimg=sec_per_kimg,

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from . import draws
+from .draws import Rows
+
 
 @dataclass(frozen=True)
 class CameraPrior:
@@ -23,9 +26,9 @@ class CameraPrior:
     radius: float = 1.0
 
 
-def sample_angles(batch: int, prior: CameraPrior, device: torch.device) -> torch.Tensor:
-    """(B, 2) yaw and pitch in radians drawn from the Gaussian prior."""
-    noise = torch.randn(batch, 2, device=device)
+def sample_angles(batch: int, prior: CameraPrior, device: torch.device, rows: Rows | None = None) -> torch.Tensor:
+    """(B, 2) yaw and pitch in radians drawn from the Gaussian prior (`rows`: see `draws`)."""
+    noise = draws.randn((batch, 2), device, rows)
     return torch.stack([noise[:, 0] * prior.yaw_std, noise[:, 1] * prior.pitch_std], 1)
 
 

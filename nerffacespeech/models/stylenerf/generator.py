@@ -15,7 +15,8 @@ from torch.utils.checkpoint import checkpoint
 
 from nerffacespeech.configs.stylenerf import ModelConfig
 
-from . import camera
+from . import camera, draws
+from .draws import Rows
 from .layers import EqualLinear
 from .mapping import MappingNetwork
 from .nerf import RadianceField
@@ -61,7 +62,8 @@ class Generator(nn.Module):
 
     def styles(self, z: torch.Tensor, mix_z: torch.Tensor | None = None,
                mix_cutoff: int | torch.Tensor | None = None, truncation: float = 1.0) -> torch.Tensor:
-        """(B, num_ws, w_dim) styles; from index `mix_cutoff` on they come from `mix_z` (style mixing).
+        """(B, num_ws, w_dim) styles; from index `mix_cutoff` (one, or (B,) per sample) on they
+        come from `mix_z` (style mixing).
 
         `mix_z` is mapped even when `mix_cutoff` is None, so every rank runs the same sequence
         of module calls whatever its random draw (ZeRO-3 gathers weights per module call). The
@@ -74,19 +76,20 @@ class Generator(nn.Module):
         if mix_z is None:
             return w[:, None].repeat(1, self.num_ws, 1)
         w, w2 = w.split(z.shape[0])
-        cutoff = self.num_ws if mix_cutoff is None else mix_cutoff
-        first = torch.arange(self.num_ws, device=w.device) < cutoff                  # (num_ws,) from w
-        return torch.where(first[None, :, None], w[:, None], w2[:, None])
+        cutoff = torch.as_tensor(self.num_ws if mix_cutoff is None else mix_cutoff, device=w.device)
+        first = torch.arange(self.num_ws, device=w.device) < cutoff.reshape(-1, 1)   # (1 or B, num_ws) from w
+        return torch.where(first[..., None], w[:, None], w2[:, None])
 
     def forward(self, z: torch.Tensor | None = None, ws: torch.Tensor | None = None, *, stage: int | None = None,
                 fade: float = 1.0, angles: torch.Tensor | None = None, mix_z: torch.Tensor | None = None,
                 mix_cutoff: int | torch.Tensor | None = None, truncation: float = 1.0, nerf_path_pixels: int = 0,
-                randomize: bool | None = None, point_warp=None) -> GeneratorOutput:
+                randomize: bool | None = None, point_warp=None, rows: Rows | None = None) -> GeneratorOutput:
         """Images for latents `z` (or styles `ws`) at progressive `stage` (default: full resolution).
 
         `angles` (B, 2) yaw/pitch default to draws from the camera prior; `randomize` (default:
         training mode) jitters the ray samples; `point_warp` maps foreground sample points
-        (B, P, 3) to where the field is queried (audio2nerf's ray deformation).
+        (B, P, 3) to where the field is queried (audio2nerf's ray deformation); `rows` places the
+        batch in a training step's global batch, so that its random draws follow the samples (`draws`).
         """
         if ws is None:
             ws = self.styles(z, mix_z, mix_cutoff, truncation)
@@ -94,7 +97,7 @@ class Generator(nn.Module):
         randomize = self.training if randomize is None else randomize
         batch, device = ws.shape[0], ws.device
         if angles is None:
-            angles = camera.sample_angles(batch, self.prior, device)
+            angles = camera.sample_angles(batch, self.prior, device, rows)
         n_fg, n_bg = self.foreground.num_ws, self.background.num_ws
         ws_fg, ws_bg, ws_up = ws[:, :n_fg], ws[:, n_fg:n_fg + n_bg], ws[:, n_fg + n_bg:]
 
@@ -102,10 +105,10 @@ class Generator(nn.Module):
         out_res = res * 2 ** stage
         uv = camera.grid_uv(res, device).expand(batch, -1, -1)
         if nerf_path_pixels:
-            rows, cols = torch.randint(0, out_res, (2, batch, nerf_path_pixels), device=device)
-            uv = torch.cat([uv, camera.pixel_uv(rows, cols, out_res)], 1)
+            pix_rows, pix_cols = draws.randint(out_res, (batch, 2, nerf_path_pixels), device, rows).unbind(1)
+            uv = torch.cat([uv, camera.pixel_uv(pix_rows, pix_cols, out_res)], 1)
         origins, directions = camera.rays(uv, *camera.camera_frames(angles, self.prior.radius), self.prior.fov_degrees)
-        feats = self._render(origins, directions, ws_fg, ws_bg, randomize, point_warp)  # (B, N, C) fp32
+        feats = self._render(origins, directions, ws_fg, ws_bg, randomize, point_warp, rows)  # (B, N, C) fp32
         nerf_rgb = self.nerf_rgb(feats.to(ws.dtype)).float()                         # (B, N, 3)
 
         grid = res * res
@@ -117,11 +120,12 @@ class Generator(nn.Module):
 
         nerf_path_loss = None
         if nerf_path_pixels:
-            picked = img[torch.arange(batch, device=device)[:, None], :, rows, cols]    # (B, K, 3)
+            picked = img[torch.arange(batch, device=device)[:, None], :, pix_rows, pix_cols]    # (B, K, 3)
             nerf_path_loss = (picked - nerf_rgb[:, grid:]).square().mean()
         return GeneratorOutput(img=img, ws=ws, nerf_path_loss=nerf_path_loss)
 
-    def _render(self, origins, directions, ws_fg, ws_bg, randomize: bool, point_warp=None) -> torch.Tensor:
+    def _render(self, origins, directions, ws_fg, ws_bg, randomize: bool, point_warp,
+                rows: Rows | None) -> torch.Tensor:
         def fg(points):
             if point_warp is not None:
                 points = point_warp(points)
@@ -132,4 +136,4 @@ class Generator(nn.Module):
         def bg(points):
             return self.background(points, ws_bg)
 
-        return render_rays(origins, directions, fg, bg, self.sampling, randomize)
+        return render_rays(origins, directions, fg, bg, self.sampling, randomize, rows)

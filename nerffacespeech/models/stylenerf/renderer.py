@@ -12,6 +12,9 @@ from typing import Callable
 
 import torch
 
+from . import draws
+from .draws import Rows
+
 Field = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]   # points -> (sigma, features)
 
 
@@ -25,10 +28,11 @@ class RaySampling:
     bg_start: float
 
 
-def stratified(batch_shape: tuple[int, ...], n: int, randomize: bool, device: torch.device) -> torch.Tensor:
+def stratified(batch_shape: tuple[int, ...], n: int, randomize: bool, device: torch.device,
+               rows: Rows | None = None) -> torch.Tensor:
     """(…, n) positions in (0, 1): one per equal bin, jittered when `randomize`, else bin centres."""
-    offsets = torch.rand(*batch_shape, n, device=device) if randomize else torch.full((*batch_shape, n), 0.5,
-                                                                                     device=device)
+    offsets = draws.rand((*batch_shape, n), device, rows) if randomize else torch.full((*batch_shape, n), 0.5,
+                                                                                      device=device)
     return (torch.arange(n, device=device, dtype=torch.float32) + offsets) / n
 
 
@@ -44,11 +48,12 @@ def composite_weights(sigma: torch.Tensor, deltas: torch.Tensor) -> tuple[torch.
     return alpha * survive[..., :-1], survive[..., -1]
 
 
-def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n: int, randomize: bool) -> torch.Tensor:
+def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n: int, randomize: bool,
+               rows: Rows | None = None) -> torch.Tensor:
     """n depths (…, n) drawn from the piecewise-constant density `weights` over `bins` (…, S+1)."""
     pdf = (weights + 1e-5) / (weights + 1e-5).sum(-1, keepdim=True)
     cdf = torch.cat([torch.zeros_like(pdf[..., :1]), torch.cumsum(pdf, -1)], -1).contiguous()
-    u = stratified(cdf.shape[:-1], n, randomize, cdf.device).contiguous()
+    u = stratified(cdf.shape[:-1], n, randomize, cdf.device, rows).contiguous()
     upper = torch.searchsorted(cdf, u, right=True).clamp(1, cdf.shape[-1] - 1)
     lower = upper - 1
     cdf_lo, cdf_hi = cdf.gather(-1, lower), cdf.gather(-1, upper)
@@ -58,15 +63,16 @@ def sample_pdf(bins: torch.Tensor, weights: torch.Tensor, n: int, randomize: boo
 
 
 def render_rays(origins: torch.Tensor, directions: torch.Tensor, foreground: Field, background: Field,
-                sampling: RaySampling, randomize: bool) -> torch.Tensor:
-    """Composited features (B, N, C) of rays (B, N, 3): foreground first, background behind it."""
+                sampling: RaySampling, randomize: bool, rows: Rows | None = None) -> torch.Tensor:
+    """Composited features (B, N, C) of rays (B, N, 3): foreground first, background behind it
+    (`rows`: the batch's place in a global batch, for the jitter's draws: `draws`)."""
     batch, count = origins.shape[:2]
     span = sampling.far - sampling.near
 
     def fg_points(t: torch.Tensor) -> torch.Tensor:       # (B, N, S) depths -> (B, N*S, 3) world points
         return (origins[:, :, None] + directions[:, :, None] * t[..., None]).reshape(batch, -1, 3)
 
-    t_coarse = sampling.near + span * stratified((batch, count), sampling.coarse, randomize, origins.device)
+    t_coarse = sampling.near + span * stratified((batch, count), sampling.coarse, randomize, origins.device, rows)
     sigma_c, feat_c = foreground(fg_points(t_coarse))
     sigma_c = sigma_c.reshape(batch, count, -1)
     feat_c = feat_c.reshape(batch, count, sampling.coarse, -1)
@@ -76,7 +82,7 @@ def render_rays(origins: torch.Tensor, directions: torch.Tensor, foreground: Fie
             mids = torch.cat([t_coarse.new_full((batch, count, 1), sampling.near),
                               (t_coarse[..., 1:] + t_coarse[..., :-1]) / 2,
                               t_coarse.new_full((batch, count, 1), sampling.far)], -1)
-            t_fine = sample_pdf(mids, weights, sampling.fine, randomize)
+            t_fine = sample_pdf(mids, weights, sampling.fine, randomize, rows)
         sigma_f, feat_f = foreground(fg_points(t_fine))
         t_all, order = torch.sort(torch.cat([t_coarse, t_fine], -1), -1)
         sigma = torch.cat([sigma_c, sigma_f.reshape(batch, count, -1)], -1).gather(-1, order)
@@ -88,7 +94,7 @@ def render_rays(origins: torch.Tensor, directions: torch.Tensor, foreground: Fie
     out = torch.einsum("bns,bnsc->bnc", weights.to(feats.dtype), feats).float()
     if sampling.background > 0:
         out = out + transmittance[..., None] * _render_background(origins, directions, background, sampling,
-                                                                   randomize)
+                                                                   randomize, rows)
     return out
 
 
@@ -98,11 +104,11 @@ def _deltas(t: torch.Tensor, far: float) -> torch.Tensor:
 
 
 def _render_background(origins: torch.Tensor, directions: torch.Tensor, background: Field,
-                       sampling: RaySampling, randomize: bool) -> torch.Tensor:
+                       sampling: RaySampling, randomize: bool, rows: Rows | None) -> torch.Tensor:
     """NeRF++: points on spheres of radius 1/s for inverse radii s in (0, bg_start], as (x/r, s)."""
     batch, count = origins.shape[:2]
     n = sampling.background
-    s = sampling.bg_start * (1 - stratified((batch, count), n, randomize, origins.device))   # near -> far
+    s = sampling.bg_start * (1 - stratified((batch, count), n, randomize, origins.device, rows))   # near -> far
     unit = torch.nn.functional.normalize(directions.float(), dim=-1)
     o = origins.float()
     b = (o * unit).sum(-1, keepdim=True)                                     # (B, N, 1)
