@@ -22,8 +22,11 @@ def allreduce(ctx) -> None:
     import torch
     import torch.distributed as dist
 
+    from .diagnose_train import freeze
     from .runtime import distributed
 
+    if int(os.environ.get("RANK", "0")) == ctx.config.get("freeze_rank", -1) and ctx.attempt == 0:
+        freeze()        # never joins: its peers wait in the rendezvous (hang-detection tests)
     env = distributed.init(ctx.device)
     value = torch.tensor([float(env.rank + 1)], device=env.device)
     if env.is_distributed:

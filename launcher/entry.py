@@ -68,10 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     ended = None        # the task's exception, kept alive: freeing its frames tears down process groups
     beat = heartbeat.Heartbeat(ctx.layout.heartbeat(ctx.shard_index, ctx.attempt, rank), rank)
     beat.beat(0, heartbeat.LAUNCHING)       # watched from here: imports and rendezvous can hang too
+    os.environ[heartbeat.HEARTBEAT_VARIABLE] = str(beat.path)    # distributed.init watches a rendezvous
     try:
         task = tasks.load_callable(stage["target"])
         if not heartbeat.runs_step_loop(task):
-            beat.remove()                   # no steps to beat: from here on not watched
+            beat.remove()                   # no steps to beat: from here on watched only in a rendezvous
         task(ctx)
         code = exitcodes.OK
     except StopForRequeue as stopped:

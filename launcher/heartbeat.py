@@ -5,7 +5,7 @@ step, phase, time), replaced by rename at most every `Heartbeat.interval_s` seco
 when its phase changes; the step loop's only cost is a clock read per step. The supervisor reads
 them (`HangWatch.check`): when no rank has made progress for its phase's budget (`launching`
 from the rank's start until a step-loop task (`on_step_loop`) builds its loop: imports,
-rendezvous, model set-up; `starting` until the first step ends, `saving` during a checkpoint
+rendezvous, model set-up; for other tasks the import and then their rendezvous, if any; `starting` until the first step ends, `saving` during a checkpoint
 save, `evaluating` during a task's evaluation, `step` otherwise, `finished` after the final
 record: a rank that does not exit), the attempt hangs. Each rank also keeps the mean of its last
 steps' own work (the step's time outside the stop vote), from which `stragglers` names a rank the
@@ -14,6 +14,7 @@ others keep waiting for. No torch here: the supervisors and `status` import this
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import statistics
@@ -22,7 +23,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Mapping
 
 LAUNCHING, STARTING, STEP, SAVING, EVALUATING, FINISHED = (
     "launching", "starting", "step", "saving", "evaluating", "finished")
@@ -34,6 +35,7 @@ STRAGGLER_MIN_STEPS = 4
 STRAGGLER_RATIO = 2.0
 STRAGGLER_MIN_EXCESS_S = 0.05
 COLLECTIVE_TIMEOUT_VARIABLE = "NFS_COLLECTIVE_TIMEOUT_S"   # the plan sets it; distributed.init reads it
+HEARTBEAT_VARIABLE = "NFS_HEARTBEAT"       # launcher.entry names this rank's heartbeat file in it
 COLLECTIVE_MARGIN_S = 60.0  # a derived collective timeout outlasts every hang budget by this much
 # Without a spec hang_timeout a step may take STEP_FACTOR times the measured step time (the mean of
 # the last BUSY_WINDOW steps), and never less than STEP_FLOOR_S.
@@ -126,6 +128,23 @@ class Heartbeat:
     def remove(self) -> None:
         """No heartbeat for this rank: the hang watch leaves a rank without one alone."""
         self.path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def watched_rendezvous(environ: Mapping[str, str], rank: int) -> Iterator[None]:
+    """Around a rank's rendezvous (distributed.init): a task off the step loop has had no
+    heartbeat since its import, so one is kept (`launching`, the start budget) until the rank has
+    joined its process group; a step-loop task's launch heartbeat is already there and stays."""
+    path = environ.get(HEARTBEAT_VARIABLE)
+    if not path or Path(path).exists():
+        yield
+        return
+    beat = Heartbeat(Path(path), rank)
+    beat.beat(0, LAUNCHING)
+    try:
+        yield
+    finally:
+        beat.remove()
 
 
 def read_all(folder: Path) -> list[dict]:

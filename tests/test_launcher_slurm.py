@@ -301,6 +301,36 @@ def test_a_hung_rank_is_detected_dumped_on_every_node_and_restarted_inside_the_a
     assert json.loads((run / "stages/train/final.json").read_text())["step"] == 6
 
 
+@pytest.mark.slow
+def test_a_rank_frozen_before_its_process_group_is_a_launch_hang_restarted_inside_the_allocation(tmp_path):
+    """Rank 1 never reaches the rendezvous, rank 0 waits in it: no step loop yet, so the entry's
+    launch heartbeat is what ages on both nodes, and the start budget is the rule."""
+    run = submit(tmp_path, """
+        name: t-launch-hang
+        backend: slurm
+        run_root: runs
+        slurm: {partition: debug, time: "5", max_restarts: 2}
+        stages:
+          train:
+            task: launcher.diagnose_train:main
+            resources: {nodes: 2, tasks_per_node: 1}
+            checkpoint: {every_steps: 2}
+            hang_timeout: 5
+            hang_timeout_start: 20
+            config: {steps: 4, hang_rank: 1, hang_at_step: 0}
+    """)
+    wait_until(lambda: finished(run, "train"), 300, "the job hung at launch to be restarted and finish")
+    first, second = attempts(run, "train")
+    assert (first["state"], second["state"]) == ("restarted", "completed")
+    assert first["job_id"] == second["job_id"]
+    assert {b["rank"]: b["phase"] for b in first["hang"]} == {0: "launching", 1: "launching"}
+    assert first["error"].endswith("(launching, budget 20 s)"), first["error"]
+    assert len({b["node"] for b in first["hang"]}) == 2, first["hang"]
+    assert "in freeze" in (run / "stages/train/logs/attempt-0/rank-1.log").read_text()
+    assert "in init" in (run / "stages/train/logs/attempt-0/rank-0.log").read_text()
+    assert json.loads((run / "stages/train/final.json").read_text())["step"] == 4
+
+
 def test_a_node_that_failed_twice_is_excluded_from_the_requeue(tmp_path, slurm_cluster):
     """A broken node: the task fails on the node of its first attempt, differently each time (so
     the loop guard does not stop it). The retry inside the allocation fails there too; the second

@@ -232,3 +232,20 @@ def test_a_task_off_the_step_loop_outlives_the_start_budget(tmp_path):
                         start_timeout=5)
     assert [a["state"] for a in ledger(done)] == ["completed"]
     assert set(processed_items(done, "train")) == {0, 1, 2}
+
+
+@pytest.mark.slow
+def test_a_task_off_the_step_loop_is_watched_in_its_rendezvous(tmp_path):
+    # diagnose.allreduce: rank 1 of the first attempt never joins; rank 0 waits in the rendezvous,
+    # where its heartbeat says `launching` (rank 1 dropped its own after the import).
+    hung = run_training(tmp_path, "allreduce", {"freeze_rank": 1}, task="diagnose.allreduce",
+                        start_timeout=START_TIMEOUT)
+    first, second = ledger(hung)
+    assert (first["state"], second["state"]) == ("continue", "completed")
+    assert {b["rank"]: b["phase"] for b in first["hang"]} == {0: "launching"}
+    detected_after = first["end"] - max(b["time"] for b in first["hang"])
+    assert START_TIMEOUT < detected_after < START_TIMEOUT + 4, detected_after
+    assert "in init" in (hung / "stages" / "train" / "logs" / "attempt-0" / "rank-0.log").read_text()
+    reports = sorted((hung / "stages" / "train" / "diagnose").glob("rank-*.json"))
+    assert [json.loads(r.read_text())["sum"] for r in reports] == [3.0, 3.0]
+    assert not list((hung / "stages" / "train" / "heartbeats" / "shard-0" / "attempt-1").glob("rank-*"))  # joined

@@ -11,16 +11,14 @@ with ADA augmenting. Over 12 steps, 4 -> 2 -> 3 ranks follows a run of 3 ranks t
 the samples, both curves were 58 % apart.
 """
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.train_worker import train_on
+
 REPO = Path(__file__).resolve().parents[1]
-WORKER = REPO / "tests" / "stylenerf_worker.py"
 FACES = REPO / "data" / "sample" / "faces" / "lfw"
 TOTAL = 24
 CONFIG = {"data": str(FACES), "preset": "tiny", "workers": 0, "threads": 1, "engine": "ddp", "zero_stage": 0,
@@ -32,12 +30,7 @@ KEYS = ("loss_g", "loss_d", "score_real", "score_fake", "pl_penalty", "r1_penalt
 
 
 def train(run: Path, ranks: int, steps: int) -> None:
-    config = {**CONFIG, "batch_per_gpu": PER_RANK[ranks]}
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                           str(ranks), str(WORKER), str(run), json.dumps(config), str(steps)],
-                          env=env, timeout=600, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    train_on(ranks, "stylenerf", run, {**CONFIG, "batch_per_gpu": PER_RANK[ranks]}, steps)
 
 
 def curve(run: Path) -> dict[int, dict]:

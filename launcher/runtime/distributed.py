@@ -175,6 +175,7 @@ def init(device: str = "auto", timeout_s: float | None = None) -> DistEnv:
     all ranks call init). Both groups' collectives error after `timeout_s` (default:
     `collective_timeout_s`), and on NCCL the async error handling (TORCH_NCCL_ASYNC_ERROR_HANDLING=1,
     unless set) aborts a rank whose collective timed out, so a dead peer cannot block forever.
+    Under the launcher the rendezvous itself is watched (`heartbeat.watched_rendezvous`).
     """
     import torch
     import torch.distributed as dist
@@ -191,16 +192,18 @@ def init(device: str = "auto", timeout_s: float | None = None) -> DistEnv:
         if backend == "nccl":       # on gloo it is no help, and it hung a failed ZeRO-3 save's exit
             os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         store = dist.HashStore() if layout.world_size == 1 else None
-        dist.init_process_group(
-            backend=backend,
-            store=store,
-            rank=layout.rank,
-            world_size=layout.world_size,
-            timeout=timeout,
-        )
+        with heartbeat.watched_rendezvous(os.environ, layout.rank):
+            dist.init_process_group(
+                backend=backend,
+                store=store,
+                rank=layout.rank,
+                world_size=layout.world_size,
+                timeout=timeout,
+            )
+            control_group = _gloo_control_group(timeout) if layout.world_size > 1 else None
     else:
         backend = dist.get_backend()
-    control_group = _gloo_control_group(timeout) if layout.world_size > 1 else None
+        control_group = _gloo_control_group(timeout) if layout.world_size > 1 else None
     return DistEnv(device=torch_device, backend=backend, control_group=control_group, **vars(layout))
 
 
@@ -234,6 +237,22 @@ def barrier(env: DistEnv) -> None:
 
     if env.is_distributed:
         dist.barrier(group=env.control_group)
+
+
+def means_over_ranks(numbers: dict[str, float], env: DistEnv,
+                     keys: tuple[str, ...] | None = None) -> dict[str, float]:
+    """`numbers` with those under `keys` (default: all) averaged over the ranks, in float64 on the
+    control group (collective: every rank calls it with the same keys). For logged losses, which
+    each rank computes on its share of a step's samples: the mean does not depend on the split."""
+    import torch
+    import torch.distributed as dist
+
+    names = [key for key in (numbers if keys is None else keys) if key in numbers]
+    if not env.is_distributed or not names:
+        return numbers
+    values = torch.tensor([float(numbers[key]) for key in names], dtype=torch.float64)
+    dist.all_reduce(values, group=env.control_group)
+    return {**numbers, **dict(zip(names, (values / env.world_size).tolist()))}
 
 
 def shutdown() -> None:

@@ -183,9 +183,10 @@ def main(ctx: TaskContext) -> None:
 
 
 def _log(env: distributed.DistEnv, metrics: MetricsWriter, step: int, window: Window, batch_total: int) -> None:
-    """The mean losses since the last line (and the peak GPU memory) to metrics.jsonl and stdout."""
+    """The mean losses since the last line, over every rank (and the peak GPU memory) to
+    metrics.jsonl and stdout."""
     steps = window.steps
-    scalars = window.mean()
+    scalars = distributed.means_over_ranks(window.mean(), env)      # each rank's share of the sequences
     if env.device.type == "cuda":
         scalars["peak_memory_gib"] = torch.cuda.max_memory_allocated(env.device) / 2 ** 30
     metrics.log(step, items=steps * batch_total, **scalars)

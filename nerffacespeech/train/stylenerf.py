@@ -364,17 +364,6 @@ def _mean_over_ranks(value: torch.Tensor, env: distributed.DistEnv) -> torch.Ten
     return value
 
 
-def _means_over_ranks(scalars: dict[str, float], env: distributed.DistEnv) -> dict[str, float]:
-    """The losses and scores averaged over ranks (each rank saw its share of the step's samples),
-    so that the logged curve does not depend on the world size; collective, at ticks only."""
-    keys = [key for key in RANK_MEANS if key in scalars]
-    if not env.is_distributed or not keys:
-        return scalars
-    values = torch.tensor([scalars[key] for key in keys], dtype=torch.float64, device=env.device)
-    torch.distributed.all_reduce(values)
-    return {**scalars, **dict(zip(keys, (values / env.world_size).tolist()))}
-
-
 def _log_non_finite(logs: dict, network: str, zeroed: torch.Tensor | None) -> None:
     """`nonfinite_grads_<network>`: 1 for a step whose gradient was non-finite and zeroed (a
     tick's metric is the fraction of its steps); engines that skip such steps report none."""
@@ -457,7 +446,7 @@ class Monitor:
         now = time.time()
         seconds = now - self.tick_start
         remaining = (self.total_steps - progress["step"]) * seconds / self.window.steps
-        scalars = _means_over_ranks(self.window.mean(), self.env)
+        scalars = distributed.means_over_ranks(self.window.mean(), self.env, RANK_MEANS)
         kimg = progress["images"] / 1000
         sec_per_kimg = seconds / max(self.tick_images / 1000, 1e-9)
         scalars.update(kimg=kimg, tick=progress["tick"], sec_per_kimg=sec_per_kimg,
