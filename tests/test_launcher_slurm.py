@@ -3,6 +3,7 @@ rendezvous, arrays, dependencies, operator commands, time-limit requeue, partiti
 preemption, and the restart cap. No sbatch/squeue/scontrol is mocked."""
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -271,23 +272,30 @@ def test_render_shows_exactly_the_script_that_submit_hands_to_sbatch(tmp_path):
     wait_until(lambda: finished(run, "reduce"), 120, "the job")
 
 
-@pytest.mark.slow
-def test_a_hung_rank_is_detected_dumped_on_every_node_and_restarted_inside_the_allocation_on_slurm(tmp_path):
-    run = submit(tmp_path, """
-        name: t-hang
+def hung_job(tmp_path: Path, name: str, start_budget: int, steps: int, hang_at_step: int) -> Path:
+    """A 2-node diagnose.train job whose rank 1 freezes at `hang_at_step` of its first attempt
+    (0: before the rendezvous), watched with a 5 s step budget; returned once it has finished."""
+    run = submit(tmp_path, f"""
+        name: {name}
         backend: slurm
         run_root: runs
-        slurm: {partition: debug, time: "5", max_restarts: 2}
+        slurm: {{partition: debug, time: "5", max_restarts: 2}}
         stages:
           train:
             task: launcher.diagnose_train:main
-            resources: {nodes: 2, tasks_per_node: 1}
-            checkpoint: {every_steps: 2}
+            resources: {{nodes: 2, tasks_per_node: 1}}
+            checkpoint: {{every_steps: 2}}
             hang_timeout: 5
-            hang_timeout_start: 120
-            config: {steps: 6, hang_rank: 1, hang_at_step: 3}
+            hang_timeout_start: {start_budget}
+            config: {{steps: {steps}, hang_rank: 1, hang_at_step: {hang_at_step}}}
     """)
     wait_until(lambda: finished(run, "train"), 300, "the hung job to be restarted and finish")
+    return run
+
+
+@pytest.mark.slow
+def test_a_hung_rank_is_detected_dumped_on_every_node_and_restarted_inside_the_allocation_on_slurm(tmp_path):
+    run = hung_job(tmp_path, "t-hang", 120, steps=6, hang_at_step=3)
     first, second = attempts(run, "train")
     assert (first["state"], second["state"]) == ("restarted", "completed")
     assert first["job_id"] == second["job_id"]
@@ -305,21 +313,7 @@ def test_a_hung_rank_is_detected_dumped_on_every_node_and_restarted_inside_the_a
 def test_a_rank_frozen_before_its_process_group_is_a_launch_hang_restarted_inside_the_allocation(tmp_path):
     """Rank 1 never reaches the rendezvous, rank 0 waits in it: no step loop yet, so the entry's
     launch heartbeat is what ages on both nodes, and the start budget is the rule."""
-    run = submit(tmp_path, """
-        name: t-launch-hang
-        backend: slurm
-        run_root: runs
-        slurm: {partition: debug, time: "5", max_restarts: 2}
-        stages:
-          train:
-            task: launcher.diagnose_train:main
-            resources: {nodes: 2, tasks_per_node: 1}
-            checkpoint: {every_steps: 2}
-            hang_timeout: 5
-            hang_timeout_start: 20
-            config: {steps: 4, hang_rank: 1, hang_at_step: 0}
-    """)
-    wait_until(lambda: finished(run, "train"), 300, "the job hung at launch to be restarted and finish")
+    run = hung_job(tmp_path, "t-launch-hang", 20, steps=4, hang_at_step=0)
     first, second = attempts(run, "train")
     assert (first["state"], second["state"]) == ("restarted", "completed")
     assert first["job_id"] == second["job_id"]
