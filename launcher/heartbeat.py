@@ -23,7 +23,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, MutableMapping
 
 LAUNCHING, STARTING, STEP, SAVING, EVALUATING, FINISHED = (
     "launching", "starting", "step", "saving", "evaluating", "finished")
@@ -131,11 +131,11 @@ class Heartbeat:
 
 
 @contextlib.contextmanager
-def watched_rendezvous(environ: Mapping[str, str], rank: int) -> Iterator[None]:
+def watched_rendezvous(environ: MutableMapping[str, str], rank: int) -> Iterator[None]:
     """Around a rank's rendezvous (distributed.init): a task off the step loop has had no
     heartbeat since its import, so one is kept (`launching`, the start budget) until the rank has
     joined its process group; a step-loop task's launch heartbeat is already there and stays."""
-    path = environ.get(HEARTBEAT_VARIABLE)
+    path = environ.pop(HEARTBEAT_VARIABLE, None)     # this rank's: no child process inherits it
     if not path or Path(path).exists():
         yield
         return

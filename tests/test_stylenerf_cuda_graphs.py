@@ -16,15 +16,16 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 STEPS = 17          # path length at steps 0, 4, 8, 12, 16 (captured at 0, replayed after); R1 at 0 and 16
 
 
-def _training(cuda_graphs: bool, precision: str = "fp32", compile: bool = False):
-    """A tiny StyleNeRF training on the GPU (ZeRO-2) and image batches for it."""
+def _training(cuda_graphs: bool, precision: str = "fp32", compile: bool = False, micro_batches: int = 1):
+    """A tiny StyleNeRF training on the GPU (ZeRO-2, `micro_batches` of 4 per step) and image batches for it."""
     from launcher.runtime import distributed
     from nerffacespeech.configs.stylenerf import TrainConfig
     from nerffacespeech.train.stylenerf import RunState, StyleNeRFTraining
 
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")    # a HashStore: no port
     cfg, problems = TrainConfig.parse({"data": "synthetic", "preset": "tiny", "precision": precision,
-                                       "batch_per_gpu": 4, "curriculum_kimg": None, "compile": compile,
+                                       "batch_per_gpu": 4, "batch_total": 4 * micro_batches,
+                                       "curriculum_kimg": None, "compile": compile,
                                        "cuda_graphs": cuda_graphs, "workers": 0})
     assert not problems
     env = distributed.init("cuda")
@@ -82,14 +83,14 @@ def test_a_replayed_r1_pass_equals_the_eager_pass_as_the_weights_change():
             training.step(batches, run)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_training_with_graphs_captures_both_and_takes_the_eager_penalties(precision):
+@pytest.mark.parametrize("precision,micro_batches", [("fp32", 1), ("bf16", 1), ("fp32", 2)])
+def test_training_with_graphs_captures_both_and_takes_the_eager_penalties(precision, micro_batches):
     """The training seeds the CUDA generator per (step, pass) before a replay (`draws.keyed`):
-    the first regularised steps' penalties match the eager run's, and the global generators are
-    left as they were."""
+    the first regularised steps' penalties match the eager run's, also where one graph replays
+    for two micro-batches (each its own first row), and the global generators are left as they were."""
     penalties = {}
     for cuda_graphs in (False, True):
-        training, run, batches = _training(cuda_graphs, precision)
+        training, run, batches = _training(cuda_graphs, precision, micro_batches=micro_batches)
         before = torch.cuda.get_rng_state()
         penalties[cuda_graphs] = [{k: float(v) for k, v in training.step(batches, run).items() if "penalty" in k}
                                   for _ in range(STEPS)]

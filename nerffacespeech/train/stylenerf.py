@@ -160,14 +160,14 @@ class StyleNeRFTraining:
         logs: dict[str, torch.Tensor] = {}
         injected = None
         if regularize:                  # over every micro-batch, as the losses: the same samples on any split
-            passes = []
+            mean, outs = PassMean(self.accumulation), []
             regulariser = path_length_regulariser(cfg, stage, fade, self.block(0, self.pl_batch).total)
             key = regulariser_graph_key(stage, self.g.module.stages, fade, self.pl_batch)
             for micro in range(self.accumulation):
                 with self.keyed(step, "path-length"):
                     inputs = self.path_length_inputs(self.block(micro, self.pl_batch))
-                    passes.append(_kept(self.g.regulariser_grads(regulariser, inputs, key), self.accumulation))
-            injected, outs = _mean_of_passes(passes)
+                    outs.append(mean.add(*self.g.regulariser_grads(regulariser, inputs, key)))
+            injected = mean.result()
             step_mean = _mean_over_ranks(torch.stack([o["length_mean"] for o in outs]).mean(), self.env)
             self.pl_mean = losses.updated_path_length_mean(self.pl_mean, step_mean, cfg.pl_decay)
             logs["pl_penalty"] = torch.stack([o["penalty"] for o in outs]).mean()
@@ -197,14 +197,13 @@ class StyleNeRFTraining:
         logs: dict[str, torch.Tensor] = {}
         injected = None
         if regularize:                  # over every micro-batch, as the losses
-            passes = []
+            mean, outs = PassMean(self.accumulation), []
             for micro, real in enumerate(reals):
                 with self.keyed(step, "r1"):
                     inputs = {"real": self.augment(real, self.block(micro, real.shape[0]))}
                 key = regulariser_graph_key(stage, self.g.module.stages, fade, real.shape[0])
-                passes.append(_kept(self.d.regulariser_grads(r1_regulariser(cfg, fade), inputs, key),
-                                    self.accumulation))
-            injected, outs = _mean_of_passes(passes)
+                outs.append(mean.add(*self.d.regulariser_grads(r1_regulariser(cfg, fade), inputs, key)))
+            injected = mean.result()
             logs["r1_penalty"] = torch.stack([o["penalty"] for o in outs]).mean()
         with self.g.frozen() as g_fn:
             for micro, real in enumerate(reals):
@@ -337,23 +336,28 @@ def regulariser_graph_key(stage: int, stages: int, fade: float, batch: int) -> t
     return (stage, batch) if stage == stages and fade == 1.0 else None
 
 
-def _kept(result: tuple[list[torch.Tensor], dict], passes: int) -> tuple[list[torch.Tensor], dict]:
-    """A regulariser pass's gradients and outputs, copied out of a CUDA graph's buffers when
-    another pass of the step follows (a replay would overwrite them)."""
-    if passes == 1:
-        return result
-    grads, outputs = result
-    return [g.clone() for g in grads], {k: v.clone() for k, v in outputs.items()}
+class PassMean:
+    """The mean of a regulariser's weight gradients over a step's passes (one per micro-batch).
 
+    With one pass its gradients are used as they are (a CUDA graph's buffers, valid until the
+    graph replays next: after the step); with more, the first is copied and the others added to
+    it before the next replay overwrites them. `add` returns the pass's outputs, copied.
+    """
 
-def _mean_of_passes(passes: list[tuple[list[torch.Tensor], dict]]) -> tuple[list[torch.Tensor], list[dict]]:
-    """The mean of the passes' weight gradients (one per micro-batch), and each pass's outputs."""
-    grads = passes[0][0]
-    if len(passes) > 1:
-        for more, _ in passes[1:]:
-            torch._foreach_add_(grads, more)
-        torch._foreach_div_(grads, len(passes))
-    return grads, [outputs for _, outputs in passes]
+    def __init__(self, passes: int):
+        self.passes, self.total = passes, None
+
+    def add(self, grads: list[torch.Tensor], outputs: dict) -> dict:
+        if self.total is None:
+            self.total = grads if self.passes == 1 else [g.clone() for g in grads]
+        else:
+            torch._foreach_add_(self.total, grads)
+        return {k: v.clone() for k, v in outputs.items()}
+
+    def result(self) -> list[torch.Tensor]:
+        if self.passes > 1:
+            torch._foreach_div_(self.total, self.passes)
+        return self.total
 
 
 def _mean_over_ranks(value: torch.Tensor, env: distributed.DistEnv) -> torch.Tensor:
