@@ -2,11 +2,25 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def torchrun(ranks: int, script: Path | str, *args: str, timeout: float = 300) -> None:
+    """`script args` on `ranks` CPU processes under torchrun (gloo, this host), one thread each;
+    fails the test with the ranks' output when they exit non-zero."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           str(ranks), str(script), *map(str, args)],
+                          env=env, timeout=timeout, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
 
 
 def write_spec(folder: Path, text: str, name: str = "spec.yaml") -> Path:

@@ -1,7 +1,8 @@
-"""A step whose gradient is NaN or infinite never reaches the weights (DDP in fp32 or bf16, as
-StyleGAN2-ADA guards its updates): the gradient is zeroed, the step says so, and the weights stay
-finite; finite gradients go through untouched. Seen on a GPU: one NaN step made the demo-weights
+"""A step whose gradient is NaN or infinite never reaches the weights (fp32 or bf16, DDP and
+DeepSpeed at every ZeRO stage, as StyleGAN2-ADA guards its updates): the gradient is zeroed, the
+step says so on every rank, and the weights stay finite; finite gradients go through untouched. Seen on a GPU: one NaN step made the demo-weights
 StyleNeRF train on NaN for the rest of the run (docs/DEMO_WEIGHTS.md)."""
+import json
 import math
 
 import pytest
@@ -11,6 +12,9 @@ from torch import nn
 from launcher.runtime.distributed import single_process_env
 from nerffacespeech.train import losses
 from nerffacespeech.train.engine import EngineSpec, make_trainable, zero_non_finite
+from tests.launcher_helpers import REPO, torchrun
+
+DEEPSPEED_ENGINES = ["zero0-fp32", "zero1-fp32", "zero2-fp32", "zero3-fp32", "zero2-bf16"]
 
 
 def _trainable(precision: str = "fp32"):
@@ -61,3 +65,24 @@ def test_huge_finite_gradients_are_neither_counted_nor_changed():
     grads = [torch.full((4,), 3e38)]                  # their sum of squares would overflow to inf
     assert float(zero_non_finite(grads)) == 0.0
     assert torch.equal(grads[0], torch.full((4,), 3e38))
+
+
+@pytest.fixture(scope="module")
+def deepspeed_runs(tmp_path_factory) -> dict:
+    """Each DeepSpeed engine on 2 ranks: a finite step, then one where rank 1's input to the
+    small branch is NaN (tests/nonfinite_worker.py)."""
+    out = tmp_path_factory.mktemp("guard") / "runs.json"
+    torchrun(2, REPO / "tests" / "nonfinite_worker.py", out, *DEEPSPEED_ENGINES)
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", DEEPSPEED_ENGINES)
+def test_deepspeed_zeroes_a_non_finite_gradient_and_every_rank_reports_it(deepspeed_runs, engine):
+    """Under ZeRO-1/2 the NaN lies in rank 1's partition only; rank 0 reports the step all the same."""
+    run = deepspeed_runs[engine]
+    assert run["flags"] == [[0.0, 1.0], [0.0, 1.0]]
+    assert run["finite"] == {"big": True, "small": True}
+    # the branch with the finite gradient trains on; the other's zeroed gradient moves nothing
+    # (beta1 = 0); ZeRO-3 skips the whole step itself (it takes the global gradient norm)
+    assert run["moved_by_bad_step"] == {"big": engine != "zero3-fp32", "small": False}

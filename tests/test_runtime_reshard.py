@@ -8,15 +8,13 @@ throughout, within float tolerance (dropout and input noise off: they draw per-r
 The same world size resuming bitwise equal to an uninterrupted run is the chaos tests' subject.
 """
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.launcher_helpers import REPO, torchrun
+
 WORKER = REPO / "tests" / "reshard_worker.py"
 TOTAL_BATCH = 12                      # split 3 x 4 on 4 ranks, 6 + 6 on 2, 4 + 4 + 4 on 3
 BASE = {"batch_size": TOTAL_BATCH // 4, "dropout": 0.0, "jitter": 0.0, "width": 33, "seed": 5}
@@ -26,12 +24,9 @@ ENGINES = {"ddp": {"engine": "ddp"},
            "zero3": {"engine": "deepspeed", "zero_stage": 3}}
 
 
-def torchrun(ranks: int, run: Path, config: dict, steps: int, out: Path, probes: str = "start,end") -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                           str(ranks), str(WORKER), str(run), json.dumps(config), str(steps), str(out), probes],
-                          env=env, timeout=300, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+def train_toy(ranks: int, run: Path, config: dict, steps: int, out: Path, probes: str = "start,end") -> None:
+    """The toy task to STEPS on RANKS ranks in RUN; the worker writes its probes of the state to OUT."""
+    torchrun(ranks, WORKER, run, json.dumps(config), steps, out, probes)
 
 
 def losses(run: Path) -> dict[int, float]:
@@ -49,7 +44,7 @@ def assert_same_state(after: dict, before: dict) -> None:
 @pytest.fixture(scope="module")
 def three_ranks_throughout(tmp_path_factory) -> dict[int, float]:
     run = tmp_path_factory.mktemp("reference")
-    torchrun(3, run / "run", {**BASE, "batch_size": TOTAL_BATCH // 3}, 12, run / "out", probes="none")
+    train_toy(3, run / "run", {**BASE, "batch_size": TOTAL_BATCH // 3}, 12, run / "out", probes="none")
     return losses(run / "run")
 
 
@@ -59,7 +54,7 @@ def test_a_checkpoint_of_4_ranks_resumes_on_2_then_on_3_with_the_same_state_samp
         tmp_path, engine, three_ranks_throughout):
     run, config = tmp_path / "run", {**BASE, **ENGINES[engine]}
     for phase, (ranks, steps, probes) in enumerate([(4, 4, "end"), (2, 8, "start,end"), (3, 12, "start")]):
-        torchrun(ranks, run, config, steps, tmp_path / f"phase-{phase}", probes)
+        train_toy(ranks, run, config, steps, tmp_path / f"phase-{phase}", probes)
 
     for phase, written_by, read_by, step in [(1, 4, 2, 4), (2, 2, 3, 8)]:
         before = torch.load(tmp_path / f"phase-{phase - 1}" / f"end-w{written_by}.pt")
@@ -89,11 +84,7 @@ def test_the_fp16_loss_scaler_keeps_its_state_across_a_reshard(tmp_path, stage):
     DeepSpeed's CPU accelerator refuses fp16) resumes on 3 with its scale, iteration count,
     last overflow and hysteresis."""
     worker, out = REPO / "tests" / "loss_scaler_worker.py", tmp_path / "scaler.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     for ranks, phase in [(2, "save"), (3, "load")]:
-        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                               str(ranks), str(worker), str(tmp_path / "run"), str(stage), phase, str(out)],
-                              env=env, timeout=300, capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        torchrun(ranks, worker, tmp_path / "run", stage, phase, out)
     assert json.loads(out.read_text()) == {"type": "DynamicLossScaler", "cur_scale": 2048.0, "cur_iter": 123,
                                            "last_overflow_iter": 100, "cur_hysteresis": 1}

@@ -8,21 +8,16 @@ RUN's stage `train`, resuming from its newest checkpoint.
 """
 import importlib
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 from launcher.runtime.context import CheckpointPolicy, TaskContext
+from tests.launcher_helpers import torchrun
 
 
 def train_on(ranks: int, task: str, run: Path, config: dict, steps: int) -> None:
     """TASK to STEPS on RANKS CPU processes under torchrun (gloo), one thread each."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                           str(ranks), __file__, task, str(run), json.dumps(config), str(steps)],
-                          env=env, timeout=600, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    torchrun(ranks, __file__, task, run, json.dumps(config), steps, timeout=600)
 
 
 def main() -> None:

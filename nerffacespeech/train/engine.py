@@ -265,9 +265,9 @@ class Trainable(abc.ABC):
 
     def step(self) -> torch.Tensor | None:
         """The optimizer step, after the last micro-batch's `backward`; returns 1.0 (a device
-        scalar) when this step's gradient was non-finite and zeroed, None for DeepSpeed (fp16
-        and ZeRO-1/2 in bf16 skip such steps; fp32, and bf16 at ZeRO 0 and 3, have no guard) and
-        for DDP in fp16 (its GradScaler skips them)."""
+        scalar) when this step's gradient was non-finite and zeroed (on every rank, whichever
+        partition held it), None in fp16 (DeepSpeed's loss scaler and DDP's GradScaler skip such
+        steps)."""
         if self._micro != 0:
             raise RuntimeError(f"{self.name}: step() after {self._micro} of {self.spec.accumulation} micro-batches")
         return self._step()
@@ -387,12 +387,23 @@ class DeepSpeedTrainable(Trainable):
         import deepspeed
 
         module = module.to(env.device)
-        optimizer = make_optimizer(module.parameters(), spec, env.device)
+        base = make_optimizer(module.parameters(), spec, env.device)
         engine, optimizer, _, _ = deepspeed.initialize(
-            model=module, optimizer=optimizer, config=deepspeed_config(spec, env.world_size),
+            model=module, optimizer=base, config=deepspeed_config(spec, env.world_size),
             dist_init_required=False)
         _match_norm_buffers(engine.module)
+        self._found: torch.Tensor | None = None         # this step's non-finite flag, set by the guard
+        if spec.precision != "fp16":                    # fp16: DeepSpeed's loss scaler skips such steps
+            base.register_step_pre_hook(self._zero_non_finite_partition)
         super().__init__(name, engine.module, engine, optimizer, factory, spec, env)
+
+    def _zero_non_finite_partition(self, base: torch.optim.Optimizer, args, kwargs) -> None:
+        """Before the wrapped Adam updates: zero the non-finite values of the gradients it holds
+        (the reduced ones, or this rank's partition of them under ZeRO), as DDP does. DeepSpeed
+        steps its groups one at a time, so the flag is the maximum over the calls of a step."""
+        found = zero_non_finite([p.grad for group in base.param_groups for p in group["params"]
+                                 if p.grad is not None]).to(self.env.device)
+        self._found = found if self._found is None else torch.maximum(self._found, found)
 
     @property
     def regulariser_weights_dtype(self) -> torch.dtype:
@@ -412,8 +423,21 @@ class DeepSpeedTrainable(Trainable):
         if not last:
             self.engine.step()      # DeepSpeed counts micro-batches in step(); it updates only at the boundary
 
-    def _step(self) -> None:
-        self.engine.step()          # fp16 and bf16 ZeRO-1/2 skip a step whose gradient norm is not finite
+    def _step(self) -> torch.Tensor | None:
+        self.engine.step()
+        if self.spec.precision == "fp16":
+            return None             # DeepSpeed's loss scaler skipped a non-finite step
+        found, self._found = self._found, None
+        if getattr(self.optimizer, "overflow", False):
+            # ZeRO-3 takes the global gradient norm at every step and skips the step on a
+            # non-finite one before Adam (and the guard) runs; every rank agrees on it
+            return torch.ones((), device=self.env.device)
+        if found is None:
+            found = torch.zeros((), device=self.env.device)
+        if self.env.is_distributed:
+            # a partition's flag is its rank's own: every rank reports the step the same way
+            torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MAX)
+        return found
 
     @property
     def loss_scale(self) -> float:
