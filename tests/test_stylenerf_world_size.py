@@ -5,7 +5,7 @@ micro-batch, and the logged losses are means over ranks.
 
 A checkpoint of 4 ranks (6 images each) resumed on 2 (6 x 2 accumulated), 3 (8) or 4 takes the
 same next step, within float rounding: the step is a lazy-regularised one (R1 and path length)
-with ADA augmenting. Over 12 steps, 4 -> 2 -> 3 ranks follows a run of 3 ranks throughout within
+with ADA augmenting; the same holds under DeepSpeed ZeRO-2 and -3. Over 12 steps, 4 -> 2 -> 3 ranks follows a run of 3 ranks throughout within
 2 %, as two uninterrupted runs of 3 and 4 ranks follow each other: a GAN amplifies rounding
 (nearest-pixel augmentations, sorted ray samples) from step to step. Before the draws followed
 the samples, both curves were 58 % apart.
@@ -29,8 +29,11 @@ PER_RANK = {4: 6, 3: 8, 2: 6}           # 2 ranks accumulate two micro-batches o
 KEYS = ("loss_g", "loss_d", "score_real", "score_fake", "pl_penalty", "r1_penalty")
 
 
-def train(run: Path, ranks: int, steps: int) -> None:
-    train_on(ranks, "stylenerf", run, {**CONFIG, "batch_per_gpu": PER_RANK[ranks]}, steps)
+ZERO = {"zero2": {"engine": "deepspeed", "zero_stage": 2}, "zero3": {"engine": "deepspeed", "zero_stage": 3}}
+
+
+def train(run: Path, ranks: int, steps: int, engine: dict | None = None) -> None:
+    train_on(ranks, "stylenerf", run, {**CONFIG, **(engine or {}), "batch_per_gpu": PER_RANK[ranks]}, steps)
 
 
 def curve(run: Path) -> dict[int, dict]:
@@ -60,6 +63,23 @@ def test_a_checkpoint_of_4_ranks_takes_the_same_next_step_on_2_3_or_4(four_ranks
     assert "r1_penalty" in steps[4] and "pl_penalty" in steps[4] and 0 < steps[4]["augment_p"] < 1
     assert relative_gap(steps[3], steps[4]) < 1e-5
     assert relative_gap(steps[2], steps[4]) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero, others", [("zero2", (3, 2)), ("zero3", (3,))])
+def test_under_deepspeed_zero_a_checkpoint_of_4_ranks_takes_the_same_next_step_on_fewer(tmp_path, zero, others):
+    """The same under ZeRO-2 and -3: G's and D's weights, EMA and Adam moments are resharded on
+    load (launcher.runtime.reshard), and DeepSpeed's own accumulation counts the 2 x 6."""
+    train(four := tmp_path / "four", 4, 4, ZERO[zero])
+    steps = {}
+    for ranks in (4, *others):
+        run = tmp_path / f"on-{ranks}"
+        shutil.copytree(four, run)
+        train(run, ranks, 5, ZERO[zero])
+        steps[ranks] = curve(run)[5]
+    assert "r1_penalty" in steps[4] and "pl_penalty" in steps[4]
+    for ranks in others:
+        assert relative_gap(steps[ranks], steps[4]) < 1e-5, ranks
 
 
 @pytest.mark.slow
