@@ -96,10 +96,13 @@ def test_training_with_graphs_captures_both_and_takes_the_eager_penalties(precis
                                   for _ in range(STEPS)]
         assert (training.g.graphs.captured and training.d.graphs.captured) == cuda_graphs
         assert torch.equal(torch.cuda.get_rng_state(), before)
-    for step in (0, 4):                     # before GAN training's chaos amplifies rounding differences
+    # step 0 is the same computation (bitwise on an H100 in fp32); by step 4 the GPU's own
+    # run-to-run nondeterminism has grown through the GAN updates: eager against eager, the path
+    # length penalty at step 4 varied 5e-4 and once 1.5e-3 relative (H100, fp32, 2026-12-07)
+    for step, fp32_tolerance in ((0, 1e-6), (4, 1e-2)):
         assert penalties[True][step].keys() == penalties[False][step].keys() and penalties[True][step]
         for name, value in penalties[False][step].items():
-            assert penalties[True][step][name] == pytest.approx(value, rel=1e-2 if precision == "bf16" else 1e-3)
+            assert penalties[True][step][name] == pytest.approx(value, rel=1e-2 if precision == "bf16" else fp32_tolerance)
 
 
 FAST_STEPS = 50
