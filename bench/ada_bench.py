@@ -10,7 +10,8 @@ under its own random pose jitter (kornia), whole clips held out. First the cost:
 a fixed p of 0, 0.2, 0.6 and 1. Then, per set, both runs train in lockstep in one process (one
 step of each in turn), so they have seen the same number of images whenever the `--budget` in
 seconds (or `--kimg`) ends them. Every `--eval-every` steps: SWD of the EMA generator against
-the held-out images and against the training images, r_t = E[sign(D(real))] and p. At the end:
+the held-out images and against the training images, D's mean score of training and held-out
+images (the gap grows as D memorises), r_t = E[sign(D(real))] and p. At the end:
 tables, the JSON (`<out>/ada.json`: config, machine, the curves, the final numbers, the step
 costs) and the sample grids `<out>/grid-<set>-<mode>.png` (fixed seeds and yaws: no rotated or
 colour-shifted face may appear there; augmentation must not leak into G).
@@ -46,14 +47,12 @@ def split(faces: Path, holdout: int, into: Path) -> tuple[Path, Path]:
 
 
 def training_for(args, data: Path, mode: str, p: float = 0.0):
-    """A StyleNeRFTraining of the preset (world size 1, full resolution from step 0)."""
-    import torch
-
+    """A StyleNeRFTraining of the preset (world size 1, full resolution from step 0), seeded by `--seed`."""
     from launcher.runtime import distributed
     from nerffacespeech.configs.stylenerf import TrainConfig
     from nerffacespeech.train.stylenerf import RunState, StyleNeRFTraining
 
-    config = {"data": str(data), "preset": args.preset, "engine": "ddp", "zero_stage": 0,
+    config = {"data": str(data), "preset": args.preset, "seed": args.seed, "engine": "ddp", "zero_stage": 0,
               "precision": args.precision, "curriculum_kimg": None, "compile": False, "cuda_graphs": False,
               "workers": 0, "augment": mode, "augment_p": p, "ada_kimg": args.ada_kimg, "ada_target": args.ada_target,
               "model": {"resolution": args.resolution} if args.resolution else {}}
@@ -63,7 +62,6 @@ def training_for(args, data: Path, mode: str, p: float = 0.0):
     if problems:
         raise SystemExit(f"bad config: {problems}")
     env = distributed.init(args.device)
-    torch.manual_seed(args.seed)
     return StyleNeRFTraining(parsed.resolved(env.world_size), env), RunState.fresh(), env
 
 
@@ -94,10 +92,30 @@ def step_cost(args, data: Path) -> list[dict]:
 
 
 def evaluate(training, suites: dict, z_dim: int) -> dict:
+    """SWD of the EMA generator against each suite's images, and D's mean score of those images."""
     import torch
 
     with torch.random.fork_rng(devices=[training.env.device] if training.env.device.type == "cuda" else []):
-        return {f"swd_{name}": suite.evaluate(training.sample, z_dim)["swd"] for name, suite in suites.items()}
+        point = {f"swd_{name}": suite.evaluate(training.sample, z_dim)["swd"] for name, suite in suites.items()}
+    point.update({f"d_{name}": discriminator_score(training, suite.dataset, len(suites["heldout"].dataset))
+                  for name, suite in suites.items()})
+    point["d_gap"] = point["d_train"] - point["d_heldout"]
+    return point
+
+
+def discriminator_score(training, dataset, count: int) -> float:
+    """D's mean raw output over the first `count` images of `dataset`, un-augmented: the ADA
+    paper's overfitting signal is this score on training images drifting above held-out ones."""
+    import torch
+
+    from nerffacespeech.train import images as image_data
+
+    total, batch = 0.0, training.cfg.batch_per_gpu
+    with torch.no_grad():
+        for start in range(0, count, batch):
+            images = torch.stack([dataset[i, False] for i in range(start, min(start + batch, count))])
+            total += float(training.d(image_data.to_training(images, training.env.device)).float().sum())
+    return total / count
 
 
 def save_grid(images, path: Path) -> None:
@@ -168,7 +186,8 @@ def compare(args, name: str, train_dir: Path, held_dir: Path, out: Path) -> dict
             r["window"] = []
             rt = "-" if point["rt"] is None else f"{point['rt']:.3f}"
             print(f"  {mode:4s} step {step:6d} kimg {point['kimg']:7.2f} swd held-out {point['swd_heldout']:.4f} "
-                  f"train {point['swd_train']:.4f} r_t {rt} p {point['p']:.3f}", flush=True)
+                  f"train {point['swd_train']:.4f} D train-held-out {point['d_gap']:+.3f} r_t {rt} "
+                  f"p {point['p']:.3f}", flush=True)
 
     record(0)
     step, started = 0, time.perf_counter()
@@ -196,11 +215,14 @@ def compare(args, name: str, train_dir: Path, held_dir: Path, out: Path) -> dict
     for mode, r in runs.items():
         save_grid(r["training"].sample(z, angles), out / f"grid-{name}-{mode}.png")
         last = r["curve"][-1]
-        rts = [c["rt"] for c in r["curve"][len(r["curve"]) // 2:] if c["rt"] is not None]
+        late = r["curve"][len(r["curve"]) // 2:]
+        rts = [c["rt"] for c in late if c["rt"] is not None]
         best = min(c["swd_heldout"] for c in r["curve"])
         results[mode] = {"images": len(dataset), "steps": step, "kimg": last["kimg"],
                          "swd_heldout": last["swd_heldout"], "swd_train": last["swd_train"],
                          "best_swd_heldout": best, "rt_late": sum(rts) / len(rts) if rts else None,
+                         "d_gap_late": sum(c["d_gap"] for c in late) / len(late),
+                         "swd_gap_late": sum(c["swd_heldout"] - c["swd_train"] for c in late) / len(late),
                          "p": last["p"], "s_per_step": r["seconds"] / step, "curve": r["curve"]}
     return results
 
@@ -256,10 +278,11 @@ def main() -> None:
                 cost = step_cost(args, train_dir)
             results[name] = compare(args, name, train_dir, held_dir, out)
     rows = [[name, mode, v["images"], f"{v['kimg']:.2f}", f"{v['swd_heldout']:.4f}", f"{v['best_swd_heldout']:.4f}",
-             f"{v['swd_train']:.4f}", "-" if v["rt_late"] is None else f"{v['rt_late']:.3f}", f"{v['p']:.3f}",
+             f"{v['swd_train']:.4f}", "-" if v["rt_late"] is None else f"{v['rt_late']:.3f}",
+             f"{v['d_gap_late']:+.3f}", f"{v['p']:.3f}",
              f"{1000 * v['s_per_step']:.1f}"] for name, modes in results.items() for mode, v in modes.items()]
     print(bench_report.table(rows, ("set", "augment", "images", "kimg", "SWD held-out", "best", "SWD train",
-                                    "r_t (late half)", "p", "ms/step")))
+                                    "r_t (late half)", "D train - held-out (late half)", "p", "ms/step")))
     if cost:
         base = cost[0]["s_per_step"]
         print(bench_report.table([(f"{c['p']:.1f}", f"{1000 * c['s_per_step']:.1f}",
