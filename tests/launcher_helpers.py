@@ -13,7 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def torchrun(ranks: int, script: Path | str, *args: str, timeout: float = 300) -> None:
+def torchrun(ranks: int, script: Path | str, *args: object, timeout: float = 300) -> None:
     """`script args` on `ranks` CPU processes under torchrun (gloo, this host), one thread each;
     fails the test with the ranks' output when they exit non-zero."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

@@ -1,7 +1,8 @@
 """A step whose gradient is NaN or infinite never reaches the weights (fp32 or bf16, DDP and
 DeepSpeed at every ZeRO stage, as StyleGAN2-ADA guards its updates): the gradient is zeroed, the
-step says so on every rank, and the weights stay finite; finite gradients go through untouched. Seen on a GPU: one NaN step made the demo-weights
-StyleNeRF train on NaN for the rest of the run (docs/DEMO_WEIGHTS.md)."""
+step says so on every rank, and the weights stay finite; finite gradients go through untouched.
+Seen on a GPU: one NaN step made the demo-weights StyleNeRF train on NaN for the rest of the run
+(docs/DEMO_WEIGHTS.md)."""
 import json
 import math
 

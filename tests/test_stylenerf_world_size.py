@@ -5,8 +5,9 @@ micro-batch, and the logged losses are means over ranks.
 
 A checkpoint of 4 ranks (6 images each) resumed on 2 (6 x 2 accumulated), 3 (8) or 4 takes the
 same next step, within float rounding: the step is a lazy-regularised one (R1 and path length)
-with ADA augmenting; the same holds under DeepSpeed ZeRO-2 and -3. Over 12 steps, 4 -> 2 -> 3 ranks follows a run of 3 ranks throughout within
-2 %, as two uninterrupted runs of 3 and 4 ranks follow each other: a GAN amplifies rounding
+with ADA augmenting; the same holds under DeepSpeed ZeRO-2 and -3. Over 12 steps, 4 -> 2 -> 3
+ranks follows a run of 3 ranks throughout within 2 %, as two uninterrupted runs of 3 and 4 ranks
+follow each other: a GAN amplifies rounding
 (nearest-pixel augmentations, sorted ray samples) from step to step. Before the draws followed
 the samples, both curves were 58 % apart.
 """
@@ -16,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.launcher_helpers import REPO
 from tests.train_worker import train_on
 
-REPO = Path(__file__).resolve().parents[1]
 FACES = REPO / "data" / "sample" / "faces" / "lfw"
 TOTAL = 24
 CONFIG = {"data": str(FACES), "preset": "tiny", "workers": 0, "threads": 1, "engine": "ddp", "zero_stage": 0,
