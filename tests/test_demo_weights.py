@@ -1,19 +1,25 @@
 """The demo's starting weights: exported from a run's newest checkpoint into one safetensors file
-(nerffacespeech.pretrained.demo_weights), and loaded back through each stage's `init_from`."""
+(nerffacespeech.pretrained.demo_weights), loaded back through each stage's `init_from`, and the
+committed ones (pretrained_networks/demo/) fit the networks jobs/demo.yaml builds."""
+import hashlib
 from dataclasses import replace
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from nerffacespeech.configs.audio2nerf import ModelConfig as A2NModel, check as a2n_check
-from nerffacespeech.configs.stylenerf import PRESETS
+from nerffacespeech.configs.stylenerf import PRESETS, TrainConfig
 from nerffacespeech.models.stylenerf import Discriminator, Generator
 from nerffacespeech.pretrained.demo_weights import export
 from nerffacespeech.train import audio2nerf, stylenerf
 from nerffacespeech.train.a2n_objective import Objective
 
+from tests.launcher_helpers import REPO
+
 SMALL_A2N = A2NModel(audio_dim=16, nerf_dim=32, encoder_width=0.25, lipaint_layers=2)
+DEMO = REPO / "pretrained_networks" / "demo"
 
 
 def _checkpoint(folder, parts: dict, step: str = "step-000007") -> "Path":
@@ -95,3 +101,27 @@ def test_a_run_with_no_finite_checkpoint_exports_nothing_and_says_so(tmp_path):
 def test_a_missing_audio2nerf_init_from_is_refused_before_submitting(tmp_path):
     problems = dict(a2n_check({"init_from": str(tmp_path / "none.safetensors")}, {"world_size": 1}))
     assert set(problems) == {"init_from"} and "does not exist" in problems["init_from"]
+
+
+def test_the_committed_demo_weights_are_the_files_their_sums_name():
+    sums = dict(reversed(line.split()) for line in (DEMO / "SHA256SUMS").read_text().splitlines())
+    assert set(sums) == {"stylenerf.safetensors", "audio2nerf.safetensors"}
+    for name, digest in sums.items():
+        assert hashlib.sha256((DEMO / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_the_demo_job_starts_both_stages_from_the_committed_weights(monkeypatch):
+    monkeypatch.chdir(REPO)                              # the spec's paths are relative to the checkout
+    stages = yaml.safe_load((REPO / "jobs" / "demo.yaml").read_text())["stages"]
+    g_config, problems = TrainConfig.parse(stages["stylenerf"]["config"])
+    assert not problems and g_config.init_from == "pretrained_networks/demo/stylenerf.safetensors"
+    model = g_config.model_config
+    networks = {"G": Generator(model), "D": Discriminator(model), "G_ema": Generator(model)}
+    stylenerf._load_initial_weights(g_config.init_from, networks)           # strict: every tensor, every shape
+
+    a2n = stages["audio2nerf"]["config"]
+    clips = [c for c in (REPO / "data" / "sample" / "images").glob("*/*") if c.is_dir()]
+    objective = Objective(A2NModel(**{k: a2n[k] for k in ("audio_dim", "nerf_dim", "encoder_width")}),
+                          len(clips), model.w_dim, 100.0)
+    audio2nerf._load_initial_weights(a2n["init_from"], objective)
+    assert objective.latents.detach().abs().sum(1).gt(0).all()          # the sample clips' own latents
