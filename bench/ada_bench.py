@@ -248,6 +248,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--cost-steps", type=int, default=16, help="timed steps per p of the cost rows (0: none)")
+    parser.add_argument("--cost-only", action="store_true", help="time the steps, train no comparison")
     parser.add_argument("--out", default=str(bench_report.RESULTS / "ada"))
     args = parser.parse_args()
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
@@ -276,13 +277,15 @@ def main() -> None:
                 raise SystemExit(f"unknown set {name!r} (lfw, clips)")
             if args.cost_steps and not cost:
                 cost = step_cost(args, train_dir)
-            results[name] = compare(args, name, train_dir, held_dir, out)
+            if not args.cost_only:
+                results[name] = compare(args, name, train_dir, held_dir, out)
     rows = [[name, mode, v["images"], f"{v['kimg']:.2f}", f"{v['swd_heldout']:.4f}", f"{v['best_swd_heldout']:.4f}",
              f"{v['swd_train']:.4f}", "-" if v["rt_late"] is None else f"{v['rt_late']:.3f}",
              f"{v['d_gap_late']:+.3f}", f"{v['p']:.3f}",
              f"{1000 * v['s_per_step']:.1f}"] for name, modes in results.items() for mode, v in modes.items()]
-    print(bench_report.table(rows, ("set", "augment", "images", "kimg", "SWD held-out", "best", "SWD train",
-                                    "r_t (late half)", "D train - held-out (late half)", "p", "ms/step")))
+    if rows:
+        print(bench_report.table(rows, ("set", "augment", "images", "kimg", "SWD held-out", "best", "SWD train",
+                                        "r_t (late half)", "D train - held-out (late half)", "p", "ms/step")))
     if cost:
         base = cost[0]["s_per_step"]
         print(bench_report.table([(f"{c['p']:.1f}", f"{1000 * c['s_per_step']:.1f}",
@@ -290,7 +293,8 @@ def main() -> None:
                                  ("p (fixed)", "ms/step", "vs p = 0")))
     bench_report.write("ada", {**bench_report.metadata(vars(args), "kornia", "numpy"), "results": results,
                                "step_cost": cost}, out / "ada.json")
-    print(f"sample grids: {out}/grid-<set>-<mode>.png", flush=True)
+    if results:
+        print(f"sample grids: {out}/grid-<set>-<mode>.png", flush=True)
 
 
 if __name__ == "__main__":
