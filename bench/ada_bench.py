@@ -111,10 +111,10 @@ def discriminator_score(training, dataset, count: int) -> float:
     from nerffacespeech.train import images as image_data
 
     total, batch = 0.0, training.cfg.batch_per_gpu
-    with torch.no_grad():
+    with torch.no_grad(), training.d.frozen() as d_fn:
         for start in range(0, count, batch):
             images = torch.stack([dataset[i, False] for i in range(start, min(start + batch, count))])
-            total += float(training.d(image_data.to_training(images, training.env.device)).float().sum())
+            total += float(d_fn(image_data.to_training(images, training.env.device)).float().sum())
     return total / count
 
 
