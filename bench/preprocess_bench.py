@@ -11,14 +11,19 @@ Fitting (`fit3dmm`: the default `lm` solver) fits clips of a synthetic face turn
 after one warm-up clip, and reports frames/s and landmark error (px at 224, exact landmarks);
 `reference` fits one clip with L-BFGS for 1000 rigid + 500 non-rigid iterations on the anchors
 and 500 per batch of frames, and the same clip with the default solver: the error the fast path
-must match; `photometric` adds the rendered skin-masked photometric loss (L-BFGS, default
-steps), with nvdiffrast (`--photometric-clips` clips of `--frames` frames; skipped where it does
-not run) and with the pure-PyTorch rasterizer (one clip of `--photometric-frames`), then fits
-the nvdiffrast clips with the landmark-only default: landmark and photometric error of both.
+must match. `photometric` (issue 22) renders the clips (nvdiffrast where it runs, else the
+pure-PyTorch rasterizer) and fits them landmarks-only, then with the landmark fit refined
+photometrically (`--photometric-configs`, appearance steps:geometry steps:step size each), and
+with the earlier L-BFGS photometric fit (`--photometric-lbfgs`), once on exact landmarks and once
+on landmarks with detector-like noise (`--landmark-noise` px at 224): frames/s, landmark error
+against the fitted and against the exact landmarks, photometric error; `--photometric-profile`
+adds a torch.profiler pass over one refinement (kernels per Adam step, GPU busy fraction, top
+operators).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -109,12 +114,16 @@ def bench_audio() -> dict:
             "speech_seconds_per_s": seconds_of_speech / seconds}
 
 
-def synthetic_clip(model, face, frames: int, seed: int, device: str, render: bool):
-    """A face turning (yaw ±17°) and talking (8 expression coefficients), its crops and landmarks."""
+def synthetic_clip(model, face, frames: int, seed: int, device: str, render: bool, noise_px: float = 0.0):
+    """A face turning (yaw ±17°) and talking (8 expression coefficients) under its own skin tone and
+    light (texture and lighting coefficients the landmark fit leaves at zero): its crops, its landmarks
+    with Gaussian noise of `noise_px` (px at 224, per coordinate; a detector's error) and exact."""
     g = torch.Generator().manual_seed(seed)
     t = torch.arange(frames) / 25.0
     true = torch.zeros(frames, 257)
     true[:, :80] = torch.randn(80, generator=g) * 0.5
+    true[:, 144:224] = torch.randn(80, generator=g) * 0.5
+    true[:, 227:254] = torch.randn(27, generator=g) * 0.1
     freq, phase = 0.5 + 1.5 * torch.rand(8, generator=g), 6.3 * torch.rand(8, generator=g)
     true[:, 80:88] = torch.sin(2 * torch.pi * freq * t[:, None] + phase)
     true[:, 224], true[:, 225], true[:, 256] = 0.1 * torch.cos(t), 0.3 * torch.sin(t), 0.1
@@ -124,35 +133,105 @@ def synthetic_clip(model, face, frames: int, seed: int, device: str, render: boo
         crops = np.zeros((frames, face.size, face.size, 3), np.uint8)
         if render:
             crops = (face.render(bfm.split(true))[0].cpu().numpy() * 255).round().astype(np.uint8)
-    return crops, marks
+    noise = torch.randn(marks.shape, generator=g).numpy() * noise_px * face.size / 224
+    return crops, (marks + noise).astype(np.float32), marks
 
 
-def bench_fitting(model, device: str, cfg: FitConfig, clips: int, frames: int, render: bool = False) -> dict:
-    """Fit `clips` clips of `frames` frames each after a short warm-up clip; frames/s and landmark
-    error, and with `render` the photometric error of the fitted faces against the crops."""
-    face = fit3dmm.FaceModel(model, cfg.fit_size, renderers.choose("auto", device) if render else None)
-    data = [synthetic_clip(model, face, frames, seed, device, render) for seed in range(clips)]
-    warm_up = FitConfig(solver=cfg.solver, photometric=cfg.photometric, rigid_steps=5, nonrigid_steps=5,
-                        warm_steps=5, renderer=cfg.renderer)   # the same kernels, allocator and caches
-    fit3dmm.ClipFitter(model, warm_up, device).fit(*synthetic_clip(model, face, 16, clips, device, render))
+def bench_fitting(model, device: str, cfg: FitConfig, clips: int, frames: int, render: bool = False,
+                  noise_px: float = 0.0) -> dict:
+    """Fit `clips` clips of `frames` frames each after a short warm-up clip; frames/s, landmark
+    error against the landmarks fitted and against the exact ones, and with `render` the
+    photometric error of the fitted faces against the crops."""
+    face = fit3dmm.FaceModel(model, cfg.fit_size, renderers.choose(cfg.renderer, device) if render else None)
+    data = [synthetic_clip(model, face, frames, seed, device, render, noise_px) for seed in range(clips)]
+    warm_up = dataclasses.replace(cfg, rigid_steps=5, nonrigid_steps=5, warm_steps=5, appearance_steps=5,
+                                  photometric_steps=5)   # the same kernels, allocator and caches
+    fit3dmm.ClipFitter(model, warm_up, device).fit(*synthetic_clip(model, face, 16, clips, device, render)[:2])
     fitter = fit3dmm.ClipFitter(model, cfg, device)
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    results = [fitter.fit(*clip) for clip in data]
+    results = [fitter.fit(crops, marks) for crops, marks, _ in data]
     seconds = time.perf_counter() - start                   # fit() returns host arrays: synced
     errors = np.concatenate([r.landmark_error for r in results])
     out = {"clips": clips, "frames_per_clip": frames, "seconds": seconds,
            "frames_per_s": clips * frames / seconds, "device": device, "solver": cfg.solver,
            "photometric": cfg.photometric, "renderer": fitter.face.rasterizer.name if cfg.photometric else None,
+           "config": dataclasses.asdict(cfg), "landmark_noise_px": noise_px,
            "vertices": model.n_vertices, "triangles": int(model.triangles.shape[0]),
            "landmark_error_px_mean": float(errors.mean()), "landmark_error_px_max": float(errors.max())}
-    if render:
-        with torch.no_grad():
-            photo = [face.photometric_error(bfm.split(torch.as_tensor(r.coeffs, device=device)),
-                                            torch.as_tensor(crops, device=device).float() / 255)
-                     for r, (crops, _) in zip(results, data)]
-        out["photometric_error_mean"] = float(torch.cat(photo).mean())
+    with torch.no_grad():
+        fitted = [bfm.split(torch.as_tensor(r.coeffs, device=device)) for r in results]
+        exact = [(face.landmarks(c) - torch.as_tensor(marks, device=device)).norm(dim=-1).mean(-1)
+                 for c, (_, _, marks) in zip(fitted, data)]
+        out["exact_landmark_error_px_mean"] = float(torch.cat(exact).mean())
+        if render:
+            photo = [face.photometric_error(c, torch.as_tensor(crops, device=device).float() / 255)
+                     for c, (crops, _, _) in zip(fitted, data)]
+            out["photometric_error_mean"] = float(torch.cat(photo).mean())
+    return out
+
+
+def photometric_rows(model, args) -> dict:
+    """Landmarks only, the photometric refinements of `--photometric-configs` and (optionally) the
+    L-BFGS photometric fit, on the same rendered clips, with exact and with noisy landmarks."""
+    renderer = "nvdiffrast" if _nvdiffrast_runs(args.device) else "torch"
+    runs = {"landmarks_only": FitConfig()}
+    for spec in args.photometric_configs.split(","):
+        appearance, geometry, lr = spec.split(":")
+        runs[f"refined_{spec}"] = FitConfig(photometric=True, renderer=renderer, appearance_steps=int(appearance),
+                                            photometric_steps=int(geometry), photometric_lr=float(lr))
+    if args.photometric_lbfgs:
+        runs["lbfgs"] = FitConfig(solver="lbfgs", photometric=True, renderer=renderer)
+    out = {"renderer": renderer}
+    for noise in sorted({0.0, args.landmark_noise}):
+        for name, cfg in runs.items():
+            out[f"{name}_noise{noise:g}"] = r = bench_fitting(model, args.device, dataclasses.replace(
+                cfg, renderer=renderer), args.photometric_clips, args.frames, render=True, noise_px=noise)
+            show(*row(f"{name}, {renderer}, noise {noise:g} px", r))
+    return out
+
+
+def _nvdiffrast_runs(device: str) -> bool:
+    try:
+        renderers.nvdiffrast(device)
+        return True
+    except renderers.RendererUnavailable as why:
+        show("nvdiffrast", f"not used: {why}")
+        return False
+
+
+def photometric_profile(model, args) -> dict:
+    """torch.profiler over one refinement of one clip (the first of `--photometric-configs`):
+    kernels and operators per Adam step, how busy the GPU is, the operators that take its time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    appearance, geometry, lr = args.photometric_configs.split(",")[0].split(":")
+    cfg = FitConfig(photometric=True, renderer="auto", appearance_steps=int(appearance),
+                    photometric_steps=int(geometry), photometric_lr=float(lr))
+    face = fit3dmm.FaceModel(model, cfg.fit_size)
+    crops, marks, _ = synthetic_clip(model, face, args.frames, 0, args.device, True)
+    fitter = fit3dmm.ClipFitter(model, cfg, args.device)
+    fitter.fit(crops, marks)                                  # warm: allocator, kernels
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        fitter.fit(crops, marks)
+    wall = time.perf_counter() - start
+    events = prof.key_averages()
+    steps = cfg.appearance_steps + cfg.photometric_steps * -(-args.frames // cfg.photometric_batch)
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    busy = sum(e.device_time for e in kernels) / 1e6
+    top = sorted(events, key=lambda e: e.device_time_total if args.device == "cuda" else e.cpu_time_total,
+                 reverse=True)[:10]
+    out = {"frames": args.frames, "wall_s": wall, "adam_steps": steps, "kernels": len(kernels),
+           "kernels_per_step": len(kernels) / steps, "gpu_busy_s": busy, "gpu_busy_fraction": busy / wall,
+           "top": [{"op": e.key, "device_ms": e.device_time_total / 1e3, "cpu_ms": e.cpu_time_total / 1e3,
+                    "calls": e.count} for e in top]}
+    show("photometric profile", f"{args.frames} frames in {wall:.2f} s, {steps} Adam steps, "
+         f"{out['kernels_per_step']:.0f} kernels/step, GPU busy {out['gpu_busy_fraction']:.0%}")
+    for t in out["top"]:
+        show(f"  {t['op'][:54]}", f"{t['device_ms']:.1f} ms GPU, {t['cpu_ms']:.1f} ms CPU, {t['calls']} calls")
     return out
 
 
@@ -160,7 +239,7 @@ def row(name: str, r: dict) -> tuple[str, str]:
     photo = f", photometric {r['photometric_error_mean']:.4f}" if "photometric_error_mean" in r else ""
     return (f"3DMM {name} ({r['device']}, {r['clips']}x{r['frames_per_clip']} frames)",
             f"{r['frames_per_s']:.2f} frames/s, err {r['landmark_error_px_mean']:.3f} px "
-            f"(max {r['landmark_error_px_max']:.3f}){photo}")
+            f"(max {r['landmark_error_px_max']:.3f}, exact {r['exact_landmark_error_px_mean']:.3f}){photo}")
 
 
 def show(name: str, value: str) -> None:
@@ -176,8 +255,13 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=4)
     parser.add_argument("--frames", type=int, default=64, help="frames per clip (250: a 10 s video)")
     parser.add_argument("--reference-frames", type=int, default=64)
-    parser.add_argument("--photometric-frames", type=int, default=4, help="the torch rasterizer's clip")
-    parser.add_argument("--photometric-clips", type=int, default=1, help="nvdiffrast's clips (of --frames)")
+    parser.add_argument("--photometric-clips", type=int, default=1, help="rendered clips (of --frames)")
+    parser.add_argument("--photometric-configs", default="100:100:0.01",
+                        help="refinements to compare: appearance steps:geometry steps:step size, comma-separated")
+    parser.add_argument("--photometric-lbfgs", action="store_true", help="also the L-BFGS photometric fit (slow)")
+    parser.add_argument("--photometric-profile", action="store_true", help="profile one refinement")
+    parser.add_argument("--landmark-noise", type=float, default=1.0,
+                        help="the noisy rows' landmark noise, px at 224 per coordinate")
     parser.add_argument("--photometric-grid", type=int, default=40,
                         help="the synthetic mesh's grid for the photometric rows (236: BFM09's ~35k vertices)")
     args = parser.parse_args()
@@ -205,20 +289,9 @@ def main() -> None:
         show(*row("same clip, default", d))
     if "photometric" in parts:
         model = bfm.from_arrays(template.build("random", grid=args.photometric_grid, seed=0), args.device)
-        try:
-            renderers.nvdiffrast(args.device)
-            fast = FitConfig(solver="lbfgs", photometric=True, renderer="nvdiffrast")
-            results["photometric_nvdiffrast"] = r = bench_fitting(model, args.device, fast, args.photometric_clips,
-                                                                  args.frames, render=True)
-            show(*row("photometric, nvdiffrast", r))
-            results["photometric_clips_landmarks_only"] = d = bench_fitting(
-                model, args.device, FitConfig(), args.photometric_clips, args.frames, render=True)
-            show(*row("same clips, landmarks only", d))
-        except renderers.RendererUnavailable as why:
-            show("3DMM photometric, nvdiffrast", f"skipped: {why}")
-        cfg = FitConfig(solver="lbfgs", photometric=True, renderer="torch")
-        results["photometric"] = r = bench_fitting(model, args.device, cfg, 1, args.photometric_frames, render=True)
-        show(*row("photometric, torch rasterizer", r))
+        results["photometric"] = photometric_rows(model, args)
+        if args.photometric_profile:
+            results["photometric_profile"] = photometric_profile(model, args)
     bench_report.write("preprocess", {**bench_report.metadata({k: str(v) for k, v in vars(args).items()}), **results},
                        args.out)
 

@@ -7,7 +7,7 @@
 #   bash bench/run_gpu.sh audio2nerf generate      # a subset, in this order
 #   bash bench/run_gpu.sh tests                    # the GPU-only tests (pytest -m gpu)
 #   bash bench/run_gpu.sh ada                      # ADA against no augmentation (420 s; docs/STYLENERF.md)
-#   bash bench/run_gpu.sh nvdiffrast tests photometric   # build nvdiffrast first (carry .gpu/nvdiffrast-src)
+#   bash bench/run_gpu.sh nvdiffrast photometric tests   # build nvdiffrast first (carry .gpu/nvdiffrast-src)
 #   PRESETS=paper256 bash bench/run_gpu.sh stylenerf-fast   # compiled + CUDA graphs: its own call
 #
 # The machine has torch but not every package we use: wheels for the missing ones travel in
@@ -60,9 +60,10 @@ run_one() {
         preprocess) bench preprocess 40 python3 bench/preprocess_bench.py --device cuda --parts fit3dmm,reference \
                         --clips 8 --frames 250 --out "$OUT/preprocess-gpu.json" ;;
         nvdiffrast) bench nvdiffrast 300 bash bench/build_nvdiffrast.sh ;;   # the wheel, when .whl/runtime/ has none
-        photometric)   # needs nvdiffrast (.whl/runtime/); BFM09-sized synthetic mesh
-                    bench photometric 180 python3 bench/preprocess_bench.py --device cuda --parts photometric \
-                        --frames 250 --photometric-clips 2 --photometric-frames 8 --photometric-grid 236 \
+        photometric)   # needs nvdiffrast (.whl/runtime/); BFM09-sized synthetic mesh; PHOTO_CONFIGS compares refinements
+                    bench photometric 240 python3 bench/preprocess_bench.py --device cuda --parts photometric \
+                        --frames 250 --photometric-clips 2 --photometric-grid 236 --photometric-profile \
+                        --photometric-configs "${PHOTO_CONFIGS:-100:100:0.01}" ${PHOTO_LBFGS:+--photometric-lbfgs} \
                         --out "$OUT/preprocess-photometric-gpu.json" ;;
         checkpoint) bench checkpoint 120 python3 bench/checkpoint_bench.py --repeats 1 --output "$OUT/checkpoint-gpu.json" ;;
         launcher)   bench launcher 70 python3 bench/launcher_bench.py --device cuda --repeats 1 --output "$OUT/launcher-gpu.json" ;;

@@ -94,7 +94,9 @@ def test_photometric_fit_ends_at_the_same_errors_with_either_backend(model):
     truth = torch.zeros(8, 257, device="cuda")
     truth[:, :80] = torch.randn(80, generator=torch.Generator().manual_seed(3)).cuda() * 0.5
     truth[:, 80:88] = torch.sin(torch.arange(8, device="cuda")[:, None] / 3.0 + torch.arange(8, device="cuda"))
+    truth[:, 144:224] = torch.randn(80, generator=torch.Generator().manual_seed(4)).cuda() * 0.5
     truth[:, 225] = torch.linspace(-0.3, 0.3, 8, device="cuda")
+    truth[:, 227:254] = torch.randn(27, generator=torch.Generator().manual_seed(5)).cuda() * 0.1
     truth[:, 256] = 0.1
     face = fit3dmm.FaceModel(model, SIZE, renderers.nvdiffrast("cuda"))
     with torch.no_grad():
@@ -102,8 +104,7 @@ def test_photometric_fit_ends_at_the_same_errors_with_either_backend(model):
         marks = face.landmarks(bfm.split(truth)).cpu().numpy()
     errors = {}
     for name in ("torch", "nvdiffrast"):
-        cfg = FitConfig(solver="lbfgs", photometric=True, renderer=name, rigid_steps=20, nonrigid_steps=40,
-                        warm_steps=20, batch_frames=8)
+        cfg = FitConfig(photometric=True, renderer=name, appearance_steps=50, photometric_steps=50)
         result = fit3dmm.ClipFitter(model, cfg, "cuda").fit(crops, marks)
         with torch.no_grad():
             photo = face.photometric_error(bfm.split(torch.as_tensor(result.coeffs, device="cuda")),
@@ -111,5 +112,6 @@ def test_photometric_fit_ends_at_the_same_errors_with_either_backend(model):
         errors[name] = (float(result.landmark_error.mean()), float(photo.mean()))
     print(f"\nlandmark px, photometric: {errors}")
     (lm_t, ph_t), (lm_n, ph_n) = errors["torch"], errors["nvdiffrast"]
-    assert abs(lm_t - lm_n) < 0.05 + 0.1 * lm_t           # L-BFGS amplifies float-rounding differences
+    # the backends pick different triangles for ~1.5 % of pixels (see above), so Adam's paths differ
+    assert abs(lm_t - lm_n) < 0.05 + 0.1 * lm_t
     assert abs(ph_t - ph_n) < 0.1 * ph_t + 1e-3

@@ -31,7 +31,12 @@ class FitConfig:
     nonrigid_steps: int = 150            # lbfgs iterations, all coefficients, anchor frames
     warm_steps: int = 60                 # lbfgs, per batch of frames, from the interpolated anchors
     batch_frames: int = 32
-    photometric: bool = False            # add the skin-masked photometric loss (slow on CPU)
+    photometric: bool = False            # add the skin-masked photometric loss (slow on CPU); with
+                                         # solver lm: the landmark fit refined by Adam (steps below)
+    appearance_steps: int = 100          # lm + photometric: texture and lighting on the anchors
+    photometric_steps: int = 100         # lm + photometric: every frame's expression, pose, lighting
+    photometric_batch: int = 256         # lm + photometric: frames refined at once
+    photometric_lr: float = 0.01         # lm + photometric: Adam's step size (pose: a tenth of it)
     fit_size: int = 224                  # the fitting image size (Deep3DFaceRecon uses 224)
     renderer: str = "auto"               # photometric rasterizer: auto (nvdiffrast on CUDA where it
                                          # imports, else torch), nvdiffrast, torch
@@ -193,17 +198,18 @@ def _semantic_problems(cfg: PreprocessConfig) -> list[tuple[str, str]]:
     fit = cfg.fit3dmm
     if fit.solver not in SOLVERS:
         out.append(("fit3dmm.solver", f"must be one of {', '.join(SOLVERS)}, got {fit.solver!r}"))
-    elif fit.photometric and fit.solver != "lbfgs":
-        out.append(("fit3dmm.solver", "the photometric loss needs solver: lbfgs"))
     if fit.renderer not in RENDERERS:
         out.append(("fit3dmm.renderer", f"must be one of {', '.join(RENDERERS)}, got {fit.renderer!r}"))
     if fit.lm_steps < 1:
         out.append(("fit3dmm.lm_steps", "must be at least 1"))
-    for name in ("rigid_steps", "nonrigid_steps", "warm_steps"):
+    for name in ("rigid_steps", "nonrigid_steps", "warm_steps", "appearance_steps", "photometric_steps"):
         if getattr(fit, name) < 0:
             out.append((f"fit3dmm.{name}", "must be at least 0"))
-    if fit.batch_frames < 1:
-        out.append(("fit3dmm.batch_frames", "must be at least 1"))
+    for name in ("batch_frames", "photometric_batch"):
+        if getattr(fit, name) < 1:
+            out.append((f"fit3dmm.{name}", "must be at least 1"))
+    if not fit.photometric_lr > 0:
+        out.append(("fit3dmm.photometric_lr", f"must be above 0, got {fit.photometric_lr}"))
     if fit.fit_size < 64 or fit.fit_size % 8:
         out.append(("fit3dmm.fit_size", "must be a multiple of 8, at least 64"))
     return out

@@ -32,6 +32,10 @@ W_LANDMARK, W_PHOTO, W_ID, W_EXP, W_TEX, W_GAMMA = 1.0, 1.92e-3, 1e-4, 0.8e-4, 1
 LANDMARK_WEIGHTS = torch.ones(68)
 LANDMARK_WEIGHTS[28:31] = 20.0          # nose ridge
 LANDMARK_WEIGHTS[-8:] = 20.0            # inner lips
+# Adam's step sizes in the photometric refinement, relative to `photometric_lr`: expression and
+# texture are unit-variance PCA weights and lighting SH weights; angles (radians) and translation
+# (BFM units) move a whole face, so they take a tenth.
+ADAM_LR_SCALE = {"exp": 1.0, "tex": 1.0, "gamma": 1.0, "angles": 0.1, "trans": 0.1}
 SH_INIT = torch.tensor([0.8, 0, 0, 0, 0, 0, 0, 0, 0])
 
 
@@ -119,8 +123,6 @@ class ClipFitter:
     """Fits every frame of a clip; one instance serves many clips."""
 
     def __init__(self, model: MorphableModel, cfg: FitConfig, device: str = "cpu"):
-        if cfg.photometric and cfg.solver != "lbfgs":
-            raise ValueError("the photometric loss needs solver lbfgs")
         self.device = torch.device(device)
         self.cfg = cfg
         rasterizer = renderers.choose(cfg.renderer, self.device) if cfg.photometric else None
@@ -133,10 +135,13 @@ class ClipFitter:
         n = len(target)
         anchors = torch.as_tensor(np.unique(np.linspace(0, n - 1, min(n, self.cfg.batch_frames)).round()),
                                   dtype=torch.int64, device=self.device)
+        images = lambda: torch.as_tensor(crops, device=self.device).float() / 255.0
         if self.cfg.solver == "lm":
             full = self._fit_lm(anchors, target)
+            if self.photometric:
+                full = self._refine_photometric(full, anchors, images(), target)
         else:
-            full = self._fit_lbfgs(anchors, torch.as_tensor(crops, device=self.device).float() / 255.0, target)
+            full = self._fit_lbfgs(anchors, images(), target)
         with torch.no_grad():
             error = (self.face.landmarks(full) - target).norm(dim=-1).mean(-1)
         coeffs = torch.cat([full[k] for k in COEFF_SLICES], dim=1)
@@ -154,6 +159,42 @@ class ClipFitter:
         zeros = lambda width: torch.zeros(n, width, device=self.device)
         return {"id": id_.expand(n, -1), "exp": local[:, :64], "tex": zeros(80), "angles": local[:, 64:67],
                 "gamma": zeros(27), "trans": local[:, 67:]}
+
+    def _refine_photometric(self, start, anchors, images, target) -> dict[str, torch.Tensor]:
+        """The landmark fit refined with the full loss (landmarks, skin-masked photometric term,
+        priors) by Adam, which runs without host round trips: texture and lighting on the anchors
+        with the geometry held, then each frame's expression, pose and lighting, identity and
+        texture frozen, `photometric_batch` frames at a time."""
+        n = len(target)
+        appearance = {"tex": torch.zeros(1, 80, device=self.device, requires_grad=True),
+                      "gamma": torch.zeros(len(anchors), 27, device=self.device, requires_grad=True)}
+        held = {k: start[k][anchors] for k in ("id", "exp", "angles", "trans")}
+        self._adam({**held, **appearance}, appearance, images[anchors], target[anchors],
+                   self.cfg.appearance_steps)
+        full = {"id": start["id"], "tex": appearance["tex"].detach().expand(n, -1),
+                "gamma": landmark_fit.interpolate(anchors, appearance["gamma"].detach(), n)}
+        full.update({k: start[k].clone() for k in ("exp", "angles", "trans")})
+        for first in range(0, n, self.cfg.photometric_batch):
+            frames = slice(first, min(first + self.cfg.photometric_batch, n))
+            free = {k: full[k][frames].clone().requires_grad_(True) for k in ("exp", "angles", "trans", "gamma")}
+            self._adam({"id": full["id"][frames], "tex": full["tex"][frames], **free}, free, images[frames],
+                       target[frames], self.cfg.photometric_steps)
+            for k, v in free.items():
+                full[k][frames] = v.detach()
+        return full
+
+    def _adam(self, coeffs, free, images, target, steps):
+        """`steps` Adam steps on the tensors of `free` (each a step size of its own scale)."""
+        if steps == 0:
+            return
+        opt = torch.optim.Adam([{"params": [v], "lr": ADAM_LR_SCALE[k] * self.cfg.photometric_lr}
+                                for k, v in free.items()], foreach=True)
+        weights = LANDMARK_WEIGHTS.to(self.device)
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            expanded = {k: v.expand(len(target), -1) for k, v in coeffs.items()}
+            self._loss(expanded, images, target, weights, photometric=True).backward()
+            opt.step()
 
     def _fit_lbfgs(self, anchors, images, target) -> dict[str, torch.Tensor]:
         """L-BFGS: rigid and non-rigid on the anchors, then batches of frames, identity frozen."""
