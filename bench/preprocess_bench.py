@@ -150,6 +150,7 @@ def bench_fitting(model, device: str, cfg: FitConfig, clips: int, frames: int, r
     fitter = fit3dmm.ClipFitter(model, cfg, device)
     if device == "cuda":
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     results = [fitter.fit(crops, marks) for crops, marks, _ in data]
     seconds = time.perf_counter() - start                   # fit() returns host arrays: synced
@@ -159,7 +160,8 @@ def bench_fitting(model, device: str, cfg: FitConfig, clips: int, frames: int, r
            "photometric": cfg.photometric, "renderer": fitter.face.rasterizer.name if cfg.photometric else None,
            "config": dataclasses.asdict(cfg), "landmark_noise_px": noise_px,
            "vertices": model.n_vertices, "triangles": int(model.triangles.shape[0]),
-           "landmark_error_px_mean": float(errors.mean()), "landmark_error_px_max": float(errors.max())}
+           "landmark_error_px_mean": float(errors.mean()), "landmark_error_px_max": float(errors.max()),
+           "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
     with torch.no_grad():
         fitted = [bfm.split(torch.as_tensor(r.coeffs, device=device)) for r in results]
         exact = [(face.landmarks(c) - torch.as_tensor(marks, device=device)).norm(dim=-1).mean(-1)
@@ -239,7 +241,8 @@ def row(name: str, r: dict) -> tuple[str, str]:
     photo = f", photometric {r['photometric_error_mean']:.4f}" if "photometric_error_mean" in r else ""
     return (f"3DMM {name} ({r['device']}, {r['clips']}x{r['frames_per_clip']} frames)",
             f"{r['frames_per_s']:.2f} frames/s, err {r['landmark_error_px_mean']:.3f} px "
-            f"(max {r['landmark_error_px_max']:.3f}, exact {r['exact_landmark_error_px_mean']:.3f}){photo}")
+            f"(max {r['landmark_error_px_max']:.3f}, exact {r['exact_landmark_error_px_mean']:.3f}){photo}"
+            + (f", peak {r['peak_allocated_gib']:.1f} GiB" if r.get("peak_allocated_gib") else ""))
 
 
 def show(name: str, value: str) -> None:
