@@ -54,7 +54,7 @@ def test_stylenerf_weights_round_trip_into_a_fresh_training_network_set(tmp_path
             assert torch.equal(value, trained[name].state_dict()[key]), (name, key)
 
 
-def test_audio2nerf_weights_restore_the_networks_and_the_clips_latents(tmp_path):
+def test_audio2nerf_weights_restore_the_networks_and_the_clips_latents(tmp_path, caplog):
     trained = _randomised(Objective(SMALL_A2N, 3, 32, 100.0), 4)
     out = tmp_path / "audio2nerf.safetensors"
     export("audio2nerf", _checkpoint(tmp_path, {"A2N": trained}), out)
@@ -70,6 +70,7 @@ def test_audio2nerf_weights_restore_the_networks_and_the_clips_latents(tmp_path)
     for key, value in other_data.net.state_dict().items():
         assert torch.equal(value, trained.net.state_dict()[key]), key
     assert not other_data.latents.detach().any()
+    assert "its latents are for 3 clips, this data has 5" in caplog.text
 
     with pytest.raises(ValueError, match="not an audio2nerf objective of this model size"):
         audio2nerf._load_initial_weights(str(out), Objective(replace(SMALL_A2N, lipaint_layers=3), 3, 32, 100.0))

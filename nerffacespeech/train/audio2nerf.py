@@ -11,6 +11,7 @@ resume is bitwise.
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -135,6 +136,10 @@ def _load_initial_weights(path: str, objective: torch.nn.Module) -> None:
     latents = {k: tensors.pop(k) for k in ("latents", "w_init") if k in tensors}
     if latents.get("latents") is not None and latents["latents"].shape == objective.latents.shape:
         tensors.update(latents)
+    elif latents.get("latents") is not None:
+        logging.getLogger(__name__).warning(
+            "init_from %s: its latents are for %d clips, this data has %d: the clips' latents start at "
+            "the generator's mean (the networks load as usual)", path, len(latents["latents"]), len(objective.latents))
     missing, unexpected = objective.load_state_dict(tensors, strict=False)
     wrong = [k for k in missing if k.startswith("net.")] + unexpected
     if wrong:
