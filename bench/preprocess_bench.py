@@ -223,7 +223,7 @@ def photometric_profile(model, args) -> dict:
     events = prof.key_averages()
     steps = cfg.appearance_steps + cfg.photometric_steps * -(-args.frames // cfg.photometric_batch)
     kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
-    busy = sum(e.device_time for e in kernels) / 1e6
+    busy = sum(e.self_device_time_total for e in kernels) / 1e6
     top = sorted(events, key=lambda e: e.device_time_total if args.device == "cuda" else e.cpu_time_total,
                  reverse=True)[:10]
     out = {"frames": args.frames, "wall_s": wall, "adam_steps": steps, "kernels": len(kernels),
