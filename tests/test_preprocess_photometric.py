@@ -65,8 +65,21 @@ def test_the_refinements_settings_are_checked_by_name():
                         ("fit3dmm.photometric_lr", "must be above 0, got 0")]
 
 
-def test_the_photometric_loss_works_with_either_solver():
+def test_the_photometric_loss_is_accepted_with_either_solver():
     for solver in ("lm", "lbfgs"):
         cfg, problems = PreprocessConfig.parse({"data_dir": "data/sample",
                                                 "fit3dmm": {"photometric": True, "solver": solver}})
         assert problems == [] and cfg.fit3dmm.solver == solver
+
+
+def test_the_refinements_settings_enter_the_items_fingerprint_only_where_the_fit_uses_them():
+    """Items fitted from landmarks before these settings existed stay done; a changed refinement
+    redoes the items it refined."""
+    def fingerprint(**fit):
+        return PreprocessConfig.parse({"data_dir": "data/sample", "fit3dmm": fit})[0].fingerprint_fields()
+
+    assert "photometric_steps" not in fingerprint()["fit3dmm"]
+    assert fingerprint(photometric_steps=7) == fingerprint()
+    assert fingerprint(photometric=True, solver="lbfgs", photometric_lr=0.1) == \
+        fingerprint(photometric=True, solver="lbfgs")
+    assert fingerprint(photometric=True, photometric_steps=7) != fingerprint(photometric=True)

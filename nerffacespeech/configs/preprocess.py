@@ -41,6 +41,12 @@ class FitConfig:
     renderer: str = "auto"               # photometric rasterizer: auto (nvdiffrast on CUDA where it
                                          # imports, else torch), nvdiffrast, torch
 
+    def unused_settings(self) -> tuple[str, ...]:
+        """The photometric refinement's settings unless this fit runs it (lm + photometric)."""
+        if self.photometric and self.solver == "lm":
+            return ()
+        return ("appearance_steps", "photometric_steps", "photometric_batch", "photometric_lr")
+
 
 NESTED = {"fit3dmm": FitConfig}          # the config's fields that are dataclasses of their own
 
@@ -85,15 +91,16 @@ class PreprocessConfig:
             self.pretrained_root() / "BFM09_model_info.mat"
 
     def fingerprint_fields(self) -> dict[str, Any]:
-        """The settings that change what is written for an item (paths, budgets and the renderer,
-        whose backends render the same: tests/test_render_nvdiffrast_gpu.py, excluded)."""
+        """The settings that change what is written for an item (paths, budgets, the renderer,
+        whose backends render the same: tests/test_render_nvdiffrast_gpu.py, and settings the
+        configured fit does not use, excluded: items fitted before those existed stay done)."""
         return {"resolution": self.resolution, "fps": self.fps, "landmarker": self.landmarker,
                 "smooth_sigma_frames": self.smooth_sigma_frames, "image_format": self.image_format,
                 "min_side": self.min_side, "audio_sample_rates": list(self.audio_sample_rates),
                 "silence_dbfs": self.silence_dbfs, "max_av_mismatch_frames": self.max_av_mismatch_frames,
                 "max_bad_frame_fraction": self.max_bad_frame_fraction, "max_frame_gap": self.max_frame_gap,
                 "fit3dmm": {f.name: getattr(self.fit3dmm, f.name) for f in fields(FitConfig)
-                            if f.name not in ("bfm_path", "renderer")},
+                            if f.name not in ("bfm_path", "renderer") + self.fit3dmm.unused_settings()},
                 **({"face_model": SYNTHETIC_BFM} if self.synthetic_face_model else {})}
 
     @classmethod
