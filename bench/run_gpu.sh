@@ -60,8 +60,8 @@ run_one() {
         preprocess) bench preprocess 40 python3 bench/preprocess_bench.py --device cuda --parts fit3dmm,reference \
                         --clips 8 --frames 250 --out "$OUT/preprocess-gpu.json" ;;
         nvdiffrast) bench nvdiffrast 300 bash bench/build_nvdiffrast.sh ;;   # the wheel, when .whl/runtime/ has none
-        photometric)   # needs nvdiffrast (.whl/runtime/); BFM09-sized synthetic mesh; PHOTO_CONFIGS compares refinements
-                    bench photometric 240 python3 bench/preprocess_bench.py --device cuda --parts photometric \
+        photometric)   # needs nvdiffrast (.whl/runtime/); BFM09-sized synthetic mesh; PHOTO_CONFIGS compares refinements, PHOTO_LIMIT (s)
+                    bench photometric "${PHOTO_LIMIT:-240}" python3 bench/preprocess_bench.py --device cuda --parts photometric \
                         --frames 250 --photometric-clips 2 --photometric-grid 236 --photometric-profile \
                         --photometric-configs "${PHOTO_CONFIGS:-100:100:0.01}" ${PHOTO_LBFGS:+--photometric-lbfgs} \
                         --out "$OUT/preprocess-photometric-gpu.json" ;;
