@@ -16,12 +16,22 @@ from nerffacespeech.train.stylenerf import compile_cache_key
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _compile_in_fresh_process(cache_root: Path) -> dict:
+def _start_compiling(cache_root: Path) -> subprocess.Popen:
+    """A fresh process (an attempt, or one rank of it) compiling with the run's cache at `cache_root`."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("TORCHINDUCTOR_CACHE_DIR", None)
-    out = subprocess.run([sys.executable, str(ROOT / "tests" / "compile_cache_probe.py"), str(cache_root)],
-                         env=env, capture_output=True, text=True, timeout=300, check=True).stdout
+    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "compile_cache_probe.py"), str(cache_root)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _counters(process: subprocess.Popen) -> dict:
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-2000:]
     return json.loads(out.strip().splitlines()[-1])
+
+
+def _compile_in_fresh_process(cache_root: Path) -> dict:
+    return _counters(_start_compiling(cache_root))
 
 
 def test_a_second_attempt_takes_its_compiled_graphs_from_the_run_directory(tmp_path):
@@ -33,6 +43,18 @@ def test_a_second_attempt_takes_its_compiled_graphs_from_the_run_directory(tmp_p
     assert second["inductor"].get("fxgraph_cache_hit", 0) == first["inductor"]["fxgraph_cache_miss"]
     assert "fxgraph_cache_miss" not in second["inductor"]
     assert second["aot_autograd"].get("autograd_cache_hit", 0) > 0      # the backward graph too
+
+
+def test_ranks_compiling_at_once_into_one_folder_leave_a_cache_the_next_attempt_reuses(tmp_path):
+    """The ranks of a job share the run's folder on the shared filesystem and compile at the same
+    time; inductor's atomic writes let both finish, and the next attempt compiles nothing."""
+    ranks = [_start_compiling(tmp_path / "compile-cache") for _ in range(2)]
+    first = [_counters(rank) for rank in ranks]
+    assert all(c["inductor"].get("fxgraph_cache_miss", 0) + c["inductor"].get("fxgraph_cache_hit", 0) > 0
+               for c in first)
+    resumed = _compile_in_fresh_process(tmp_path / "compile-cache")
+    assert "fxgraph_cache_miss" not in resumed["inductor"] and resumed["inductor"].get("fxgraph_cache_hit", 0) > 0
+    assert resumed["aot_autograd"].get("autograd_cache_hit", 0) > 0
 
 
 def test_the_cache_folder_changes_with_the_torch_version(tmp_path, monkeypatch):
