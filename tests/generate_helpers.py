@@ -1,4 +1,5 @@
-"""What the generation tests share: the sample speech, and reading back an MP4's streams."""
+"""What the generation tests share: the sample speech, reading back an MP4's streams, and the
+mouth-motion measure of a trained run's clips."""
 from __future__ import annotations
 
 import subprocess
@@ -35,6 +36,20 @@ def video_frames(path: Path) -> tuple[float, np.ndarray]:
     with iio.get_reader(str(path), "ffmpeg") as reader:
         fps = reader.get_meta_data()["fps"]
         return fps, np.stack(list(reader.iter_data()))
+
+
+def mouth_speech_correlations(checkpoints: Path, clips: list[np.ndarray]) -> tuple[list[float], list[float]]:
+    """Pearson r of each clip's mouth-box distance from rest (generate.lipsync; the box of the
+    talking head saved in the audio2nerf `checkpoints`) against the energy of SPEECH, and the same
+    against the energy one second off (25 frames), which a mouth that follows the speech fails."""
+    from nerffacespeech.generate import lipsync, speech
+    from nerffacespeech.models.audio2nerf.talking_head import load_talking_head
+
+    head = load_talking_head(checkpoints)
+    box = lipsync.mouth_box(head.face, head.resolution, head.generator.cfg.fov_degrees)
+    energy = speech.load_audio(SPEECH, 120, -50)
+    return ([lipsync.correlation(clip, energy, box) for clip in clips],
+            [lipsync.correlation(clip, energy, box, shift_frames=25) for clip in clips])
 
 
 def audio_seconds(path: Path) -> float:

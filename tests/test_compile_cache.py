@@ -49,7 +49,11 @@ def test_ranks_compiling_at_once_into_one_folder_leave_a_cache_the_next_attempt_
     """The ranks of a job share the run's folder on the shared filesystem and compile at the same
     time; inductor's atomic writes let both finish, and the next attempt compiles nothing."""
     ranks = [_start_compiling(tmp_path / "compile-cache") for _ in range(2)]
-    first = [_counters(rank) for rank in ranks]
+    try:
+        first = [_counters(rank) for rank in ranks]
+    finally:
+        for rank in ranks:                                               # one failed: the other must not linger
+            rank.kill()
     assert all(c["inductor"].get("fxgraph_cache_miss", 0) + c["inductor"].get("fxgraph_cache_hit", 0) > 0
                for c in first)
     resumed = _compile_in_fresh_process(tmp_path / "compile-cache")

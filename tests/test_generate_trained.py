@@ -14,11 +14,9 @@ import pytest
 from safetensors.torch import save_file
 
 from nerffacespeech.configs.stylenerf import PRESETS
-from nerffacespeech.generate import lipsync, speech
 from nerffacespeech.generate.__main__ import main
-from nerffacespeech.models.audio2nerf.talking_head import load_talking_head
 from nerffacespeech.models.stylenerf.generator import Generator
-from tests.generate_helpers import ROOT, SPEECH, audio_seconds, files_in, video_frames
+from tests.generate_helpers import ROOT, SPEECH, audio_seconds, files_in, mouth_speech_correlations, video_frames
 from tests.launcher_helpers import launcher, run_dir_from, write_spec
 
 SPEC = """
@@ -107,13 +105,9 @@ def test_the_generated_mouth_moves_with_the_speech_energy(run, suffix):
     paths: mean r 0.62-0.88, one second off -0.04 to 0.19 (docs/AUDIO2NERF.md, "Mouth motion in
     generated clips"). The default CRF 18 lost the mouth's changes (H.264 skips blocks that
     change by a level or two), hence `crf: 0`."""
-    head = load_talking_head(run / "stages" / f"audio2nerf{suffix}" / "checkpoints")
-    box = lipsync.mouth_box(head.face, head.resolution, head.generator.cfg.fov_degrees)
-    energy_audio = speech.load_audio(SPEECH, 120, -50)
     clips = [_assert_clip(run / "stages" / f"generate{suffix}" / "samples" / f"seed{s:04d}.mp4", 82) for s in range(4)]
-    rs = [lipsync.correlation(clip, energy_audio, box) for clip in clips]
-    late = [lipsync.correlation(clip, energy_audio, box, shift_frames=25) for clip in clips]
+    rs, late = mouth_speech_correlations(run / "stages" / f"audio2nerf{suffix}" / "checkpoints", clips)
     print(f"training seed {TRAINING_SEEDS[suffix]}: mouth vs speech energy r = {[round(r, 3) for r in rs]}, "
-          f"one second off {[round(r, 3) for r in late]} (box {box})")
+          f"one second off {[round(r, 3) for r in late]}")
     assert sum(rs) / len(rs) > 0.5
     assert sum(late) / len(late) < 0.3
